@@ -1,0 +1,27 @@
+"""Arrow schemas of every record kind vlcurate writes, versioned, and their validation.
+
+Each record kind is registered once as a :class:`RecordSchema` (name, version, Arrow
+schema, which columns may carry extra source columns). Writers call :func:`validate`
+before writing; ``vlcurate validate`` calls it again on what is on disk.
+"""
+
+from vlcurate.schemas.core import (
+    SCHEMA_VERSION,
+    RecordSchema,
+    SchemaError,
+    get_schema,
+    register,
+    registered,
+    validate,
+)
+from vlcurate.schemas import records  # noqa: F401  (registers the built-in record kinds)
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "RecordSchema",
+    "SchemaError",
+    "get_schema",
+    "register",
+    "registered",
+    "validate",
+]

@@ -1,0 +1,21 @@
+# Dataflow custom container for vlcurate's CPU workers.
+# Build:  docker build -t REGION-docker.pkg.dev/PROJECT/REPO/vlcurate:0.1.0 .
+# Use:    vlcurate build recipe.yaml --runner DataflowRunner -- \
+#           --project=PROJECT --region=REGION --temp_location=gs://BUCKET/tmp \
+#           --sdk_container_image=REGION-docker.pkg.dev/PROJECT/REPO/vlcurate:0.1.0
+# The Beam SDK in the image must equal the launcher's (2.77.0, pinned in constraints.txt).
+FROM apache/beam_python3.11_sdk:2.77.0
+
+ENV NO_ALBUMENTATIONS_UPDATE=1 \
+    WANDB_MODE=disabled \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /opt/vlcurate
+COPY constraints.txt pyproject.toml README.md ./
+COPY vlcurate ./vlcurate
+# Every dependency, apache-beam included, comes from the pinned constraints.
+RUN pip install --no-cache-dir -c constraints.txt /opt/vlcurate
+
+# Beam's worker boot program must stay the entrypoint for Dataflow Runner v2.
+ENTRYPOINT ["/opt/apache/beam/boot"]

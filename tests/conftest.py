@@ -1,0 +1,75 @@
+"""Shared fixtures: the demo corpus served on loopback, and recipe helpers."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def pytest_collection_modifyitems(config, items):
+    try:
+        import torch
+
+        has_gpu = torch.cuda.is_available()
+    except ImportError:
+        has_gpu = False
+    if not has_gpu:
+        skip = pytest.mark.skip(reason="needs a CUDA GPU")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def demo_corpus():
+    from vlcurate.demo.corpus import make_corpus
+
+    return make_corpus()
+
+
+@pytest.fixture(scope="session")
+def demo_server(demo_corpus):
+    from vlcurate.demo.server import serve
+
+    with serve(demo_corpus.files, port=0) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def demo_urls(demo_corpus, demo_server, tmp_path_factory) -> Path:
+    """The demo corpus's URL list (url, caption, kind) as Parquet."""
+    path = tmp_path_factory.mktemp("inputs") / "urls.parquet"
+    rows = [{**r, "url": demo_server.base_url + r["url"]} for r in demo_corpus.rows]
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
+def make_recipe(tmp_path: Path, urls: Path, version: str = "v1", root: str = "out", **overrides) -> Path:
+    """Write a small demo-like recipe to tmp_path and return its path."""
+    from vlcurate.demo.run import demo_recipe
+
+    body = demo_recipe(urls, tmp_path / root, version, workers=1)
+    for key, value in overrides.items():
+        body[key] = value
+    path = tmp_path / f"recipe-{root}-{version}.yaml"
+    path.write_text(yaml.safe_dump(body, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="session")
+def demo_version(demo_urls, tmp_path_factory) -> Path:
+    """One built demo version, shared by read-only tests (copy it before damaging it)."""
+    from vlcurate.pipelines.build import build
+    from vlcurate.recipe import load_recipe
+
+    tmp = tmp_path_factory.mktemp("demo-build")
+    return build(load_recipe(make_recipe(tmp, demo_urls)), log=lambda s: None).version_dir

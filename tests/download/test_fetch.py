@@ -1,0 +1,417 @@
+"""Fetcher against a real threaded HTTP server on 127.0.0.1 (no other network)."""
+
+from __future__ import annotations
+
+import io
+import socket
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from PIL import Image
+
+from vlcurate.download import fetch as fetch_mod
+from vlcurate.download.fetch import (
+    ERROR_KINDS,
+    RETRYABLE,
+    FetchConfig,
+    Fetcher,
+    FetchResult,
+    is_public_address,
+    is_retryable,
+)
+
+
+def _jpeg() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 24), (200, 40, 40)).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+JPEG = _jpeg()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, so connection reuse is observable
+
+    def log_message(self, *args: object) -> None:  # keep test output quiet
+        pass
+
+    def _send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        if "Content-Length" not in (headers or {}):
+            self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        srv: _Server = self.server  # type: ignore[assignment]
+        parts = urlsplit(self.path)
+        path, query = parts.path, parse_qs(parts.query)
+        with srv.lock:
+            srv.hits[path] += 1
+            hits = srv.hits[path]
+            srv.log.append((path, self.client_address[1], self.headers.get("Host")))
+        if path.startswith("/ok"):
+            self._send(200, JPEG, {"Content-Type": "image/jpeg"})
+        elif path == "/ua":
+            self._send(200, self.headers.get("User-Agent", "").encode())
+        elif path == "/404":
+            self._send(404, b"not here")
+        elif path.startswith("/flaky"):  # 500 for the first `fail` requests, then the image
+            fail = int(query.get("fail", ["2"])[0])
+            self._send(500, b"oops") if hits <= fail else self._send(200, JPEG)
+        elif path == "/429":
+            self._send(429, b"slow down", {"Retry-After": "0"}) if hits == 1 else self._send(200, JPEG)
+        elif path == "/slow":
+            time.sleep(1.0)
+            self._send(200, JPEG)
+        elif path == "/drip":  # headers at once, then a byte every 0.1 s: each read is quick
+            self.send_response(200)
+            self.send_header("Content-Length", "30")
+            self.end_headers()
+            for _ in range(30):
+                self.wfile.write(b"x")
+                self.wfile.flush()
+                time.sleep(0.1)
+        elif path.startswith("/redirect/"):
+            n = int(path.rsplit("/", 1)[1])
+            target = f"/redirect/{n - 1}" if n > 1 else "../ok.jpg"  # relative Locations
+            self._send(302, b"", {"Location": target})
+        elif path == "/loop":
+            self._send(301, b"", {"Location": "/loop"})
+        elif path == "/to":  # redirect to an arbitrary absolute URL
+            self._send(307, b"", {"Location": query["u"][0]})
+        elif path == "/nolocation":
+            self._send(302, b"")
+        elif path == "/big-declared":
+            self._send(200, b"x" * 5000)
+        elif path == "/big-chunked":  # no Content-Length: only the streamed count can tell
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for _ in range(5):
+                self.wfile.write(b"3e8\r\n" + b"x" * 1000 + b"\r\n")
+            self.wfile.write(b"0\r\n\r\n")
+        elif path == "/robots":
+            self.send_response(200)
+            for v in query["v"]:
+                self.send_header("X-Robots-Tag", v)
+            self.send_header("Content-Length", str(len(JPEG)))
+            self.end_headers()
+            self.wfile.write(JPEG)
+        elif path == "/truncated":
+            self.send_response(200)
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            self.wfile.write(b"x" * 500)
+            self.wfile.flush()
+            self.close_connection = True
+        else:
+            self._send(404)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.lock = threading.Lock()
+        self.hits: Counter[str] = Counter()
+        self.log: list[tuple[str, int, str | None]] = []
+
+    def url(self, path: str, host: str = "127.0.0.1") -> str:
+        return f"http://{host}:{self.server_address[1]}{path}"
+
+
+@pytest.fixture(scope="module")
+def server():
+    srv = _Server()
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+@pytest.fixture
+def fetcher():
+    # Test server lives on loopback, so the SSRF guard must be off here.
+    with Fetcher(FetchConfig(timeout=0.5, retries=2, backoff=0.01, allow_private=True, threads=4)) as f:
+        yield f
+
+
+def test_ok(server, fetcher):
+    r = fetcher.fetch(server.url("/ok.jpg"))
+    assert r == FetchResult(JPEG, None, None, 200, server.url("/ok.jpg"), 1)
+
+
+def test_keep_alive_reuses_one_connection(server, fetcher):
+    before = len(server.log)
+    for i in range(10):
+        assert fetcher.fetch(server.url(f"/ok-reuse{i}")).error_kind is None
+    ports = {port for _, port, _ in server.log[before:]}
+    assert len(ports) == 1
+
+
+def test_http_404_not_retried(server, fetcher):
+    r = fetcher.fetch(server.url("/404"))
+    assert (r.error_kind, r.http_status, r.attempts, r.data) == ("http_error", 404, 1, None)
+    assert server.hits["/404"] == 1
+    assert "404" in r.error_message
+
+
+def test_500_retried_until_ok(server, fetcher):
+    r = fetcher.fetch(server.url("/flaky-a?fail=2"))
+    assert (r.error_kind, r.data, r.attempts) == (None, JPEG, 3)
+    assert server.hits["/flaky-a"] == 3
+
+
+def test_500_gives_up_after_retries(server):
+    with Fetcher(FetchConfig(retries=1, backoff=0.0, allow_private=True)) as f:
+        r = f.fetch(server.url("/flaky-b?fail=5"))
+    assert (r.error_kind, r.http_status, r.attempts) == ("http_error", 500, 2)
+    assert server.hits["/flaky-b"] == 2
+
+
+def test_429_honours_retry_after(server, fetcher):
+    r = fetcher.fetch(server.url("/429"))
+    assert (r.error_kind, r.attempts) == (None, 2)
+
+
+def test_backoff_is_exponential_and_deterministic(fetcher):
+    d1, d2, d3 = (fetcher._backoff_delay("http://x/", a, None) for a in (1, 2, 3))
+    assert 0.005 <= d1 < 0.015 and 0.01 <= d2 < 0.03 and 0.02 <= d3 < 0.06
+    assert d1 == fetcher._backoff_delay("http://x/", 1, None)
+    assert fetcher._backoff_delay("http://x/", 1, 100.0) == 0.5  # Retry-After capped at timeout
+
+
+def test_timeout_retried(server):
+    with Fetcher(FetchConfig(timeout=0.2, retries=1, backoff=0.0, allow_private=True)) as f:
+        start = time.monotonic()
+        r = f.fetch(server.url("/slow"))
+    assert (r.error_kind, r.attempts) == ("timeout", 2)
+    assert time.monotonic() - start < 1.5
+    assert server.hits["/slow"] == 2
+
+
+def test_whole_body_deadline(server):
+    # Every read returns within the read timeout; the total still must not exceed it.
+    with Fetcher(FetchConfig(timeout=0.5, retries=0, allow_private=True)) as f:
+        r = f.fetch(server.url("/drip"))
+    assert r.error_kind == "timeout" and "body" in r.error_message
+
+
+def test_redirect_chain_relative(server, fetcher):
+    r = fetcher.fetch(server.url("/redirect/3"))
+    assert (r.error_kind, r.data, r.final_url) == (None, JPEG, server.url("/ok.jpg"))
+
+
+def test_too_many_redirects(server):
+    with Fetcher(FetchConfig(max_redirects=2, allow_private=True)) as f:
+        assert f.fetch(server.url("/redirect/3")).error_kind == "too_many_redirects"
+        r = f.fetch(server.url("/loop"))
+    assert (r.error_kind, r.attempts) == ("too_many_redirects", 1)
+
+
+def test_redirect_without_location(server, fetcher):
+    r = fetcher.fetch(server.url("/nolocation"))
+    assert (r.error_kind, r.http_status) == ("http_error", 302)
+
+
+def test_redirect_to_other_scheme_is_invalid(server, fetcher):
+    r = fetcher.fetch(server.url("/to?u=ftp://example.com/a.jpg"))
+    assert r.error_kind == "invalid_url" and "ftp" in r.error_message
+
+
+def test_too_large_declared_and_streamed(server):
+    with Fetcher(FetchConfig(max_bytes=1000, allow_private=True)) as f:
+        declared = f.fetch(server.url("/big-declared"))
+        streamed = f.fetch(server.url("/big-chunked"))
+        after = f.fetch(server.url("/ok-after-big"))  # the pool recovers from closed connections
+    assert declared.error_kind == "too_large" and "Content-Length" in declared.error_message
+    assert streamed.error_kind == "too_large" and "body exceeds" in streamed.error_message
+    assert after.data == JPEG
+
+
+@pytest.mark.parametrize(
+    ("values", "kind"),
+    [
+        (["noai"], "opted_out"),
+        (["noindex, nofollow"], "opted_out"),
+        (["nofollow", "NoImageAI"], "opted_out"),  # any of several headers, case-insensitive
+        (["vlcurate: noai"], "opted_out"),  # addressed to us
+        (["mytoken: noimageindex"], "opted_out"),  # addressed to our UA token
+        (["googlebot: noai"], None),  # addressed to someone else
+        (["googlebot: noindex, *: noai"], "opted_out"),
+        (["unavailable_after: 25 Jun 2010 15:00:00 PST"], None),
+        (["nofollow"], None),
+    ],
+)
+def test_x_robots_tag(server, values, kind):
+    query = "&".join(f"v={v}" for v in values)
+    cfg = FetchConfig(allow_private=True, user_agent_token="mytoken")
+    with Fetcher(cfg) as f:
+        r = f.fetch(server.url(f"/robots?{query}"))
+    assert r.error_kind == kind
+    assert (r.data is None) == (kind is not None)
+
+
+def test_opt_out_check_can_be_disabled(server):
+    with Fetcher(FetchConfig(allow_private=True, disallowed_header_directives=())) as f:
+        assert f.fetch(server.url("/robots?v=noai")).data == JPEG
+
+
+def test_truncated_body(server, fetcher):
+    r = fetcher.fetch(server.url("/truncated"))
+    assert (r.error_kind, r.http_status) == ("transfer_error", 200)
+    assert r.attempts == 3  # transfer errors are retryable
+
+
+def test_user_agent(server):
+    with Fetcher(FetchConfig(allow_private=True, user_agent_token="acme-research")) as f:
+        assert f.fetch(server.url("/ua")).data == b"vlcurate/0.1 (+acme-research)"
+    with Fetcher(FetchConfig(allow_private=True)) as f:
+        assert f.fetch(server.url("/ua")).data == b"vlcurate/0.1"
+
+
+@pytest.mark.parametrize(
+    "url", ["", "   ", "ftp://example.com/a.jpg", "javascript:alert(1)", "example.com/a.jpg",
+            "http://", "http://exa mple.com/a.jpg", "http://a:99999/"],
+)
+def test_invalid_urls(fetcher, url):
+    r = fetcher.fetch(url)
+    assert (r.error_kind, r.attempts) == ("invalid_url", 1)
+
+
+def test_connection_refused(fetcher):
+    with socket.socket() as s:  # a port that was free a moment ago
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r = fetcher.fetch(f"http://127.0.0.1:{port}/x.jpg")
+    assert (r.error_kind, r.attempts) == ("connection_error", 3)
+
+
+def test_dns_failure(monkeypatch):
+    def fail(*args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", fail)
+    with Fetcher(FetchConfig(retries=0)) as f:
+        r = f.fetch("http://no-such-host.invalid/a.jpg")
+    assert r.error_kind == "connection_error" and "DNS" in r.error_message
+
+
+# --- SSRF guard ---------------------------------------------------------------
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "[::ffff:127.0.0.1]"])
+def test_loopback_blocked_by_default(server, host):
+    before = sum(server.hits.values())
+    with Fetcher(FetchConfig(retries=2, backoff=0.0)) as f:
+        r = f.fetch(server.url("/ok.jpg", host=host))
+    assert (r.error_kind, r.attempts) == ("blocked_address", 1)  # not retried
+    assert "non-public address" in r.error_message
+    assert sum(server.hits.values()) == before  # never connected
+
+
+@pytest.mark.parametrize(
+    ("address", "public"),
+    [("8.8.8.8", True), ("2606:4700::1111", True), ("10.1.2.3", False), ("172.16.0.1", False),
+     ("192.168.1.1", False), ("169.254.169.254", False), ("100.64.0.1", False), ("0.0.0.0", False),
+     ("224.0.0.1", False), ("240.0.0.1", False), ("::1", False), ("fe80::1%eth0", False),
+     ("fc00::1", False), ("::ffff:10.0.0.1", False), ("ff02::1", False)],
+)
+def test_is_public_address(address, public):
+    assert is_public_address(address) is public
+
+
+def test_redirect_hop_to_private_address_blocked(server, monkeypatch):
+    # Pretend 127.0.0.1 is public so the first hop is allowed; 127.0.0.2 (also
+    # loopback on Linux) stays private: the redirect there must be refused.
+    monkeypatch.setattr(fetch_mod, "is_public_address", lambda a: a == "127.0.0.1")
+    port = server.server_address[1]
+    with Fetcher(FetchConfig(retries=0)) as f:
+        ok = f.fetch(server.url("/ok.jpg"))
+        r = f.fetch(server.url(f"/to?u=http://127.0.0.2:{port}/ok-private.jpg"))
+    assert ok.data == JPEG
+    assert r.error_kind == "blocked_address" and "127.0.0.2" in r.error_message
+    assert server.hits["/ok-private.jpg"] == 0
+
+
+def test_connected_peer_is_checked(server, monkeypatch):
+    # Resolution says public, the connected peer is not: refuse (rebinding guard).
+    answers = iter([True, False])
+    monkeypatch.setattr(fetch_mod, "is_public_address", lambda a: next(answers))
+    with Fetcher(FetchConfig(retries=0)) as f:
+        r = f.fetch(server.url("/ok-peer.jpg"))
+    assert r.error_kind == "blocked_address"
+    assert server.hits["/ok-peer.jpg"] == 0
+
+
+def test_host_resolved_once_and_vetted_address_used(server, monkeypatch):
+    # A rebinding DNS answers differently the second time; we must never ask twice
+    # per connection, and must connect to what we vetted.
+    calls: list[str] = []
+    real = socket.getaddrinfo
+
+    def resolver(host, *args, **kwargs):
+        calls.append(host)
+        return real("127.0.0.1" if len(calls) == 1 else "127.0.0.2", *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolver)
+    monkeypatch.setattr(fetch_mod, "is_public_address", lambda a: a == "127.0.0.1")
+    with Fetcher(FetchConfig(retries=0)) as f:
+        r = f.fetch(server.url("/ok-rebind.jpg", host="rebind.example"))
+    assert r.data == JPEG and calls == ["rebind.example"]
+    assert server.log[-1][2] == f"rebind.example:{server.server_address[1]}"  # Host header kept
+
+
+# --- fetch_many ---------------------------------------------------------------
+
+def test_fetch_many_yields_every_index(server, fetcher):
+    urls = [server.url(f"/ok-many{i}") if i % 3 else server.url("/404") for i in range(30)]
+    results = dict(fetcher.fetch_many(urls))
+    assert sorted(results) == list(range(30))
+    for i, r in results.items():
+        assert (r.error_kind is None) == bool(i % 3)
+
+
+def test_fetch_many_is_lazy_and_bounded(server, fetcher):
+    pulled = 0
+
+    def source():
+        nonlocal pulled
+        for i in range(1000):
+            pulled += 1
+            yield server.url(f"/ok-lazy{i}")
+
+    stream = fetcher.fetch_many(source())
+    next(stream)
+    assert pulled <= 2 * fetcher.config.threads + 1
+    stream.close()
+
+
+def test_fetch_many_connections_bounded_by_threads(server, fetcher):
+    before = len(server.log)
+    list(fetcher.fetch_many(server.url(f"/ok-par{i}") for i in range(40)))
+    assert len({port for _, port, _ in server.log[before:]}) <= fetcher.config.threads
+
+
+# --- config and constants -----------------------------------------------------
+
+def test_retryable_kinds():
+    assert RETRYABLE <= set(ERROR_KINDS)
+    assert is_retryable("timeout") and is_retryable("http_error", 503) and is_retryable("http_error", 429)
+    assert not is_retryable("http_error", 404) and not is_retryable("blocked_address")
+    assert not is_retryable(None)
+
+
+@pytest.mark.parametrize("kwargs", [{"timeout": 0}, {"retries": -1}, {"threads": 0}, {"max_bytes": 0}])
+def test_config_validation(kwargs):
+    with pytest.raises(ValueError):
+        FetchConfig(**kwargs)

@@ -1,0 +1,136 @@
+"""Region selection on hand-made boxes and scores, with the expected answers worked out."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torchvision.ops import nms
+
+from vlcurate.extractors.regions.boxes import (
+    clip_boxes, decode_deltas, nms_thresholds, nonempty, per_class_nms_best_score, select_lxmert, select_maxnms,
+)
+
+torch.set_num_threads(1)
+
+# Two pairs of heavily overlapping boxes, far apart:
+#   IoU(A, B) = 9*10 / (100 + 100 - 90) = 90/110 = 0.818;  same for C, D;  A/B vs C/D: 0.
+A, B, C, D = [0, 0, 10, 10], [1, 0, 11, 10], [20, 20, 30, 30], [21, 20, 31, 30]
+PAIRS = torch.tensor([A, B, C, D], dtype=torch.float32)
+#                         class 0  class 1
+PAIR_PROBS = torch.tensor([[0.50, 0.10],   # A
+                           [0.40, 0.45],   # B
+                           [0.10, 0.25],   # C
+                           [0.05, 0.15]])  # D
+# Per-class NMS at 0.3:
+#   class 0 visits A .5, B .4, C .1, D .05: keeps A (suppresses B), keeps C (suppresses D).
+#   class 1 visits B .45, C .25, D .15, A .1: keeps B (suppresses A), keeps C (suppresses D).
+# Best surviving score: A .5 (class 0), B .45 (class 1), C max(.1, .25) = .25, D never kept: 0.
+# B survives although it overlaps A: it is the best box of another class. A class-agnostic
+# NMS would have dropped it; that is the difference between the two procedures.
+PAIR_BEST = [0.5, 0.45, 0.25, 0.0]
+
+
+def test_per_class_best_score_by_hand():
+    best = per_class_nms_best_score(PAIRS, PAIR_PROBS, 0.3)
+    assert best.tolist() == pytest.approx(PAIR_BEST)
+
+
+def test_per_class_best_score_equals_one_torchvision_nms_per_class():
+    g = torch.Generator().manual_seed(0)
+    xy = torch.rand(60, 2, generator=g) * 50
+    boxes = torch.cat([xy, xy + 5 + torch.rand(60, 2, generator=g) * 30], dim=1)
+    probs = torch.rand(60, 7, generator=g)
+    expected = torch.zeros(60)
+    for c in range(7):
+        keep = nms(boxes, probs[:, c], 0.3)
+        expected[keep] = torch.maximum(expected[keep], probs[keep, c])
+    assert torch.equal(per_class_nms_best_score(boxes, probs, 0.3), expected)
+
+
+def test_lxmert_fixed_36_takes_every_proposal_when_fewer_exist():
+    # 3 proposals pass conf 0.2 (A, B, C), below min_boxes=36, so the 36 best are taken
+    # anyway: only 4 exist, so all 4, best first; D keeps its score 0.
+    sel = select_lxmert(PAIRS, PAIR_PROBS, min_boxes=36, max_boxes=36, nms_thresh=0.3, conf_thresh=0.2)
+    assert sel.indices.tolist() == [0, 1, 2, 3]
+    assert sel.scores.tolist() == pytest.approx(PAIR_BEST)
+    assert sel.nms_thresh == 0.3
+
+
+def test_lxmert_exactly_num_boxes_when_enough():
+    # max_boxes=min_boxes=2 with 3 confident proposals: the 2 best, A then B.
+    sel = select_lxmert(PAIRS, PAIR_PROBS, min_boxes=2, max_boxes=2)
+    assert sel.indices.tolist() == [0, 1]
+
+
+@pytest.mark.parametrize(
+    ("min_boxes", "max_boxes", "conf", "expected"),
+    [
+        (1, 10, 0.3, [0, 1]),  # A .5 and B .45 pass 0.3; 2 is within [1, 10]
+        (3, 10, 0.3, [0, 1, 2]),  # only 2 pass, fewer than 3: the 3 best (C .25 joins)
+        (1, 1, 0.3, [0]),  # 2 pass, more than 1: the best
+        (0, 10, 0.6, []),  # none passes and nothing is required
+        (1, 10, 0.0, [0, 1, 2, 3]),  # everything passes (D's 0 >= 0)
+    ],
+)
+def test_lxmert_variable_count(min_boxes, max_boxes, conf, expected):
+    sel = select_lxmert(PAIRS, PAIR_PROBS, min_boxes=min_boxes, max_boxes=max_boxes, conf_thresh=conf)
+    assert sel.indices.tolist() == expected
+
+
+def test_lxmert_no_proposals():
+    sel = select_lxmert(torch.zeros(0, 4), torch.zeros(0, 5))
+    assert len(sel) == 0
+
+
+# A nested stack of boxes plus a far one:
+#   IoU(A, B) = 100/120 = 0.833, IoU(A, C) = 100/160 = 0.625, IoU(B, C) = 120/160 = 0.75, D far away.
+STACK = torch.tensor([[0, 0, 10, 10], [0, 0, 10, 12], [0, 0, 10, 16], [50, 50, 60, 60]], dtype=torch.float32)
+STACK_SCORES = torch.tensor([0.9, 0.8, 0.7, 0.6])
+# Class-agnostic NMS visiting A, B, C, D:
+#   t = 0.3 .. 0.6: A kept; B (0.833) and C (0.625) suppressed by A; D kept      -> [A, D]
+#   t = 0.7, 0.8:   A kept; B (0.833 > t) suppressed; C (0.625 <= t vs A) kept; D -> [A, C, D]
+#   t = 0.9:        all kept (B 0.833, C 0.75 vs B)                               -> [A, B, C, D]
+
+
+@pytest.mark.parametrize(
+    ("min_boxes", "max_boxes", "expected", "thresh"),
+    [
+        (2, 2, [0, 3], 0.3),  # 0.3 already leaves 2
+        (3, 3, [0, 2, 3], 0.7),  # 0.3..0.6 leave 2 < 3; 0.7 leaves 3
+        (4, 4, [0, 1, 2, 3], 0.9),  # 0.7 and 0.8 leave 3; 0.9 leaves 4
+        (5, 5, [0, 1, 2, 3], 0.9),  # never 5: the last threshold's result
+        (1, 1, [0], 0.3),  # 0.3 leaves 2, capped at max_boxes 1
+        (3, 10, [0, 2, 3], 0.7),  # variable: stop at the first threshold giving >= 3
+    ],
+)
+def test_maxnms_raises_threshold_until_enough(min_boxes, max_boxes, expected, thresh):
+    sel = select_maxnms(STACK, STACK_SCORES, min_boxes=min_boxes, max_boxes=max_boxes)
+    assert sel.indices.tolist() == expected
+    assert sel.scores.tolist() == pytest.approx(STACK_SCORES[expected].tolist())
+    assert sel.nms_thresh == pytest.approx(thresh)
+
+
+def test_nms_thresholds_have_no_float_drift():
+    assert nms_thresholds(0.3, 0.1, 0.9) == [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+
+
+def test_decode_deltas_by_hand():
+    box = torch.tensor([[0.0, 0.0, 10.0, 20.0]])  # centre (5, 10), w 10, h 20
+    weights = (10.0, 10.0, 5.0, 5.0)
+    assert torch.allclose(decode_deltas(torch.zeros(1, 8), box, weights, 4.0), box.repeat(1, 2))
+    # dx = 0.5 (times weight 10) moves the centre by half a width: x 5 -> 10; dw = log 2
+    # (times weight 5) doubles the width: 10 -> 20. So x1 = 10 - 10 = 0, x2 = 20.
+    deltas = torch.tensor([[5.0, 0.0, 5 * math.log(2.0), 0.0]])
+    assert decode_deltas(deltas, box, weights, 4.0).tolist() == pytest.approx([[0.0, 0.0, 20.0, 20.0]])
+    # Huge dw is clamped: width grows by exp(clamp) at most.
+    huge = decode_deltas(torch.tensor([[0.0, 0.0, 1e4, 0.0]]), box, weights, 1.0)
+    assert (huge[0, 2] - huge[0, 0]).item() == pytest.approx(10 * math.e, rel=1e-5)
+
+
+def test_clip_and_nonempty():
+    boxes = torch.tensor([[-5.0, -5.0, 50.0, 8.0], [3.0, 3.0, 3.0, 9.0]])
+    assert clip_boxes(boxes, 6, 40).tolist() == [[0.0, 0.0, 40.0, 6.0], [3.0, 3.0, 3.0, 6.0]]
+    assert nonempty(boxes).tolist() == [True, False]
+    assert nonempty(boxes, min_size=12.0).tolist() == [True, False]  # 13 tall > 12, 55 wide

@@ -1,0 +1,53 @@
+import pyarrow as pa
+import pytest
+import webdataset as wds
+
+from vlcurate.io import (
+    ShardStats, TarSample, atomic_open, read_parquet, read_stats, read_tar, sha256_file, tar_keys,
+    write_parquet, write_stats, write_tar,
+)
+from vlcurate.schemas import SchemaError
+from tests.schemas.test_schemas import sample_table
+
+
+def test_atomic_open_leaves_nothing_on_error(tmp_path):
+    target = tmp_path / "a.bin"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError):
+        with atomic_open(target) as f:
+            f.write(b"partial")
+            raise RuntimeError("boom")
+    assert target.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin"]
+
+
+def test_tar_round_trip_is_reproducible_and_webdataset_reads_it(tmp_path):
+    samples = [TarSample(f"k{i}", {"jpg": bytes([i]) * 10, "txt": b"cap", "json": b"{}"}) for i in range(3)]
+    assert write_tar(tmp_path / "a.tar", samples) == 3
+    write_tar(tmp_path / "b.tar", samples)
+    assert sha256_file(tmp_path / "a.tar") == sha256_file(tmp_path / "b.tar")
+    assert tar_keys(tmp_path / "a.tar") == {f"k{i}": ["jpg", "json", "txt"] for i in range(3)}
+    got = list(wds.WebDataset(str(tmp_path / "a.tar"), shardshuffle=False))
+    assert [s["__key__"] for s in got] == ["k0", "k1", "k2"] and got[1]["jpg"] == bytes([1]) * 10
+    assert read_tar(tmp_path / "a.tar")[2]["txt"] == b"cap"
+    with pytest.raises(ValueError, match="contains '.'"):
+        write_tar(tmp_path / "c.tar", [TarSample("a.b", {"txt": b""})])
+    assert not (tmp_path / "c.tar").exists()
+
+
+def test_parquet_validates_before_writing(tmp_path):
+    t = sample_table()
+    write_parquet(t, tmp_path / "s.parquet", "sample")
+    assert read_parquet(tmp_path / "s.parquet", "sample").num_rows == 2
+    bad = t.set_column(0, pa.field("key", pa.string(), nullable=False), pa.array(["x", "x"]))
+    with pytest.raises(SchemaError, match="not unique"):
+        write_parquet(bad, tmp_path / "bad.parquet", "sample")
+    assert not (tmp_path / "bad.parquet").exists()
+
+
+def test_stats_round_trip(tmp_path):
+    s = ShardStats("download", 3, 10, {"ok": 8, "failed": 2})
+    write_stats(s, tmp_path / "s.json")
+    assert read_stats(tmp_path / "s.json") == s
+    with pytest.raises(SchemaError, match="negative"):
+        write_stats(ShardStats("download", 3, 10, {"ok": -1}), tmp_path / "t.json")

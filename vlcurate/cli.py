@@ -1,0 +1,131 @@
+"""The ``vlcurate`` command: one subcommand per job.
+
+Errors a user can fix print one line (``vlcurate: error: ...``) and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from vlcurate.errors import UserError
+from vlcurate.typed import ConfigError
+
+# Offline by default: no albumentations update check, no wandb, no hub lookups at import.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    from vlcurate.pipelines.build import build
+    from vlcurate.recipe import load_recipe
+    from vlcurate.report import summary_table
+
+    recipe = load_recipe(args.recipe)
+    runner = recipe.runner
+    if args.runner:
+        runner = replace(runner, name=args.runner)
+    if args.workers:
+        runner = replace(runner, workers=args.workers)
+    if args.beam_options:
+        runner = replace(runner, options=runner.options + tuple(args.beam_options))
+    result = build(replace(recipe, runner=runner))
+    print(summary_table(result.manifest, result.seconds))
+    print(f"version written: {result.version_dir}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from vlcurate.demo.run import run_demo
+
+    run_demo(Path(args.out), workers=args.workers)
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from vlcurate.validate import validate_version
+
+    problems = validate_version(args.version_dir)
+    for p in problems:
+        print(p)
+    print(f"{args.version_dir}: {'valid' if not problems else f'{len(problems)} problems'}")
+    return 1 if problems else 0
+
+
+def _cmd_versions_list(args: argparse.Namespace) -> int:
+    from vlcurate.versions import list_versions
+
+    rows = list_versions(args.root)
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    print(f"{'name':<16}{'version':<12}{'samples':>9}{'files':>7}{'bytes':>14}  created")
+    for r in rows:
+        print(f"{r['name']:<16}{r['version']:<12}{r['samples'] or '-':>9}{r['files']:>7}{r['bytes']:>14,}  {r['created_at']}")
+    return 0
+
+
+def _cmd_versions_show(args: argparse.Namespace) -> int:
+    from vlcurate.versions import load_manifest, show
+
+    if args.json:
+        print(json.dumps(load_manifest(args.version_dir), indent=1))
+    else:
+        print(show(args.version_dir))
+    return 0
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vlcurate", description="Curate and featurize image-text corpora as versioned, reproducible datasets.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("build", help="build a dataset version from a recipe (YAML)")
+    p.add_argument("recipe")
+    p.add_argument("--runner", help="override runner.name: local, DataflowRunner, DaskRunner, ...")
+    p.add_argument("--workers", type=int, help="override runner.workers (local runner processes)")
+    p.add_argument("beam_options", nargs=argparse.REMAINDER,
+                   help="after '--': Beam pipeline options passed through (e.g. -- --project=p --region=r)")
+    p.set_defaults(func=_cmd_build)
+
+    p = sub.add_parser("demo", help="build a version from the embedded sample corpus, validate it, summarise")
+    p.add_argument("--out", default="datasets", help="output root (default: ./datasets)")
+    p.add_argument("--workers", type=int, default=2)
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("validate", help="re-check a version: schemas, checksums, row counts, tar/parquet agreement")
+    p.add_argument("version_dir")
+    p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser("versions", help="list or show dataset versions")
+    vsub = p.add_subparsers(dest="versions_command", required=True)
+    q = vsub.add_parser("list", help="every version under ROOT")
+    q.add_argument("root")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=_cmd_versions_list)
+    q = vsub.add_parser("show", help="one version's manifest summary")
+    q.add_argument("version_dir")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=_cmd_versions_show)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    if getattr(args, "beam_options", None) and args.beam_options[0] == "--":
+        args.beam_options = args.beam_options[1:]
+    try:
+        return args.func(args)
+    except (UserError, ConfigError) as e:
+        print(f"vlcurate: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,459 @@
+"""Fetch URLs over HTTP(S): pooled keep-alive connections, SSRF guard, redirects,
+opt-out headers, bounded bodies and retries with backoff.
+
+Plain Python, no Beam. A `Fetcher` is thread-safe and meant to be built once per
+process (the Beam DoFn holds one). `fetch()` never raises for a bad URL or a
+network problem: every URL becomes a `FetchResult` whose `error_kind` says what
+went wrong (see `ERROR_KINDS`).
+
+Built on urllib3: its `PoolManager` keeps a pool of keep-alive connections per
+(scheme, host, port), which is where the throughput comes from when many URLs
+share a host. The SSRF guard lives in the connection class itself (`_new_conn`),
+so it runs for every new connection, including every redirect hop, and it
+connects to the very address it vetted: a second DNS answer (rebinding) is
+never consulted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import ipaddress
+import socket
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, replace
+from urllib.parse import urljoin
+
+import urllib3
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    DecodeError,
+    LocationValueError,
+    NameResolutionError,
+    NewConnectionError,
+    ProtocolError,
+    ReadTimeoutError,
+    SSLError,
+)
+from urllib3.util import parse_url
+from urllib3.util.connection import allowed_gai_family
+from urllib3.util.timeout import _DEFAULT_TIMEOUT
+
+USER_AGENT = "vlcurate/0.1"
+
+ERROR_KINDS = (
+    "http_error",  # the server answered with a non-2xx, non-redirect status
+    "timeout",  # connect, first byte or whole body slower than FetchConfig.timeout
+    "too_large",  # Content-Length or the streamed body exceeds FetchConfig.max_bytes
+    "opted_out",  # X-Robots-Tag carries a disallowed directive (body not downloaded)
+    "blocked_address",  # host resolves to / connected to a non-public address
+    "invalid_url",  # unparsable, no host, or a scheme other than http/https
+    "transfer_error",  # connection broke or body was malformed after the status line
+    "connection_error",  # DNS failure, refused, reset or TLS failure before a response
+    "too_many_redirects",  # more than FetchConfig.max_redirects hops
+)
+
+# Kinds worth fetching again later (a --retry-failed run) and within one fetch:
+# they describe the path to the server at one moment, not the resource.
+# "http_error" is retryable only for the statuses below; use `is_retryable()`.
+RETRYABLE = frozenset({"timeout", "connection_error", "transfer_error"})
+# 408/429 and gateway/overload statuses (incl. Cloudflare's 52x) are transient;
+# 500 is included because overloaded image servers often answer it.
+RETRYABLE_HTTP_STATUSES = frozenset({408, 429, 500, 502, 503, 504, 520, 521, 522, 523, 524})
+
+_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+_CHUNK = 64 * 1024
+_DRAIN_LIMIT = 64 * 1024  # drain at most this much of an unwanted body to keep the connection
+# X-Robots-Tag directives that take a value after ':' (so ':' is not an agent prefix).
+_VALUED_DIRECTIVES = frozenset(
+    {"unavailable_after", "max-snippet", "max-image-preview", "max-video-preview"}
+)
+
+
+@dataclass(frozen=True)
+class FetchConfig:
+    """How to fetch. Validated on construction (ValueError)."""
+
+    timeout: float = 10.0  # per request (each hop) in seconds: connect, each read, whole body
+    retries: int = 2  # extra attempts for retryable errors (see is_retryable)
+    backoff: float = 0.5  # base delay; attempt n sleeps backoff * 2**(n-1) * [0.5, 1.5)
+    max_redirects: int = 5
+    user_agent_token: str | None = None  # appended to UA: "vlcurate/0.1 (+token)"
+    max_bytes: int = 50_000_000  # cap on the body; larger -> too_large
+    # X-Robots-Tag directives that mean "do not use"; an empty tuple disables the check.
+    disallowed_header_directives: tuple[str, ...] = ("noai", "noimageai", "noindex", "noimageindex")
+    allow_private: bool = False  # allow private/loopback/link-local/multicast/reserved addresses
+    threads: int = 32  # concurrent fetches in fetch_many
+    verify_tls: bool = True  # verify certificates (certifi bundle when installed)
+
+    def __post_init__(self) -> None:
+        if self.timeout <= 0 or self.retries < 0 or self.backoff < 0:
+            raise ValueError("FetchConfig: timeout must be > 0, retries and backoff >= 0")
+        if self.max_redirects < 0 or self.max_bytes <= 0 or self.threads < 1:
+            raise ValueError("FetchConfig: max_redirects >= 0, max_bytes > 0, threads >= 1")
+        # Cooperative: a config inheriting from several configs validates them all.
+        parent = getattr(super(), "__post_init__", None)
+        if parent is not None:
+            parent()
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    """Outcome of one URL. `data` is set exactly when `error_kind` is None."""
+
+    data: bytes | None
+    error_kind: str | None  # None on success; one of ERROR_KINDS
+    error_message: str | None  # one line
+    http_status: int | None  # status of the last response received, if any
+    final_url: str | None  # URL of the last hop tried (after redirects)
+    attempts: int  # 1 + retries actually made
+    retry_after: float | None = None  # server's Retry-After (seconds) on 429/503, if any
+
+
+def is_retryable(error_kind: str | None, http_status: int | None = None) -> bool:
+    """True if a failure of this kind (and status) may succeed on a later attempt."""
+    if error_kind == "http_error":
+        return http_status in RETRYABLE_HTTP_STATUSES
+    return error_kind in RETRYABLE
+
+
+class BlockedAddressError(Exception):
+    """The destination is not a public address. Deliberately not an OSError so
+    urllib3 lets it through unwrapped instead of turning it into a ProtocolError."""
+
+    def __init__(self, host: str, address: str) -> None:
+        super().__init__(f"{host} resolves to non-public address {address}")
+
+
+def is_public_address(address: str) -> bool:
+    """True if `address` (an IP literal, optionally with a %scope) is globally routable."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 is loopback in disguise
+    return ip.is_global and not (
+        ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_multicast
+        or ip.is_reserved or ip.is_unspecified
+    )
+
+
+class _GuardedConnectionMixin:
+    """Replaces urllib3's connect: resolve once, refuse if ANY answer is non-public,
+    connect to the vetted addresses only, then check the peer actually reached."""
+
+    host: str
+    port: int
+    timeout: float | object
+    socket_options: list | None
+
+    def _new_conn(self) -> socket.socket:
+        host = str(getattr(self, "_dns_host", self.host)).strip("[]")
+        try:
+            infos = socket.getaddrinfo(host, self.port, allowed_gai_family(), socket.SOCK_STREAM)
+        except socket.gaierror as e:
+            raise NameResolutionError(self.host, self, e) from e  # type: ignore[arg-type]
+        for info in infos:
+            if not is_public_address(str(info[4][0])):
+                raise BlockedAddressError(host, str(info[4][0]))
+        last_error: Exception | None = None
+        for family, socktype, proto, _, sockaddr in infos:
+            sock = socket.socket(family, socktype, proto)
+            try:
+                for opt in self.socket_options or ():
+                    sock.setsockopt(*opt)
+                if self.timeout is not _DEFAULT_TIMEOUT:
+                    sock.settimeout(self.timeout)  # type: ignore[arg-type]
+                sock.connect(sockaddr)
+                peer = str(sock.getpeername()[0])
+            except TimeoutError as e:  # socket.timeout is TimeoutError on 3.10+
+                sock.close()
+                last_error = ConnectTimeoutError(self, f"connect to {host} timed out: {e}")
+                continue
+            except OSError as e:
+                sock.close()
+                last_error = NewConnectionError(self, f"connect to {host} failed: {e}")  # type: ignore[arg-type]
+                continue
+            if not is_public_address(peer):  # belt and braces: what we actually reached
+                sock.close()
+                raise BlockedAddressError(host, peer)
+            return sock
+        raise last_error or NewConnectionError(self, f"{host}: no address to connect to")  # type: ignore[arg-type]
+
+
+class _GuardedHTTPConnection(_GuardedConnectionMixin, HTTPConnection):
+    pass
+
+
+class _GuardedHTTPSConnection(_GuardedConnectionMixin, HTTPSConnection):
+    # TLS still verifies and sends SNI for self.host: only the socket is ours.
+    pass
+
+
+class _GuardedHTTPConnectionPool(HTTPConnectionPool):
+    ConnectionCls = _GuardedHTTPConnection
+
+
+class _GuardedHTTPSConnectionPool(HTTPSConnectionPool):
+    ConnectionCls = _GuardedHTTPSConnection
+
+
+def _failure(kind: str, message: str, status: int | None, url: str | None,
+             retry_after: float | None = None) -> FetchResult:
+    one_line = " ".join(message.split())[:500]
+    return FetchResult(None, kind, one_line, status, url, 1, retry_after)
+
+
+def _classify(exc: BaseException, got_response: bool) -> tuple[str, str]:
+    """Map an exception to (error_kind, message). Order matters: NewConnectionError
+    subclasses ConnectTimeoutError in urllib3."""
+    if isinstance(exc, BlockedAddressError):
+        return "blocked_address", str(exc)
+    if isinstance(exc, NameResolutionError):
+        return "connection_error", f"DNS resolution failed: {exc}"
+    if isinstance(exc, NewConnectionError):
+        return "connection_error", str(exc)
+    if isinstance(exc, (ConnectTimeoutError, ReadTimeoutError, TimeoutError)):
+        return "timeout", str(exc) or "timed out"
+    if isinstance(exc, SSLError):
+        return "connection_error", f"TLS: {exc}"
+    if isinstance(exc, (LocationValueError, http.client.InvalidURL, UnicodeError)):
+        return "invalid_url", str(exc)
+    if isinstance(exc, (ProtocolError, DecodeError, OSError, http.client.HTTPException,
+                        urllib3.exceptions.HTTPError)):
+        kind = "transfer_error" if got_response else "connection_error"
+        return kind, f"{type(exc).__name__}: {exc}"
+    return "transfer_error", f"{type(exc).__name__}: {exc}"
+
+
+def _opted_out(values: list[str], agents: frozenset[str], disallowed: frozenset[str]) -> str | None:
+    """Return the offending X-Robots-Tag directive, if any applies to us.
+
+    A value is a comma-separated list; `agent: d1, d2` scopes the following
+    directives to that agent until the next agent prefix. Directives scoped to
+    other agents (e.g. googlebot) don't apply to us.
+    """
+    for value in values:
+        agent: str | None = None
+        for part in value.split(","):
+            head, sep, rest = part.partition(":")
+            if sep and head.strip().lower() not in _VALUED_DIRECTIVES:
+                agent, part = head.strip().lower(), rest
+            directive = part.strip().lower()
+            if directive in disallowed and (agent is None or agent in agents):
+                return directive
+    return None
+
+
+def _retry_after(headers: urllib3.HTTPHeaderDict) -> float | None:
+    value = headers.get("Retry-After", "")
+    return float(value) if value.strip().isdigit() else None  # HTTP-date form ignored
+
+
+class Fetcher:
+    """Fetches URLs with per-host keep-alive pools. Thread-safe; use as a context
+    manager or call close()."""
+
+    def __init__(self, config: FetchConfig) -> None:
+        self.config = config
+        token = config.user_agent_token
+        self._headers = {
+            "User-Agent": f"{USER_AGENT} (+{token})" if token else USER_AGENT,
+            "Accept": "image/avif,image/webp,image/*,*/*;q=0.8",
+            "Accept-Encoding": "identity",  # images are compressed already
+        }
+        agents = {"*", "vlcurate"} | ({token.lower()} if token else set())
+        self._agents = frozenset(agents)
+        self._disallowed = frozenset(d.lower() for d in config.disallowed_header_directives)
+        pool_kw: dict = {"cert_reqs": "CERT_REQUIRED" if config.verify_tls else "CERT_NONE"}
+        if config.verify_tls:
+            try:
+                import certifi  # a current CA bundle beats the OS one in slim containers
+
+                pool_kw["ca_certs"] = certifi.where()
+            except ImportError:
+                pass
+        # maxsize = threads: every worker may keep a connection to the same host.
+        # num_pools bounds how many hosts keep idle connections open (LRU).
+        self._pool = urllib3.PoolManager(
+            num_pools=max(64, 4 * config.threads), maxsize=config.threads, block=False,
+            retries=False, **pool_kw,
+        )
+        if not config.allow_private:
+            self._pool.pool_classes_by_scheme = {
+                "http": _GuardedHTTPConnectionPool, "https": _GuardedHTTPSConnectionPool,
+            }
+        self._executor: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> Fetcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop worker threads and close pooled connections."""
+        with self._lock:
+            if self._executor is not None:
+                self._executor.shutdown(wait=True, cancel_futures=True)
+                self._executor = None
+        self._pool.clear()
+
+    def fetch(self, url: str) -> FetchResult:
+        """Fetch one URL, retrying retryable failures with backoff. Never raises
+        for a bad URL or a network problem."""
+        attempt = 0
+        while True:
+            attempt += 1
+            result = self._fetch_once(url)
+            if (result.error_kind is None or attempt > self.config.retries
+                    or not is_retryable(result.error_kind, result.http_status)):
+                return replace(result, attempts=attempt)
+            time.sleep(self._backoff_delay(url, attempt, result.retry_after))
+
+    def fetch_many(self, urls: Iterable[str]) -> Iterator[tuple[int, FetchResult]]:
+        """Fetch concurrently with `config.threads` workers; yield (index, result) in
+        completion order. At most 2*threads URLs are in flight, so a huge (even
+        lazy) input is consumed gradually and memory stays bounded."""
+        with self._lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(self.config.threads, "vlcurate-fetch")
+            executor = self._executor
+        source = iter(enumerate(urls))
+        pending: dict[Future[FetchResult], int] = {}
+        window = 2 * self.config.threads
+        try:
+            while True:
+                for index, url in source:
+                    pending[executor.submit(self.fetch, url)] = index
+                    if len(pending) >= window:
+                        break
+                if not pending:
+                    return
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    yield pending.pop(future), future.result()
+        finally:  # consumer stopped early: don't leave queued work behind
+            for future in pending:
+                future.cancel()
+
+    def _backoff_delay(self, url: str, attempt: int, retry_after: float | None) -> float:
+        # Jitter from a hash of (url, attempt): spreads retries of different URLs
+        # apart, yet a rerun sleeps exactly the same (reproducible timings/tests).
+        digest = hashlib.sha256(f"{url}\n{attempt}".encode()).digest()
+        jitter = 0.5 + int.from_bytes(digest[:4], "big") / 2**32
+        delay = self.config.backoff * 2 ** (attempt - 1) * jitter
+        if retry_after is not None:  # honour the server, but never wait past one timeout
+            delay = max(delay, min(retry_after, self.config.timeout))
+        return delay
+
+    def _fetch_once(self, url: str) -> FetchResult:
+        """One attempt: follow redirects, then stream the body."""
+        current = url.strip() if isinstance(url, str) else ""
+        timeout = urllib3.Timeout(connect=self.config.timeout, read=self.config.timeout)
+        for _hop in range(self.config.max_redirects + 1):
+            problem = self._url_problem(current)
+            if problem:
+                return _failure("invalid_url", f"{problem}: {current!r}", None, current or None)
+            started = time.monotonic()
+            try:
+                response = self._pool.urlopen(
+                    "GET", current, headers=self._headers, redirect=False, retries=False,
+                    preload_content=False, timeout=timeout,
+                )
+            except Exception as e:  # noqa: BLE001 - every failure becomes a FetchResult
+                if not isinstance(e, (BlockedAddressError, urllib3.exceptions.HTTPError,
+                                      OSError, http.client.HTTPException, ValueError)):
+                    raise  # a bug, not a network problem
+                kind, message = _classify(e, got_response=False)
+                return _failure(kind, message, None, current)
+            try:
+                status = response.status
+                if status in _REDIRECT_STATUSES:
+                    location = response.headers.get("Location")
+                    self._discard(response, drain=True)
+                    if not location:
+                        return _failure("http_error", f"HTTP {status} without Location", status, current)
+                    current = urljoin(current, location.strip())
+                    continue
+                return self._read_final(response, current, started)
+            finally:
+                response.release_conn()
+        return _failure("too_many_redirects",
+                        f"more than {self.config.max_redirects} redirects", None, current)
+
+    def _read_final(self, response: urllib3.BaseHTTPResponse, url: str, started: float) -> FetchResult:
+        status = response.status
+        if not (200 <= status < 300) or status in (204, 205):
+            self._discard(response, drain=True)
+            reason = getattr(response, "reason", "") or ""
+            return _failure("http_error", f"HTTP {status} {reason}".strip(), status, url,
+                            _retry_after(response.headers))
+        if self._disallowed:
+            directive = _opted_out(response.headers.getlist("X-Robots-Tag"),
+                                   self._agents, self._disallowed)
+            if directive:  # close rather than drain: we must not download it
+                self._discard(response, drain=False)
+                return _failure("opted_out", f"X-Robots-Tag: {directive}", status, url)
+        length = response.headers.get("Content-Length", "")
+        if length.strip().isdigit() and int(length) > self.config.max_bytes:
+            self._discard(response, drain=False)
+            return _failure("too_large", f"Content-Length {length} > {self.config.max_bytes}",
+                            status, url)
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            while True:
+                chunk = response.read(_CHUNK, decode_content=True)
+                if not chunk:
+                    break
+                size += len(chunk)
+                if size > self.config.max_bytes:
+                    self._discard(response, drain=False)
+                    return _failure("too_large", f"body exceeds {self.config.max_bytes} bytes",
+                                    status, url)
+                chunks.append(chunk)
+                # The read timeout bounds each recv; this bounds a slow drip.
+                if time.monotonic() - started > self.config.timeout:
+                    self._discard(response, drain=False)
+                    return _failure("timeout", f"body not received within {self.config.timeout}s",
+                                    status, url)
+        except Exception as e:  # noqa: BLE001 - every failure becomes a FetchResult
+            if not isinstance(e, (urllib3.exceptions.HTTPError, OSError,
+                                  http.client.HTTPException, ValueError)):
+                raise
+            self._discard(response, drain=False)
+            kind, message = _classify(e, got_response=True)
+            return _failure(kind, message, status, url)
+        return FetchResult(b"".join(chunks), None, None, status, url, 1)
+
+    @staticmethod
+    def _url_problem(url: str) -> str | None:
+        try:
+            parsed = parse_url(url)
+        except (LocationValueError, ValueError):
+            return "unparsable URL"
+        if not url:
+            return "empty URL"
+        if parsed.scheme not in ("http", "https"):
+            return f"unsupported scheme {parsed.scheme!r}" if parsed.scheme else "no scheme"
+        if not parsed.host:
+            return "no host"
+        return None
+
+    @staticmethod
+    def _discard(response: urllib3.BaseHTTPResponse, drain: bool) -> None:
+        """Finish with an unwanted body: drain a small one so the keep-alive
+        connection can be reused, otherwise close the connection."""
+        try:
+            remaining = response.length_remaining  # type: ignore[attr-defined]
+            if drain and remaining is not None and remaining <= _DRAIN_LIMIT:
+                response.drain_conn()
+                return
+        except Exception:  # noqa: BLE001 - a broken body just means: close it
+            pass
+        response.close()

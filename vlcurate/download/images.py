@@ -1,0 +1,300 @@
+"""Decode, check, resize and re-encode downloaded images; hash what is stored.
+
+Plain Python, no Beam. `ImageProcessor(config)(data)` never raises on bad bytes:
+every input becomes a `ProcessedImage` whose `error_kind` says why it was
+rejected (see `IMAGE_ERROR_KINDS`).
+
+Order of work, cheapest rejection first:
+1. `Image.open` reads only the header (lazy), restricted to common web formats.
+2. Pixel count, smallest side and aspect ratio are checked on the header size,
+   before any pixel is decoded (decompression bombs never reach the decoder).
+3. JPEGs are decoded at 1/2, 1/4 or 1/8 scale (libjpeg DCT scaling) when the
+   target still gets enough pixels: the main speed lever for large photos.
+4. EXIF orientation, mode normalisation to RGB (alpha composited on white,
+   16-bit scaled, ICC profiles converted to sRGB), resize, encode.
+
+Global PIL state is left alone. PIL's own bomb guard (`Image.MAX_IMAGE_PIXELS`,
+~89M pixels) runs inside `Image.open` before ours: above twice that limit it
+raises and we report `bomb`; between the limit and `max_pixels` it only emits a
+DecompressionBombWarning (shown once by Python's default filter) and our check
+decides. A `max_pixels` above PIL's hard limit is refused at construction: raise
+`PIL.Image.MAX_IMAGE_PIXELS` in your process first if you really want that.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageCms, ImageOps
+
+RESIZE_MODES = ("no", "keep_ratio", "center_crop", "border")
+ENCODE_FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
+IMAGE_ERROR_KINDS = ("not_an_image", "decode_error", "bomb", "too_small", "bad_aspect_ratio")
+
+# Formats we decode. Image.open would otherwise try ~40 plugins, some exotic or
+# (EPS) shelling out to Ghostscript: needless attack surface for web images.
+ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "AVIF", "ICO")
+# Leading bytes of those formats: a file that starts like an image but does not
+# open is corrupt (decode_error), anything else is not an image at all.
+_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG", b"GIF87a", b"GIF89a", b"BM", b"II*\x00",
+               b"MM\x00*", b"\x00\x00\x01\x00")
+# Decode JPEGs at no less than this multiple of the target (same idea as
+# Image.thumbnail's reducing_gap): the final LANCZOS pass then still sees enough
+# pixels to anti-alias, so quality matches a full decode at a fraction of the cost.
+DRAFT_REDUCING_GAP = 2.0
+# Downscaling: LANCZOS with reducing_gap=3 first box-reduces by an integer factor
+# (fast), then LANCZOS over the last <=3x; visually identical to plain LANCZOS.
+# Upscaling: BICUBIC (LANCZOS rings more on small sources).
+_DOWN_GAP = 3.0
+_WHITE = (255, 255, 255)
+_SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    """How to check, resize and encode. Validated on construction (ValueError)."""
+
+    image_size: int = 256
+    # "no": keep size; "keep_ratio": smallest side -> image_size; "center_crop":
+    # keep_ratio then centre square crop; "border": fit inside the square, pad white.
+    resize_mode: str = "keep_ratio"
+    resize_only_if_bigger: bool = False  # never upscale (crop/pad still apply)
+    min_image_size: int = 0  # smallest side of the ORIGINAL below this -> too_small
+    max_aspect_ratio: float = float("inf")  # long side / short side above this -> bad_aspect_ratio
+    max_pixels: int = 100_000_000  # width*height from the header above this -> bomb
+    encode_format: str = "jpg"  # "jpg" | "png" | "webp"
+    encode_quality: int = 95  # jpg/webp quality; ignored for png
+    reduced_decode: bool = True  # JPEG draft-mode decoding at 1/2, 1/4, 1/8 when the target allows
+
+    def __post_init__(self) -> None:
+        if self.resize_mode not in RESIZE_MODES:
+            raise ValueError(f"ImageConfig: resize_mode {self.resize_mode!r} not in {RESIZE_MODES}")
+        if self.encode_format not in ENCODE_FORMATS:
+            raise ValueError(f"ImageConfig: encode_format {self.encode_format!r} not in {tuple(ENCODE_FORMATS)}")
+        if self.image_size < 1 or self.min_image_size < 0 or self.max_pixels < 1:
+            raise ValueError("ImageConfig: image_size >= 1, min_image_size >= 0, max_pixels >= 1")
+        if not 1 <= self.encode_quality <= 100 or self.max_aspect_ratio < 1:
+            raise ValueError("ImageConfig: encode_quality in 1..100, max_aspect_ratio >= 1")
+        # Cooperative: a config inheriting from several configs validates them all.
+        parent = getattr(super(), "__post_init__", None)
+        if parent is not None:
+            parent()
+
+
+@dataclass(frozen=True)
+class ProcessedImage:
+    """Result for one input. `data` is set exactly when `error_kind` is None;
+    original_* are known from the header even for most rejections."""
+
+    data: bytes | None
+    width: int | None
+    height: int | None
+    original_width: int | None  # as displayed (after EXIF orientation)
+    original_height: int | None
+    sha256: str | None  # hex of the STORED (encoded) bytes
+    phash: str | None  # DCT pHash of the stored image, 16 hex chars (see phash())
+    error_kind: str | None  # None or one of IMAGE_ERROR_KINDS
+    error_message: str | None  # one line
+
+
+def _reject(kind: str, message: str, size: tuple[int, int] | None = None) -> ProcessedImage:
+    w, h = size if size else (None, None)
+    return ProcessedImage(None, None, None, w, h, None, None, kind, " ".join(str(message).split())[:300])
+
+
+def phash(img: Image.Image) -> str:
+    """64-bit DCT perceptual hash as 16 hex chars (original pHash convention).
+
+    Grayscale, resize to 32x32 (LANCZOS), 2-D DCT-II, keep the 8x8 lowest
+    frequencies *excluding* row 0 and column 0 (the DC term and the flat
+    horizontal/vertical components, which mostly encode overall brightness),
+    bit = coefficient > median of those 64, row-major, most significant first.
+    Compare hashes with `hamming_distance`.
+    """
+    from scipy.fft import dctn  # imported here: only hashing needs scipy
+
+    small = img.convert("L").resize((32, 32), Image.Resampling.LANCZOS)
+    coeffs = dctn(np.asarray(small, dtype=np.float64), type=2, norm="ortho")[1:9, 1:9]
+    bits = (coeffs > np.median(coeffs)).flatten()
+    return f"{int(''.join('1' if b else '0' for b in bits), 2):016x}"
+
+
+def hamming_distance(a: str, b: str) -> int:
+    """Number of differing bits between two hex hashes of the same length."""
+    return (int(a, 16) ^ int(b, 16)).bit_count()
+
+
+def draft_request(width: int, height: int, config: ImageConfig) -> tuple[int, int] | None:
+    """Size to pass to JPEG `draft()` so that the decoded image still has at least
+    DRAFT_REDUCING_GAP x the pixels the resize needs, or None if decoding cannot
+    be reduced (draft only scales by 1/2, 1/4, 1/8 and never below the request)."""
+    if not config.reduced_decode or config.resize_mode == "no":
+        return None
+    if config.resize_mode == "border":  # the long side must reach image_size
+        scale = config.image_size / max(width, height)
+    else:  # keep_ratio / center_crop: the short side must reach image_size
+        scale = config.image_size / min(width, height)
+    scale *= DRAFT_REDUCING_GAP
+    if scale > 0.5:  # not even a 1/2 reduction would leave enough pixels
+        return None
+    return max(1, math.ceil(width * scale)), max(1, math.ceil(height * scale))
+
+
+class ImageProcessor:
+    """Callable turning downloaded bytes into a stored image plus metadata.
+    Stateless after construction; safe to share between threads."""
+
+    def __init__(self, config: ImageConfig) -> None:
+        limit = Image.MAX_IMAGE_PIXELS
+        if limit is not None and config.max_pixels > 2 * limit:
+            raise ValueError(
+                f"ImageConfig.max_pixels={config.max_pixels} exceeds PIL's hard limit "
+                f"2*Image.MAX_IMAGE_PIXELS={2 * limit}; raise PIL.Image.MAX_IMAGE_PIXELS first")
+        self.config = config
+
+    def __call__(self, data: bytes) -> ProcessedImage:
+        """Process one downloaded body. Never raises on bad bytes."""
+        if not data:
+            return _reject("not_an_image", "empty body")
+        try:
+            img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+        except Image.DecompressionBombError as e:
+            return _reject("bomb", str(e))
+        except Exception as e:  # noqa: BLE001 - UnidentifiedImageError or a plugin's own error
+            if data.startswith(_SIGNATURES) or data[8:12] in (b"WEBP", b"avif", b"avis"):
+                return _reject("decode_error", f"corrupt header: {e}")
+            head = data[:40].decode("ascii", "replace")
+            return _reject("not_an_image", f"unrecognised data starting {head!r}")
+        with img:
+            return self._process(img)
+
+    def _process(self, img: Image.Image) -> ProcessedImage:
+        cfg = self.config
+        w, h = img.size
+        if w < 1 or h < 1:
+            return _reject("decode_error", f"invalid size {w}x{h}")
+        # The pre-decode checks are symmetric in w/h, so EXIF rotation can wait.
+        if w * h > cfg.max_pixels:
+            return _reject("bomb", f"{w}x{h} = {w * h} pixels > max_pixels {cfg.max_pixels}", (w, h))
+        if min(w, h) < cfg.min_image_size:
+            return _reject("too_small", f"{w}x{h}: smallest side < {cfg.min_image_size}", (w, h))
+        if max(w, h) / min(w, h) > cfg.max_aspect_ratio:
+            return _reject("bad_aspect_ratio",
+                           f"{w}x{h}: aspect ratio {max(w, h) / min(w, h):.2f} > {cfg.max_aspect_ratio}", (w, h))
+        if img.format in ("JPEG", "MPO"):  # MPO (multi-picture JPEG) shares the decoder
+            request = draft_request(w, h, cfg)
+            if request is not None:
+                img.draft("RGB", request)
+        try:
+            img.load()
+        except Image.DecompressionBombError as e:
+            return _reject("bomb", str(e), (w, h))
+        except Exception as e:  # noqa: BLE001 - truncated/corrupt data, recorded
+            return _reject("decode_error", f"{type(e).__name__}: {e}", (w, h))
+        try:
+            loaded = img.size
+            img = _transpose(img)
+            if img.size != loaded:  # rotated by 90 degrees: the original is too
+                w, h = h, w
+            rgb = _to_rgb(img)
+            out = self._resize(rgb, (w, h))
+            encoded = self._encode(out)
+            with Image.open(io.BytesIO(encoded)) as stored:
+                stored_hash = phash(stored)
+        except Exception as e:  # noqa: BLE001 - odd modes/broken data found late, recorded
+            return _reject("decode_error", f"{type(e).__name__}: {e}", (w, h))
+        return ProcessedImage(encoded, out.width, out.height, w, h,
+                              hashlib.sha256(encoded).hexdigest(), stored_hash, None, None)
+
+    def target_size(self, width: int, height: int) -> tuple[int, int]:
+        """Size after resizing (before crop/pad) an image of width x height."""
+        cfg, s = self.config, self.config.image_size
+        if cfg.resize_mode == "no":
+            return width, height
+        short, long = min(width, height), max(width, height)
+        if cfg.resize_mode == "border":
+            if cfg.resize_only_if_bigger and long <= s:
+                return width, height
+            other = max(1, round(short * s / long))
+            return (s, other) if width >= height else (other, s)
+        if cfg.resize_only_if_bigger and short <= s:
+            return width, height
+        other = max(1, round(long * s / short))
+        return (s, other) if width <= height else (other, s)
+
+    def _resize(self, img: Image.Image, original: tuple[int, int]) -> Image.Image:
+        # Sizes come from the original dimensions, not the (possibly drafted)
+        # decoded ones, so reduced decoding never changes the output size.
+        cfg, s = self.config, self.config.image_size
+        size = self.target_size(*original)
+        if size != img.size:
+            if size[0] * size[1] < img.width * img.height:
+                img = img.resize(size, Image.Resampling.LANCZOS, reducing_gap=_DOWN_GAP)
+            else:
+                img = img.resize(size, Image.Resampling.BICUBIC)
+        if cfg.resize_mode == "center_crop":
+            side = min(img.size)
+            left, top = (img.width - side) // 2, (img.height - side) // 2
+            img = img.crop((left, top, left + side, top + side))
+        elif cfg.resize_mode == "border" and img.size != (s, s):
+            canvas = Image.new("RGB", (max(s, img.width), max(s, img.height)), _WHITE)
+            canvas.paste(img, ((canvas.width - img.width) // 2, (canvas.height - img.height) // 2))
+            img = canvas
+        return img
+
+    def _encode(self, img: Image.Image) -> bytes:
+        # A fresh info dict: no EXIF/ICC/comments are written (privacy, size, and
+        # the pixels are already sRGB), and equal pixels give equal bytes.
+        img.info = {}
+        buf = io.BytesIO()
+        fmt = ENCODE_FORMATS[self.config.encode_format]
+        if fmt == "PNG":
+            img.save(buf, fmt)
+        else:
+            img.save(buf, fmt, quality=self.config.encode_quality)
+        return buf.getvalue()
+
+
+def _transpose(img: Image.Image) -> Image.Image:
+    try:
+        return ImageOps.exif_transpose(img)
+    except Exception:  # noqa: BLE001 - a broken EXIF block shouldn't cost the image
+        return img
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB in sRGB; transparency composited on white."""
+    icc = img.info.get("icc_profile")
+    if img.mode.startswith("I;16") or img.mode in ("I", "F"):
+        # PIL's convert("L") clips 16-bit values at 255 (a white image): scale instead.
+        arr = np.asarray(img)
+        if img.mode.startswith("I;16") or (img.mode == "I" and arr.max(initial=0) > 255):
+            arr = np.clip(arr, 0, 65535).astype(np.uint32) >> 8
+        img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "L")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, _WHITE + (255,))
+        background.alpha_composite(rgba)
+        img = background
+    if icc and img.mode in ("RGB", "RGBA", "CMYK"):
+        converted = _to_srgb(img, icc)
+        if converted is not None:
+            return converted
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def _to_srgb(img: Image.Image, icc: bytes) -> Image.Image | None:
+    """Convert with the embedded ICC profile (CMYK, Adobe RGB, Display P3...) to
+    sRGB; None when the profile is sRGB already or unusable (naive convert then)."""
+    try:
+        profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        if "srgb" in ImageCms.getProfileDescription(profile).lower():
+            return None
+        source = img if img.mode != "RGBA" else img.convert("RGB")
+        return ImageCms.profileToProfile(source, profile, _SRGB, outputMode="RGB")
+    except Exception:  # noqa: BLE001 - a bad profile falls back to naive conversion
+        return None

@@ -1,0 +1,35 @@
+"""Caption filters that need no model (LAION drops alt-text under 5 characters)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from vlcurate.filters.base import KEEP, Decision, FilterStage
+from vlcurate.pipelines.stage import register_stage
+
+
+@dataclass(frozen=True)
+class CaptionFilterConfig:
+    min_chars: int = 5
+    max_chars: int = 10_000
+    min_words: int = 1
+
+
+@register_stage
+class CaptionFilter(FilterStage):
+    """Drops samples whose caption is missing, too short or too long."""
+
+    name = "caption_filter"
+    Config = CaptionFilterConfig
+
+    def decide(self, row: dict[str, Any], corpus: Any) -> Decision:
+        caption = (row.get("caption") or "").strip()
+        cfg = self.config
+        if not caption:
+            return Decision(False, "no_caption")
+        if len(caption) < cfg.min_chars or len(caption.split()) < cfg.min_words:
+            return Decision(False, "caption_too_short", detail=f"{len(caption)} chars")
+        if len(caption) > cfg.max_chars:
+            return Decision(False, "caption_too_long", detail=f"{len(caption)} chars")
+        return KEEP

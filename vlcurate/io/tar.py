@@ -1,0 +1,72 @@
+"""WebDataset tar shards: ``<key>.jpg``, ``<key>.txt``, ``<key>.json`` plus feature files.
+
+Written with webdataset's TarWriter (fixed mtime/owner so rebuilds give the same
+bytes) and read back either with webdataset or with the key scan below.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from vlcurate.io.atomic import atomic_path
+
+# Reproducible tar members: every byte of the archive depends only on the samples.
+_FIXED_MTIME = 0.0
+
+
+@dataclass(frozen=True)
+class TarSample:
+    """One sample to store: key (no dots), then one payload per file extension."""
+
+    key: str
+    files: dict[str, bytes]
+
+
+def encode_json(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def write_tar(path: str | os.PathLike, samples: Iterable[TarSample]) -> int:
+    """Write samples to a tar shard atomically. Returns the number of samples."""
+    import webdataset as wds
+
+    n = 0
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f, wds.TarWriter(f, encoder=False, mtime=_FIXED_MTIME) as sink:
+            for sample in samples:
+                if "." in sample.key or "/" in sample.key:
+                    raise ValueError(f"sample key {sample.key!r} contains '.' or '/'")
+                sink.write({"__key__": sample.key, **sample.files})
+                n += 1
+    return n
+
+
+def tar_keys(path: str | os.PathLike) -> dict[str, list[str]]:
+    """Map each sample key in a tar shard to its file extensions, in archive order.
+
+    Raises ``tarfile.TarError`` (or ``EOFError``) on a damaged archive.
+    """
+    keys: dict[str, list[str]] = {}
+    with tarfile.open(Path(path), mode="r:") as tf:
+        for member in tf:
+            if not member.isfile():
+                continue
+            key, _, ext = member.name.partition(".")
+            keys.setdefault(key, []).append(ext)
+            # Read through the payload so truncation inside a member is detected too.
+            data = tf.extractfile(member)
+            if data is not None and len(data.read()) != member.size:
+                raise tarfile.ReadError(f"member {member.name} is truncated")
+    return keys
+
+
+def read_tar(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """All samples of a shard as webdataset dicts (``__key__`` + raw bytes per extension)."""
+    import webdataset as wds
+
+    return list(wds.WebDataset(str(path), shardshuffle=False))

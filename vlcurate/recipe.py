@@ -1,0 +1,146 @@
+"""The build recipe: YAML -> validated, typed config objects, and its hash.
+
+```yaml
+input:   {paths: [urls.parquet], url_col: url, caption_col: caption, extra_cols: [kind]}
+output:  {root: ./datasets, name: demo, version: v1}
+samples_per_shard: 1000
+stages:
+  - download: {image_size: 256, allow_private: false}
+  - exact_dedup: {}
+runner:  {name: local, workers: 2, options: []}
+```
+
+Relative paths are relative to the recipe file. The hash covers everything that
+decides the output bytes (input, stages, sharding) and not the runner, so the same
+recipe on any runner gives the same version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vlcurate.download.readers import InputSpec
+from vlcurate.pipelines.stage import stage_class
+from vlcurate.typed import ConfigError, convert, from_dict, to_dict
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    root: str
+    name: str
+    version: str
+    parent: str | None = None  # path of the version this one derives from
+
+    def __post_init__(self) -> None:
+        for what in ("name", "version"):
+            value = getattr(self, what)
+            if not _NAME_RE.match(value):
+                raise ValueError(f"{what} {value!r} must be letters, digits, '_', '-', '.'")
+
+    @property
+    def version_dir(self) -> Path:
+        return Path(self.root) / self.name / self.version
+
+
+@dataclass(frozen=True)
+class RunnerSpec:
+    """``local`` = Beam's FnApiRunner on this machine (``workers`` processes); any other
+    name is a Beam runner (DataflowRunner, DaskRunner, FlinkRunner, PortableRunner, ...)
+    configured by the pass-through ``options`` (``--flag=value`` strings)."""
+
+    name: str = "local"
+    workers: int = 1
+    options: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    name: str
+    config: Any
+
+
+@dataclass(frozen=True)
+class Recipe:
+    input: InputSpec
+    output: OutputSpec
+    stages: tuple[StageSpec, ...]
+    samples_per_shard: int = 1000
+    runner: RunnerSpec = field(default_factory=RunnerSpec)
+
+    def resolved(self) -> dict[str, Any]:
+        """Every setting, defaults filled in, as plain JSON-ready data."""
+        return {
+            "input": to_dict(self.input),
+            "output": to_dict(self.output),
+            "samples_per_shard": self.samples_per_shard,
+            "stages": [{s.name: to_dict(s.config)} for s in self.stages],
+            "runner": to_dict(self.runner),
+        }
+
+    def hash(self) -> str:
+        body = self.resolved()
+        body.pop("runner")
+        # Where inputs and outputs are stored does not change a version; the inputs'
+        # contents are checksummed in the manifest instead.
+        body["output"].pop("root")
+        body["input"].pop("paths")
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _parse_stages(data: Any, where: str) -> tuple[StageSpec, ...]:
+    if not isinstance(data, list) or not data:
+        raise ConfigError(f"{where}: expected a non-empty list of stages")
+    specs = []
+    for i, item in enumerate(data):
+        if not isinstance(item, dict) or len(item) != 1:
+            raise ConfigError(f"{where}[{i}]: expected one mapping 'stage_name: {{settings}}', got {item!r}")
+        (name, settings), = item.items()
+        try:
+            cls = stage_class(name)
+        except KeyError as e:
+            raise ConfigError(f"{where}[{i}]: {e.args[0]}") from None
+        specs.append(StageSpec(name, from_dict(cls.Config, settings, f"{where}[{i}].{name}")))
+    return tuple(specs)
+
+
+def recipe_from_dict(data: Any, base_dir: Path, where: str = "recipe") -> Recipe:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping at the top level")
+    known = {"input", "output", "samples_per_shard", "stages", "runner"}
+    for key in data:
+        if key not in known:
+            raise ConfigError(f"{where}.{key}: unknown key (known: {', '.join(sorted(known))})")
+    for key in ("input", "output", "stages"):
+        if key not in data:
+            raise ConfigError(f"{where}.{key}: required key is missing")
+    inp = from_dict(InputSpec, data["input"], f"{where}.input")
+    inp = replace(inp, paths=tuple(str((base_dir / p).resolve()) for p in inp.paths))
+    out = from_dict(OutputSpec, data["output"], f"{where}.output")
+    out = replace(out, root=str((base_dir / out.root).resolve()))
+    sps = convert(data.get("samples_per_shard", 1000), int, f"{where}.samples_per_shard")
+    if sps < 1:
+        raise ConfigError(f"{where}.samples_per_shard: must be at least 1, got {sps}")
+    runner = from_dict(RunnerSpec, data.get("runner"), f"{where}.runner")
+    return Recipe(inp, out, _parse_stages(data["stages"], f"{where}.stages"), sps, runner)
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and validate a recipe file; every problem is a ConfigError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"recipe {path}: no such file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        first = str(e).strip().splitlines()[0]
+        raise ConfigError(f"recipe {path}: not valid YAML ({first})") from None
+    return recipe_from_dict(data, path.parent.resolve(), where=str(path))
