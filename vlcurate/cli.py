@@ -84,12 +84,11 @@ def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vlcurate", description="Curate and featurize image-text corpora as versioned, reproducible datasets.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("build", help="build a dataset version from a recipe (YAML)")
+    p = sub.add_parser("build", help="build a dataset version from a recipe (YAML)",
+                       epilog="Beam pipeline options go after '--', e.g. -- --project=p --region=r")
     p.add_argument("recipe")
     p.add_argument("--runner", help="override runner.name: local, DataflowRunner, DaskRunner, ...")
     p.add_argument("--workers", type=int, help="override runner.workers (local runner processes)")
-    p.add_argument("beam_options", nargs=argparse.REMAINDER,
-                   help="after '--': Beam pipeline options passed through (e.g. -- --project=p --region=r)")
     p.set_defaults(func=_cmd_build)
 
     p = sub.add_parser("demo", help="build a version from the embedded sample corpus, validate it, summarise")
@@ -115,11 +114,14 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Everything after a bare '--' is passed to Beam untouched.
+    beam_options = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
     args = make_parser().parse_args(argv)
+    args.beam_options = beam_options
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
-    if getattr(args, "beam_options", None) and args.beam_options[0] == "--":
-        args.beam_options = args.beam_options[1:]
     try:
         return args.func(args)
     except (UserError, ConfigError) as e:

@@ -36,6 +36,7 @@ JPEG = _jpeg()
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, so connection reuse is observable
+    disable_nagle_algorithm = True  # else headers+body writes stall 40 ms on delayed ACKs
 
     def log_message(self, *args: object) -> None:  # keep test output quiet
         pass
@@ -119,6 +120,9 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
+    def handle_error(self, request, client_address) -> None:  # clients hang up on purpose
+        pass
+
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.lock = threading.Lock()
@@ -132,7 +136,7 @@ class _Server(ThreadingHTTPServer):
 @pytest.fixture(scope="module")
 def server():
     srv = _Server()
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread = threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     yield srv
     srv.shutdown()
@@ -203,8 +207,10 @@ def test_timeout_retried(server):
 def test_whole_body_deadline(server):
     # Every read returns within the read timeout; the total still must not exceed it.
     with Fetcher(FetchConfig(timeout=0.5, retries=0, allow_private=True)) as f:
+        start = time.monotonic()
         r = f.fetch(server.url("/drip"))
     assert r.error_kind == "timeout" and "body" in r.error_message
+    assert time.monotonic() - start < 1.5
 
 
 def test_redirect_chain_relative(server, fetcher):
@@ -415,3 +421,58 @@ def test_retryable_kinds():
 def test_config_validation(kwargs):
     with pytest.raises(ValueError):
         FetchConfig(**kwargs)
+
+
+# --- HTTPS through the guarded connection ----------------------------------------
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory):
+    """HTTPS server on 127.0.0.1 with a throwaway self-signed certificate for localhost."""
+    x509 = pytest.importorskip("cryptography.x509")
+    import datetime
+    import ipaddress
+    import ssl
+
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(1).not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName(
+            [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    d = tmp_path_factory.mktemp("tls")
+    (d / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (d / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                  serialization.NoEncryption()))
+    srv = _Server()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(d / "cert.pem", d / "key.pem")
+    srv.socket = context.wrap_socket(srv.socket, server_side=True)
+    thread = threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield srv, str(d / "cert.pem")
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_https_through_guard_verifies_certificate(tls_server, monkeypatch):
+    srv, ca = tls_server
+    url = f"https://localhost:{srv.server_address[1]}/ok-tls.jpg"
+    monkeypatch.setattr(fetch_mod, "is_public_address", lambda a: a == "127.0.0.1")
+    with Fetcher(FetchConfig(retries=0)) as f:  # default CA bundle: our certificate is unknown
+        untrusted = f.fetch(url)
+    monkeypatch.setattr(fetch_mod.certifi, "where", lambda: ca)
+    with Fetcher(FetchConfig(retries=0)) as f:
+        trusted = f.fetch(url)
+        again = f.fetch(url)
+    assert untrusted.error_kind == "connection_error" and "TLS" in untrusted.error_message
+    assert trusted.data == JPEG and again.data == JPEG  # SNI/hostname checked for "localhost"
+    assert len({port for path, port, _ in srv.log if path == "/ok-tls.jpg"}) == 1  # kept alive

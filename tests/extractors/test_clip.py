@@ -209,7 +209,7 @@ def test_timm_tower_path_eva() -> None:
         torch.testing.assert_close(feats.embedding, m.model.encode_image(x, normalize=True))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.gpu
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
 def test_cuda_autocast_close_to_cpu_fp32(tiny: ClipModel, precision: str) -> None:
     gpu = ClipModel(ClipConfig(TINY, device="cuda", precision=precision))

@@ -1,17 +1,15 @@
-"""Fetch URLs over HTTP(S): pooled keep-alive connections, SSRF guard, redirects,
-opt-out headers, bounded bodies and retries with backoff.
+"""Fetch URLs over HTTP(S): keep-alive connection pools, SSRF guard, redirects,
+opt-out headers, bounded bodies, retries with backoff. Plain Python, no Beam.
 
-Plain Python, no Beam. A `Fetcher` is thread-safe and meant to be built once per
-process (the Beam DoFn holds one). `fetch()` never raises for a bad URL or a
-network problem: every URL becomes a `FetchResult` whose `error_kind` says what
-went wrong (see `ERROR_KINDS`).
+A `Fetcher` is thread-safe and meant to be built once per process. `fetch()`
+never raises for a bad URL or a network problem: every URL becomes a
+`FetchResult` whose `error_kind` is one of `ERROR_KINDS`.
 
-Built on urllib3: its `PoolManager` keeps a pool of keep-alive connections per
-(scheme, host, port), which is where the throughput comes from when many URLs
-share a host. The SSRF guard lives in the connection class itself (`_new_conn`),
-so it runs for every new connection, including every redirect hop, and it
-connects to the very address it vetted: a second DNS answer (rebinding) is
-never consulted.
+Built on urllib3, whose PoolManager keeps keep-alive connections per (scheme,
+host, port): that is the throughput when many URLs share a host. The SSRF guard
+replaces the connection's connect step (`_new_conn`), so it runs for every new
+connection including every redirect hop, and it connects to the very addresses
+it vetted: a second, rebinding DNS answer is never consulted.
 """
 
 from __future__ import annotations
@@ -27,19 +25,11 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from urllib.parse import urljoin
 
+import certifi
 import urllib3
+from urllib3 import exceptions as ux
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.exceptions import (
-    ConnectTimeoutError,
-    DecodeError,
-    LocationValueError,
-    NameResolutionError,
-    NewConnectionError,
-    ProtocolError,
-    ReadTimeoutError,
-    SSLError,
-)
 from urllib3.util import parse_url
 from urllib3.util.connection import allowed_gai_family
 from urllib3.util.timeout import _DEFAULT_TIMEOUT
@@ -70,9 +60,9 @@ _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _CHUNK = 64 * 1024
 _DRAIN_LIMIT = 64 * 1024  # drain at most this much of an unwanted body to keep the connection
 # X-Robots-Tag directives that take a value after ':' (so ':' is not an agent prefix).
-_VALUED_DIRECTIVES = frozenset(
-    {"unavailable_after", "max-snippet", "max-image-preview", "max-video-preview"}
-)
+_VALUED_DIRECTIVES = frozenset({"unavailable_after", "max-snippet", "max-image-preview", "max-video-preview"})
+# What the network layer raises for network problems; anything else is a bug and propagates.
+_NETWORK_ERRORS = (ux.HTTPError, OSError, http.client.HTTPException, ValueError)
 
 
 @dataclass(frozen=True)
@@ -89,7 +79,6 @@ class FetchConfig:
     disallowed_header_directives: tuple[str, ...] = ("noai", "noimageai", "noindex", "noimageindex")
     allow_private: bool = False  # allow private/loopback/link-local/multicast/reserved addresses
     threads: int = 32  # concurrent fetches in fetch_many
-    verify_tls: bool = True  # verify certificates (certifi bundle when installed)
 
     def __post_init__(self) -> None:
         if self.timeout <= 0 or self.retries < 0 or self.backoff < 0:
@@ -97,8 +86,7 @@ class FetchConfig:
         if self.max_redirects < 0 or self.max_bytes <= 0 or self.threads < 1:
             raise ValueError("FetchConfig: max_redirects >= 0, max_bytes > 0, threads >= 1")
         # Cooperative: a config inheriting from several configs validates them all.
-        parent = getattr(super(), "__post_init__", None)
-        if parent is not None:
+        if (parent := getattr(super(), "__post_init__", None)) is not None:
             parent()
 
 
@@ -135,27 +123,21 @@ def is_public_address(address: str) -> bool:
     ip = ipaddress.ip_address(address.split("%", 1)[0])
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 is loopback in disguise
-    return ip.is_global and not (
-        ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_multicast
-        or ip.is_reserved or ip.is_unspecified
-    )
+    return ip.is_global and not (ip.is_private or ip.is_loopback or ip.is_link_local
+                                 or ip.is_multicast or ip.is_reserved or ip.is_unspecified)
 
 
 class _GuardedConnectionMixin:
     """Replaces urllib3's connect: resolve once, refuse if ANY answer is non-public,
-    connect to the vetted addresses only, then check the peer actually reached."""
+    connect to the vetted addresses only, then check the peer actually reached.
+    (host, port, timeout, socket_options come from urllib3's HTTPConnection.)"""
 
-    host: str
-    port: int
-    timeout: float | object
-    socket_options: list | None
-
-    def _new_conn(self) -> socket.socket:
+    def _new_conn(self) -> socket.socket:  # type: ignore[misc]
         host = str(getattr(self, "_dns_host", self.host)).strip("[]")
         try:
             infos = socket.getaddrinfo(host, self.port, allowed_gai_family(), socket.SOCK_STREAM)
         except socket.gaierror as e:
-            raise NameResolutionError(self.host, self, e) from e  # type: ignore[arg-type]
+            raise ux.NameResolutionError(self.host, self, e) from e  # type: ignore[arg-type]
         for info in infos:
             if not is_public_address(str(info[4][0])):
                 raise BlockedAddressError(host, str(info[4][0]))
@@ -169,19 +151,17 @@ class _GuardedConnectionMixin:
                     sock.settimeout(self.timeout)  # type: ignore[arg-type]
                 sock.connect(sockaddr)
                 peer = str(sock.getpeername()[0])
-            except TimeoutError as e:  # socket.timeout is TimeoutError on 3.10+
+            except OSError as e:  # socket.timeout is TimeoutError, an OSError, on 3.10+
                 sock.close()
-                last_error = ConnectTimeoutError(self, f"connect to {host} timed out: {e}")
-                continue
-            except OSError as e:
-                sock.close()
-                last_error = NewConnectionError(self, f"connect to {host} failed: {e}")  # type: ignore[arg-type]
+                last_error = (ux.ConnectTimeoutError(self, f"connect to {host} timed out")
+                              if isinstance(e, TimeoutError)
+                              else ux.NewConnectionError(self, f"connect to {host} failed: {e}"))  # type: ignore[arg-type]
                 continue
             if not is_public_address(peer):  # belt and braces: what we actually reached
                 sock.close()
                 raise BlockedAddressError(host, peer)
             return sock
-        raise last_error or NewConnectionError(self, f"{host}: no address to connect to")  # type: ignore[arg-type]
+        raise last_error or ux.NewConnectionError(self, f"{host}: no address")  # type: ignore[arg-type]
 
 
 class _GuardedHTTPConnection(_GuardedConnectionMixin, HTTPConnection):
@@ -189,16 +169,13 @@ class _GuardedHTTPConnection(_GuardedConnectionMixin, HTTPConnection):
 
 
 class _GuardedHTTPSConnection(_GuardedConnectionMixin, HTTPSConnection):
-    # TLS still verifies and sends SNI for self.host: only the socket is ours.
-    pass
+    pass  # TLS still verifies the certificate and sends SNI for self.host
 
 
-class _GuardedHTTPConnectionPool(HTTPConnectionPool):
-    ConnectionCls = _GuardedHTTPConnection
-
-
-class _GuardedHTTPSConnectionPool(HTTPSConnectionPool):
-    ConnectionCls = _GuardedHTTPSConnection
+_GUARDED_POOLS = {
+    "http": type("_GuardedHTTPConnectionPool", (HTTPConnectionPool,), {"ConnectionCls": _GuardedHTTPConnection}),
+    "https": type("_GuardedHTTPSConnectionPool", (HTTPSConnectionPool,), {"ConnectionCls": _GuardedHTTPSConnection}),
+}
 
 
 def _failure(kind: str, message: str, status: int | None, url: str | None,
@@ -208,34 +185,28 @@ def _failure(kind: str, message: str, status: int | None, url: str | None,
 
 
 def _classify(exc: BaseException, got_response: bool) -> tuple[str, str]:
-    """Map an exception to (error_kind, message). Order matters: NewConnectionError
-    subclasses ConnectTimeoutError in urllib3."""
+    """(error_kind, message) for an exception. Order matters: in urllib3
+    NewConnectionError subclasses ConnectTimeoutError."""
     if isinstance(exc, BlockedAddressError):
         return "blocked_address", str(exc)
-    if isinstance(exc, NameResolutionError):
+    if isinstance(exc, ux.NameResolutionError):
         return "connection_error", f"DNS resolution failed: {exc}"
-    if isinstance(exc, NewConnectionError):
+    if isinstance(exc, ux.NewConnectionError):
         return "connection_error", str(exc)
-    if isinstance(exc, (ConnectTimeoutError, ReadTimeoutError, TimeoutError)):
+    if isinstance(exc, (ux.ConnectTimeoutError, ux.ReadTimeoutError, TimeoutError)):
         return "timeout", str(exc) or "timed out"
-    if isinstance(exc, SSLError):
+    if isinstance(exc, ux.SSLError):
         return "connection_error", f"TLS: {exc}"
-    if isinstance(exc, (LocationValueError, http.client.InvalidURL, UnicodeError)):
+    if isinstance(exc, (ux.LocationValueError, http.client.InvalidURL, UnicodeError)):
         return "invalid_url", str(exc)
-    if isinstance(exc, (ProtocolError, DecodeError, OSError, http.client.HTTPException,
-                        urllib3.exceptions.HTTPError)):
-        kind = "transfer_error" if got_response else "connection_error"
-        return kind, f"{type(exc).__name__}: {exc}"
-    return "transfer_error", f"{type(exc).__name__}: {exc}"
+    # Broken connection, bad status line, bad chunking, gzip errors...
+    return ("transfer_error" if got_response else "connection_error"), f"{type(exc).__name__}: {exc}"
 
 
 def _opted_out(values: list[str], agents: frozenset[str], disallowed: frozenset[str]) -> str | None:
-    """Return the offending X-Robots-Tag directive, if any applies to us.
-
-    A value is a comma-separated list; `agent: d1, d2` scopes the following
-    directives to that agent until the next agent prefix. Directives scoped to
-    other agents (e.g. googlebot) don't apply to us.
-    """
+    """The X-Robots-Tag directive that forbids our use, if any. A value is a comma
+    list; `agent: d1, d2` scopes the directives after it to that agent (until the
+    next prefix); directives for other agents (e.g. googlebot) don't apply to us."""
     for value in values:
         agent: str | None = None
         for part in value.split(","):
@@ -248,9 +219,28 @@ def _opted_out(values: list[str], agents: frozenset[str], disallowed: frozenset[
     return None
 
 
-def _retry_after(headers: urllib3.HTTPHeaderDict) -> float | None:
-    value = headers.get("Retry-After", "")
-    return float(value) if value.strip().isdigit() else None  # HTTP-date form ignored
+def _url_problem(url: str) -> str | None:
+    """Why `url` cannot be fetched, or None."""
+    try:
+        parsed = parse_url(url)
+    except ValueError:  # LocationParseError is one
+        return "unparsable URL"
+    if parsed.scheme not in ("http", "https"):
+        return f"unsupported scheme {parsed.scheme!r}" if parsed.scheme else "no scheme"
+    return None if parsed.host else "no host"
+
+
+def _discard(response: urllib3.BaseHTTPResponse, drain: bool) -> None:
+    """Finish with an unwanted body: drain a small one so the keep-alive
+    connection can be reused, otherwise close the connection."""
+    remaining = getattr(response, "length_remaining", None)
+    if drain and remaining is not None and remaining <= _DRAIN_LIMIT:
+        try:
+            response.drain_conn()
+            return
+        except _NETWORK_ERRORS:  # a broken body just means: close it
+            pass
+    response.close()
 
 
 class Fetcher:
@@ -265,27 +255,16 @@ class Fetcher:
             "Accept": "image/avif,image/webp,image/*,*/*;q=0.8",
             "Accept-Encoding": "identity",  # images are compressed already
         }
-        agents = {"*", "vlcurate"} | ({token.lower()} if token else set())
-        self._agents = frozenset(agents)
+        self._agents = frozenset({"*", "vlcurate"} | ({token.lower()} if token else set()))
         self._disallowed = frozenset(d.lower() for d in config.disallowed_header_directives)
-        pool_kw: dict = {"cert_reqs": "CERT_REQUIRED" if config.verify_tls else "CERT_NONE"}
-        if config.verify_tls:
-            try:
-                import certifi  # a current CA bundle beats the OS one in slim containers
-
-                pool_kw["ca_certs"] = certifi.where()
-            except ImportError:
-                pass
+        # Certificates are always verified, against certifi's bundle (a requests
+        # dependency; slim OS images often lack a current one).
         # maxsize = threads: every worker may keep a connection to the same host.
         # num_pools bounds how many hosts keep idle connections open (LRU).
-        self._pool = urllib3.PoolManager(
-            num_pools=max(64, 4 * config.threads), maxsize=config.threads, block=False,
-            retries=False, **pool_kw,
-        )
+        self._pool = urllib3.PoolManager(num_pools=max(64, 4 * config.threads), maxsize=config.threads,
+                                         block=False, retries=False, ca_certs=certifi.where())
         if not config.allow_private:
-            self._pool.pool_classes_by_scheme = {
-                "http": _GuardedHTTPConnectionPool, "https": _GuardedHTTPSConnectionPool,
-            }
+            self._pool.pool_classes_by_scheme = _GUARDED_POOLS
         self._executor: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
 
@@ -356,26 +335,19 @@ class Fetcher:
         current = url.strip() if isinstance(url, str) else ""
         timeout = urllib3.Timeout(connect=self.config.timeout, read=self.config.timeout)
         for _hop in range(self.config.max_redirects + 1):
-            problem = self._url_problem(current)
-            if problem:
+            if problem := _url_problem(current):
                 return _failure("invalid_url", f"{problem}: {current!r}", None, current or None)
             started = time.monotonic()
             try:
-                response = self._pool.urlopen(
-                    "GET", current, headers=self._headers, redirect=False, retries=False,
-                    preload_content=False, timeout=timeout,
-                )
-            except Exception as e:  # noqa: BLE001 - every failure becomes a FetchResult
-                if not isinstance(e, (BlockedAddressError, urllib3.exceptions.HTTPError,
-                                      OSError, http.client.HTTPException, ValueError)):
-                    raise  # a bug, not a network problem
+                response = self._pool.urlopen("GET", current, headers=self._headers, redirect=False,
+                                              retries=False, preload_content=False, timeout=timeout)
+            except (BlockedAddressError, *_NETWORK_ERRORS) as e:
                 kind, message = _classify(e, got_response=False)
                 return _failure(kind, message, None, current)
             try:
-                status = response.status
-                if status in _REDIRECT_STATUSES:
+                if (status := response.status) in _REDIRECT_STATUSES:
                     location = response.headers.get("Location")
-                    self._discard(response, drain=True)
+                    _discard(response, drain=True)
                     if not location:
                         return _failure("http_error", f"HTTP {status} without Location", status, current)
                     current = urljoin(current, location.strip())
@@ -387,73 +359,41 @@ class Fetcher:
                         f"more than {self.config.max_redirects} redirects", None, current)
 
     def _read_final(self, response: urllib3.BaseHTTPResponse, url: str, started: float) -> FetchResult:
-        status = response.status
+        status, cap = response.status, self.config.max_bytes
         if not (200 <= status < 300) or status in (204, 205):
-            self._discard(response, drain=True)
+            _discard(response, drain=True)
             reason = getattr(response, "reason", "") or ""
+            wait_s = response.headers.get("Retry-After", "").strip()  # HTTP-date form ignored
             return _failure("http_error", f"HTTP {status} {reason}".strip(), status, url,
-                            _retry_after(response.headers))
-        if self._disallowed:
-            directive = _opted_out(response.headers.getlist("X-Robots-Tag"),
-                                   self._agents, self._disallowed)
-            if directive:  # close rather than drain: we must not download it
-                self._discard(response, drain=False)
-                return _failure("opted_out", f"X-Robots-Tag: {directive}", status, url)
-        length = response.headers.get("Content-Length", "")
-        if length.strip().isdigit() and int(length) > self.config.max_bytes:
-            self._discard(response, drain=False)
-            return _failure("too_large", f"Content-Length {length} > {self.config.max_bytes}",
-                            status, url)
+                            float(wait_s) if wait_s.isdigit() else None)
+        problem = self._refusal(response.headers)
         chunks: list[bytes] = []
         size = 0
         try:
-            while True:
-                chunk = response.read(_CHUNK, decode_content=True)
+            while problem is None:
+                # read1: whatever one recv brings (read() would block until the
+                # whole chunk arrived, defeating the deadline check below).
+                chunk = response.read1(_CHUNK, decode_content=True)
                 if not chunk:
-                    break
+                    return FetchResult(b"".join(chunks), None, None, status, url, 1)
                 size += len(chunk)
-                if size > self.config.max_bytes:
-                    self._discard(response, drain=False)
-                    return _failure("too_large", f"body exceeds {self.config.max_bytes} bytes",
-                                    status, url)
                 chunks.append(chunk)
-                # The read timeout bounds each recv; this bounds a slow drip.
-                if time.monotonic() - started > self.config.timeout:
-                    self._discard(response, drain=False)
-                    return _failure("timeout", f"body not received within {self.config.timeout}s",
-                                    status, url)
-        except Exception as e:  # noqa: BLE001 - every failure becomes a FetchResult
-            if not isinstance(e, (urllib3.exceptions.HTTPError, OSError,
-                                  http.client.HTTPException, ValueError)):
-                raise
-            self._discard(response, drain=False)
-            kind, message = _classify(e, got_response=True)
-            return _failure(kind, message, status, url)
-        return FetchResult(b"".join(chunks), None, None, status, url, 1)
+                if size > cap:
+                    problem = ("too_large", f"body exceeds {cap} bytes")
+                elif time.monotonic() - started > self.config.timeout:  # a slow drip
+                    problem = ("timeout", f"body not received within {self.config.timeout}s")
+        except _NETWORK_ERRORS as e:
+            problem = _classify(e, got_response=True)
+        _discard(response, drain=False)  # close, don't drain: we must not download it
+        return _failure(*problem, status, url)
 
-    @staticmethod
-    def _url_problem(url: str) -> str | None:
-        try:
-            parsed = parse_url(url)
-        except (LocationValueError, ValueError):
-            return "unparsable URL"
-        if not url:
-            return "empty URL"
-        if parsed.scheme not in ("http", "https"):
-            return f"unsupported scheme {parsed.scheme!r}" if parsed.scheme else "no scheme"
-        if not parsed.host:
-            return "no host"
+    def _refusal(self, headers: urllib3.HTTPHeaderDict) -> tuple[str, str] | None:
+        """Reasons to refuse a 2xx response from its headers alone."""
+        if self._disallowed:
+            directive = _opted_out(headers.getlist("X-Robots-Tag"), self._agents, self._disallowed)
+            if directive:
+                return "opted_out", f"X-Robots-Tag: {directive}"
+        length = headers.get("Content-Length", "")
+        if length.strip().isdigit() and int(length) > self.config.max_bytes:
+            return "too_large", f"Content-Length {length} > {self.config.max_bytes}"
         return None
-
-    @staticmethod
-    def _discard(response: urllib3.BaseHTTPResponse, drain: bool) -> None:
-        """Finish with an unwanted body: drain a small one so the keep-alive
-        connection can be reused, otherwise close the connection."""
-        try:
-            remaining = response.length_remaining  # type: ignore[attr-defined]
-            if drain and remaining is not None and remaining <= _DRAIN_LIMIT:
-                response.drain_conn()
-                return
-        except Exception:  # noqa: BLE001 - a broken body just means: close it
-            pass
-        response.close()

@@ -1,0 +1,1 @@
+"""Feature extractors: CLIP embeddings + ViT tokens (clip), region features (regions)."""

@@ -22,8 +22,8 @@ from vlcurate.download.readers import InputError, list_input_files, read_inputs
 from vlcurate.errors import UserError
 import pyarrow.parquet as pq
 
-from vlcurate.io.atomic import atomic_path, sha256_file, write_bytes_atomic
-from vlcurate.pipelines.beam import build_graph, known_runner, make_pipeline, run_stats
+from vlcurate.io.atomic import TMP_MARK, atomic_path, sha256_file, write_bytes_atomic
+from vlcurate.pipelines.beam import build_graph, resolve_runner, make_pipeline, run_stats
 from vlcurate.pipelines.progress import Progress
 from vlcurate.pipelines.stage import WORK_DIR, Layout, stage_class
 from vlcurate.recipe import Recipe
@@ -46,7 +46,7 @@ def check_buildable(recipe: Recipe) -> None:
     target = recipe.output.version_dir
     if target.exists():
         raise UserError(f"output {target}: version already exists (versions are immutable; pick a new version)")
-    if not known_runner(recipe.runner.name):
+    if resolve_runner(recipe.runner.name) is None:
         raise UserError(f"runner {recipe.runner.name!r}: unknown (use 'local' or a Beam runner name such as DataflowRunner, DaskRunner, FlinkRunner, PortableRunner)")
     if recipe.runner.workers < 1:
         raise UserError(f"runner.workers: must be at least 1, got {recipe.runner.workers}")
@@ -79,6 +79,9 @@ def _claim_building_dir(recipe: Recipe) -> Path:
                 f"output {root}: an unfinished build of a different recipe is there (hash {prior[:12]}); "
                 "remove that directory or build under another version"
             )
+        # Temporary files of the killed build: never committed, so never needed.
+        for path in list(root.rglob(f"*{TMP_MARK}*")):
+            path.unlink()
     else:
         write_bytes_atomic(marker, body.encode())
     return root

@@ -7,7 +7,8 @@ generic DoFn in :mod:`vlcurate.pipelines.beam` runs any stage, and tests call
 
 A stage that needs the whole corpus (exact dedup across shards, a near-duplicate
 index) sets ``needs_corpus`` and implements ``collect`` (a small table per shard) and
-``combine`` (those tables into one side value); ``run_shard`` then gets that value.
+``combine`` (those tables, in shard order, into one JSON-ready value); ``run_shard``
+then gets that value.
 """
 
 from __future__ import annotations

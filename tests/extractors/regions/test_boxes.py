@@ -123,7 +123,7 @@ def test_decode_deltas_by_hand():
     # dx = 0.5 (times weight 10) moves the centre by half a width: x 5 -> 10; dw = log 2
     # (times weight 5) doubles the width: 10 -> 20. So x1 = 10 - 10 = 0, x2 = 20.
     deltas = torch.tensor([[5.0, 0.0, 5 * math.log(2.0), 0.0]])
-    assert decode_deltas(deltas, box, weights, 4.0).tolist() == pytest.approx([[0.0, 0.0, 20.0, 20.0]])
+    assert decode_deltas(deltas, box, weights, 4.0)[0].tolist() == pytest.approx([0.0, 0.0, 20.0, 20.0])
     # Huge dw is clamped: width grows by exp(clamp) at most.
     huge = decode_deltas(torch.tensor([[0.0, 0.0, 1e4, 0.0]]), box, weights, 1.0)
     assert (huge[0, 2] - huge[0, 0]).item() == pytest.approx(10 * math.e, rel=1e-5)

@@ -208,7 +208,7 @@ class RegionFeatureExtractor:
             return sel, out.proposals[sel.indices]
         # maxnms: each proposal's box regressed for its top foreground class.
         scores, top = _max_or_empty(fg_probs)
-        deltas = out.box_deltas.view(len(top), -1, 4)
+        deltas = out.box_deltas.view(len(top), self.config.num_bbox_reg_classes, 4)
         if self.config.background == "first":
             deltas = deltas[:, 1:]
         top_deltas = deltas[torch.arange(len(top), device=top.device), top]
