@@ -217,6 +217,19 @@ def test_embedded_icc_profile_tolerated():
     assert broken.error_kind is None
 
 
+def test_non_srgb_profile_is_converted(monkeypatch):
+    # No non-sRGB profile ships here: label the sRGB one "Display P3" to drive the
+    # conversion path; an sRGB->sRGB transform must leave the picture as it was.
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    plain = np.asarray(ok(run(encode(photo((64, 64)), "PNG"), image_size=32)), float)
+    calls: list[int] = []
+    real = ImageCms.profileToProfile
+    monkeypatch.setattr(ImageCms, "getProfileDescription", lambda profile: "Display P3")
+    monkeypatch.setattr(ImageCms, "profileToProfile", lambda *a, **k: calls.append(1) or real(*a, **k))
+    converted = np.asarray(ok(run(encode(photo((64, 64)), "PNG", icc_profile=icc), image_size=32)), float)
+    assert calls and np.abs(converted - plain).mean() < 2.0
+
+
 @pytest.mark.parametrize("fmt", ["jpg", "png", "webp"])
 def test_encode_formats_and_determinism(fmt):
     data = encode(photo((300, 200)))

@@ -37,7 +37,10 @@ IMAGE_ERROR_KINDS = ("not_an_image", "decode_error", "bomb", "too_small", "bad_a
 
 # Formats we decode. Image.open would otherwise try ~40 plugins, some exotic or
 # (EPS) shelling out to Ghostscript: needless attack surface for web images.
-ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "AVIF", "ICO")
+# Only those this Pillow build has: Image.open raises KeyError for an unknown name.
+Image.init()
+ALLOWED_FORMATS = tuple(f for f in ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "AVIF", "ICO")
+                        if f in Image.OPEN)
 # Leading bytes of those formats: a file that starts like an image but does not
 # open is corrupt (decode_error), anything else is not an image at all.
 _SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG", b"GIF87a", b"GIF89a", b"BM", b"II*\x00",
@@ -87,13 +90,14 @@ class ImageConfig:
 
 @dataclass(frozen=True)
 class ProcessedImage:
-    """Result for one input. `data` is set exactly when `error_kind` is None;
-    original_* are known from the header even for most rejections."""
+    """Result for one input. `data` is set exactly when `error_kind` is None.
+    original_* are the full-resolution size as displayed (EXIF orientation
+    applied); for rejections made from the header alone they are in stored order."""
 
     data: bytes | None
     width: int | None
     height: int | None
-    original_width: int | None  # as displayed (after EXIF orientation)
+    original_width: int | None
     original_height: int | None
     sha256: str | None  # hex of the STORED (encoded) bytes
     phash: str | None  # DCT pHash of the stored image, 16 hex chars (see phash())
