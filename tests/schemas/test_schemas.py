@@ -6,7 +6,7 @@ from vlcurate.schemas import SchemaError, get_schema, validate
 
 def sample_table(**changes):
     row = {"key": "00000_000000", "url": "http://x/a.jpg", "caption": "a cat", "status": "ok",
-           "error_kind": None, "error_message": None, "width": 10, "height": 10,
+           "error_kind": None, "error_message": None, "http_status": 200, "width": 10, "height": 10,
            "original_width": 20, "original_height": 20, "sha256": "ab", "phash": "cd"}
     rows = [row, {**row, "key": "00000_000001", "status": "failed", "error_kind": "http_error",
                   "width": None, "sha256": None}]

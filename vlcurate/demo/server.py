@@ -17,6 +17,9 @@ class _Handler(BaseHTTPRequestHandler):
     files: dict[str, Served] = {}
     delay: float = 0.0
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes; without this, each keep-alive request
+    # waits for the client's delayed ACK (~40 ms).
+    disable_nagle_algorithm = True
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
         if self.delay:

@@ -45,6 +45,7 @@ class _Outcome:
     error_kind: str | None
     error_message: str | None
     image: ProcessedImage | None
+    http_status: int | None = None
 
 
 def sample_key(shard: int, row: int) -> str:
@@ -68,9 +69,9 @@ class DownloadStage(Stage):
             return _Outcome("invalid_url", "empty url", None)
         fetched = self.fetcher.fetch(url)
         if fetched.error_kind is not None:
-            return _Outcome(fetched.error_kind, fetched.error_message, None)
+            return _Outcome(fetched.error_kind, fetched.error_message, None, fetched.http_status)
         image = self.processor(fetched.data)
-        return _Outcome(image.error_kind, image.error_message, image)
+        return _Outcome(image.error_kind, image.error_message, image, fetched.http_status)
 
     def run_shard(self, shard: int, corpus: Any = None) -> ShardStats:
         if not hasattr(self, "pool"):
@@ -96,6 +97,7 @@ class DownloadStage(Stage):
             meta = {
                 "key": key, "url": url or "", "caption": caption, "status": status,
                 "error_kind": out.error_kind, "error_message": out.error_message,
+                "http_status": out.http_status,
                 "width": img.width if img else None, "height": img.height if img else None,
                 "original_width": out.image.original_width if out.image else None,
                 "original_height": out.image.original_height if out.image else None,
@@ -105,7 +107,8 @@ class DownloadStage(Stage):
                 col.append(meta[name])
             if img is not None:
                 extra = {n: extras[n][i] for n in extra_names}
-                body = {k: v for k, v in meta.items() if k not in ("status", "error_kind", "error_message")}
+                body = {k: v for k, v in meta.items()
+                        if k not in ("status", "error_kind", "error_message", "http_status")}
                 samples.append(TarSample(key, {ext: img.data, "txt": (caption or "").encode(),
                                                "json": encode_json({**body, **_jsonable(extra)})}))
         table = pa.table(rows, schema=get_schema("sample").schema)

@@ -3,7 +3,7 @@
 from vlcurate.io.atomic import atomic_open, atomic_path, sha256_file, write_bytes_atomic
 from vlcurate.io.parquet import parquet_rows, read_parquet, record_kind, write_parquet
 from vlcurate.io.stats import ShardStats, read_stats, write_stats
-from vlcurate.io.tar import TarSample, encode_json, read_tar, tar_keys, write_tar
+from vlcurate.io.tar import TarSample, encode_json, iter_tar_files, read_tar, tar_keys, write_tar
 
 __all__ = [
     "ShardStats",
@@ -11,6 +11,7 @@ __all__ = [
     "atomic_open",
     "atomic_path",
     "encode_json",
+    "iter_tar_files",
     "parquet_rows",
     "read_parquet",
     "read_stats",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Mapping
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -15,14 +16,24 @@ from vlcurate.schemas import get_schema, validate
 _WRITE_OPTIONS = dict(compression="zstd", compression_level=3, use_dictionary=True, write_statistics=True)
 
 
-def write_parquet(table: pa.Table, path: str | os.PathLike, kind: str) -> int:
-    """Validate ``table`` as record kind ``kind`` and commit it atomically. Returns rows."""
+def write_parquet(table: pa.Table, path: str | os.PathLike, kind: str,
+                  metadata: Mapping[str, str] | None = None) -> int:
+    """Validate ``table`` as record kind ``kind`` and commit it atomically. Returns rows.
+
+    ``metadata``: extra schema metadata (e.g. declared feature shapes, model
+    provenance) stored next to the record kind; it is attached before validation so
+    row checks can read it. Other metadata already on ``table`` is not kept.
+    """
+    extra_meta = {k.encode(): v.encode() for k, v in (metadata or {}).items()}
+    if extra_meta:
+        table = table.replace_schema_metadata(extra_meta)
     validate(table, kind)
     record = get_schema(kind)
     extra = [f for f in table.schema if f.name not in record.schema.names]
-    table = table.cast(record.with_extra(extra)) if record.open_columns else table.cast(
-        record.with_extra([])
-    )
+    schema = record.with_extra(extra if record.open_columns else [])
+    table = table.cast(schema)
+    if extra_meta:
+        table = table.replace_schema_metadata({**schema.metadata, **extra_meta})
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, **_WRITE_OPTIONS)
     return table.num_rows

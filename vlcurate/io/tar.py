@@ -11,7 +11,7 @@ import os
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Collection, Iterable, Iterator
 
 from vlcurate.io.atomic import atomic_path
 
@@ -70,3 +70,27 @@ def read_tar(path: str | os.PathLike) -> list[dict[str, Any]]:
     import webdataset as wds
 
     return list(wds.WebDataset(str(path), shardshuffle=False))
+
+
+def iter_tar_files(path: str | os.PathLike, exts: Collection[str],
+                   keys: Collection[str] | None = None) -> Iterator[tuple[str, str, bytes]]:
+    """Stream ``(key, ext, payload)`` for the members of a tar shard whose extension is
+    in ``exts`` (and whose key is in ``keys``, when given), in archive order.
+
+    One sequential pass that holds one payload at a time, so a feature stage can read
+    a shard of thousands of images without loading it whole. Raises
+    ``tarfile.TarError`` (or ``EOFError``) on a damaged archive.
+    """
+    wanted = set(exts)
+    with tarfile.open(Path(path), mode="r:") as tf:
+        for member in tf:
+            if not member.isfile():
+                continue
+            key, _, ext = member.name.partition(".")
+            if ext not in wanted or (keys is not None and key not in keys):
+                continue
+            data = tf.extractfile(member)
+            payload = data.read() if data is not None else b""
+            if len(payload) != member.size:
+                raise tarfile.ReadError(f"member {member.name} is truncated")
+            yield key, ext, payload

@@ -52,6 +52,7 @@ SAMPLE = register(
                 pa.field("status", pa.string(), nullable=False),
                 pa.field("error_kind", pa.string()),
                 pa.field("error_message", pa.string()),
+                pa.field("http_status", pa.int32()),
                 pa.field("width", pa.int32()),
                 pa.field("height", pa.int32()),
                 pa.field("original_width", pa.int32()),

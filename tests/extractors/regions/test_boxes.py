@@ -6,10 +6,10 @@ import math
 
 import pytest
 import torch
-from torchvision.ops import nms
+from torchvision.ops import box_iou, nms
 
 from vlcurate.extractors.regions.boxes import (
-    clip_boxes, decode_deltas, nms_thresholds, nonempty, per_class_nms_best_score, select_lxmert, select_maxnms,
+    _greedy_keep_fixed_point, _greedy_keep_sequential, clip_boxes, decode_deltas, nms_thresholds, nonempty, per_class_nms_best_score, select_lxmert, select_maxnms,
 )
 
 torch.set_num_threads(1)
@@ -37,16 +37,24 @@ def test_per_class_best_score_by_hand():
     assert best.tolist() == pytest.approx(PAIR_BEST)
 
 
-def test_per_class_best_score_equals_one_torchvision_nms_per_class():
+@pytest.mark.parametrize("thresh", [0.3, 0.7])
+def test_per_class_nms_equals_one_torchvision_nms_per_class(thresh):
     g = torch.Generator().manual_seed(0)
     xy = torch.rand(60, 2, generator=g) * 50
     boxes = torch.cat([xy, xy + 5 + torch.rand(60, 2, generator=g) * 30], dim=1)
     probs = torch.rand(60, 7, generator=g)
+    expected_kept = torch.zeros(7, 60, dtype=torch.bool)
     expected = torch.zeros(60)
     for c in range(7):
-        keep = nms(boxes, probs[:, c], 0.3)
+        keep = nms(boxes, probs[:, c], thresh)
+        expected_kept[c, keep] = True
         expected[keep] = torch.maximum(expected[keep], probs[keep, c])
-    assert torch.equal(per_class_nms_best_score(boxes, probs, 0.3), expected)
+    assert torch.equal(per_class_nms_best_score(boxes, probs, thresh), expected)
+    # Both greedy forms (sequential on CPU, fixed point on CUDA), the latter in odd chunks.
+    overlaps = box_iou(boxes, boxes) > thresh
+    order = torch.argsort(probs.t(), dim=1, descending=True, stable=True)
+    assert torch.equal(_greedy_keep_sequential(overlaps, order), expected_kept)
+    assert torch.equal(_greedy_keep_fixed_point(overlaps, order, max_elements=3 * 60 * 60), expected_kept)
 
 
 def test_lxmert_fixed_36_takes_every_proposal_when_fewer_exist():

@@ -103,7 +103,8 @@ def prepare_image(image: Image.Image, config: RegionConfig, device: str | torch.
     scale, new_h, new_w = resize_plan(h, w, config.min_size, config.max_size)
     if (new_h, new_w) != (h, w):
         x = torch.ops.aten.upsample_bilinear2d(x[None], [new_h, new_w], False, scale, scale)[0]
-    return PreparedImage(tensor=x, scale=scale, orig_h=h, orig_w=w)
+    # permute/flip leave channels-last strides; convs should see one layout whatever the size.
+    return PreparedImage(tensor=x.contiguous(), scale=scale, orig_h=h, orig_w=w)
 
 
 def pad_batch(tensors: Sequence[Tensor], size_divisibility: int = 0) -> Tensor:

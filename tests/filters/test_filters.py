@@ -1,0 +1,50 @@
+"""Filters as plain Python on a hand-made shard, without Beam."""
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from vlcurate.filters.base import Decision, alive_samples
+from vlcurate.filters.dedup import ExactDedup, ExactDedupConfig
+from vlcurate.filters.text import CaptionFilter, CaptionFilterConfig
+from vlcurate.io.parquet import write_parquet
+from vlcurate.pipelines.stage import Layout
+from vlcurate.schemas import get_schema
+
+
+def write_shard(layout, shard, rows):
+    full = []
+    for i, (caption, sha, status) in enumerate(rows):
+        ok = status == "ok"
+        full.append({"key": f"{shard:05d}_{i:06d}", "url": f"http://h/{shard}/{i}", "caption": caption,
+                     "status": status, "error_kind": None if ok else "http_error", "error_message": None,
+                     "http_status": 200 if ok else 404, "width": 8 if ok else None, "height": 8 if ok else None, "original_width": None,
+                     "original_height": None, "sha256": sha if ok else None, "phash": None})
+    write_parquet(pa.Table.from_pylist(full, schema=get_schema("sample").schema), layout.samples_parquet(shard), "sample")
+
+
+def test_caption_filter_then_dedup_funnel(tmp_path):
+    layout = Layout(tmp_path)
+    write_shard(layout, 0, [("a red square", "h1", "ok"), ("", "h2", "ok"), ("x", "h3", "ok"),
+                            ("a blue circle", "h1", "ok"), ("failed row", None, "failed")])
+    write_shard(layout, 1, [("a red square again", "h1", "ok"), ("short", "h2", "ok"), ("a cat", "h4", "ok")])
+    caption = CaptionFilter(CaptionFilterConfig(min_chars=5), layout)
+    s0, s1 = caption.run_shard(0), caption.run_shard(1)
+    assert s0.counts == {"kept": 2, "dropped.no_caption": 1, "dropped.caption_too_short": 1}
+    assert s0.rows == 4  # the failed download is not a sample
+    assert s1.counts == {"kept": 3}
+
+    dedup = ExactDedup(ExactDedupConfig(), layout)
+    corpus = dedup.combine([dedup.collect(0), dedup.collect(1)])
+    assert corpus == {"h1": "00000_000000", "h2": "00001_000001", "h4": "00001_000002"}  # "" (h2 in shard 0) was dropped earlier
+    d0, d1 = dedup.run_shard(0, corpus), dedup.run_shard(1, corpus)
+    assert d0.counts == {"kept": 1, "dropped.duplicate": 1}
+    assert d1.counts == {"kept": 2, "dropped.duplicate": 1}
+    dropped = pq.read_table(layout.sidecar("exact_dedup", 1)).to_pylist()[0]
+    assert dropped["keep"] is False and dropped["detail"] == "00000_000000"
+    assert alive_samples(layout, 0, ["key"]).column("key").to_pylist() == ["00000_000000"]
+
+
+def test_drop_needs_reason():
+    with pytest.raises(ValueError, match="reason"):
+        Decision(False)
