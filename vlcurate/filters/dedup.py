@@ -1,9 +1,10 @@
 """Exact duplicate removal across the whole corpus (a global step).
 
-Every shard contributes (key, sha256) of its surviving samples; the combined table
-maps each image hash to its first key in (shard, row) order, so the result does not
-depend on which worker finished first. Later copies are dropped as ``duplicate``,
-with the key they duplicate in ``detail``.
+Every shard contributes (key, sha256) of its surviving samples; the combined value
+maps each later copy's key to the first key with the same hash in (shard, row)
+order, so the result does not depend on which worker finished first. Only
+duplicates are kept in it, so the file every shard reads stays small. Later copies
+are dropped as ``duplicate``, with the key they duplicate in ``detail``.
 """
 
 from __future__ import annotations
@@ -33,15 +34,16 @@ class ExactDedup(FilterStage):
 
     def combine(self, tables: list[pa.Table]) -> dict[str, str]:
         first: dict[str, str] = {}
+        duplicates: dict[str, str] = {}
         for table in tables:  # already in shard order; rows in key order within a shard
             for key, value in zip(table.column("key").to_pylist(), table.column(self.config.column).to_pylist()):
-                if value is not None:
-                    first.setdefault(value, key)
-        return first
+                if value is None:
+                    continue
+                original = first.setdefault(value, key)
+                if original != key:
+                    duplicates[key] = original
+        return duplicates
 
     def decide(self, row: dict[str, Any], corpus: dict[str, str]) -> Decision:
-        value = row[self.config.column]
-        original = corpus.get(value) if value is not None else None
-        if original is None or original == row["key"]:
-            return KEEP
-        return Decision(False, "duplicate", detail=original)
+        original = corpus.get(row["key"])
+        return KEEP if original is None else Decision(False, "duplicate", detail=original)
