@@ -142,3 +142,13 @@ def test_clip_and_nonempty():
     assert clip_boxes(boxes, 6, 40).tolist() == [[0.0, 0.0, 40.0, 6.0], [3.0, 3.0, 3.0, 6.0]]
     assert nonempty(boxes).tolist() == [True, False]
     assert nonempty(boxes, min_size=12.0).tolist() == [True, False]  # 13 tall > 12, 55 wide
+
+
+@pytest.mark.gpu
+def test_per_class_nms_on_cuda_matches_cpu():
+    g = torch.Generator().manual_seed(1)
+    xy = torch.rand(300, 2, generator=g) * 500
+    boxes = torch.cat([xy, xy + 10 + torch.rand(300, 2, generator=g) * 200], dim=1)
+    probs = torch.rand(300, 1601, generator=g).softmax(dim=1)[:, :1600]
+    cpu = per_class_nms_best_score(boxes, probs, 0.3)
+    assert torch.equal(per_class_nms_best_score(boxes.cuda(), probs.cuda(), 0.3).cpu(), cpu)
