@@ -40,6 +40,27 @@ def _cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_download(args: argparse.Namespace) -> int:
+    from vlcurate.download.retry import plan_retry
+
+    plan = plan_retry(args.retry_failed, version=args.version, workers=args.workers,
+                      runner=args.runner, runner_options=tuple(args.beam_options))
+    if plan.retryable == 0:
+        print(f"vlcurate: nothing to retry: no row of {args.retry_failed} failed with a retryable error "
+              f"({plan.rows} rows); no version written", file=sys.stderr)
+        return 0
+    from vlcurate.pipelines.build import build  # imports Beam: after the cheap checks
+    from vlcurate.report import summary_table
+
+    out = plan.recipe.output
+    print(f"retrying {plan.retryable} of {plan.rows} rows (retryable failures) of {out.parent} "
+          f"into {out.name}/{out.version}", file=sys.stderr)
+    result = build(plan.recipe)
+    print(summary_table(result.manifest, result.seconds))
+    print(f"version written: {result.version_dir}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from vlcurate.demo.run import run_demo
 
@@ -80,6 +101,15 @@ def _cmd_versions_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export_lxmert_tsv(args: argparse.Namespace) -> int:
+    from vlcurate.extractors.lxmert_tsv import export_lxmert_tsv
+
+    r = export_lxmert_tsv(args.version_dir, args.out, stage=args.stage, include_dropped=args.include_dropped)
+    print(f"wrote {r.rows} images to {r.path} from {r.shards} {args.stage} shards "
+          f"(left out: {r.failed} failed, {r.dropped} dropped by filters)")
+    return 0
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vlcurate", description="Curate and featurize image-text corpora as versioned, reproducible datasets.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -90,6 +120,17 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--runner", help="override runner.name: local, DataflowRunner, DaskRunner, ...")
     p.add_argument("--workers", type=int, help="override runner.workers (local runner processes)")
     p.set_defaults(func=_cmd_build)
+
+    p = sub.add_parser("download", help="download jobs on an existing version: re-fetch its retryable failures",
+                       epilog="Builds ROOT/NAME/<version>-retryN beside VERSION_DIR (parent = VERSION_DIR): rows "
+                              "that failed with a retryable error (timeouts, connection errors, HTTP 408/429/5xx) "
+                              "are fetched again; every other row is copied as it was; later stages re-run.")
+    p.add_argument("--retry-failed", metavar="VERSION_DIR", required=True,
+                   help="the version whose retryable failures to fetch again")
+    p.add_argument("--version", help="name of the new version (default: next free <version>-retryN)")
+    p.add_argument("--workers", type=int, help="override runner.workers (local runner processes)")
+    p.add_argument("--runner", help="override runner.name: local, DataflowRunner, DaskRunner, ...")
+    p.set_defaults(func=_cmd_download)
 
     p = sub.add_parser("demo", help="build a version from the embedded sample corpus, validate it, summarise")
     p.add_argument("--out", default="datasets", help="output root (default: ./datasets)")
@@ -110,6 +151,16 @@ def make_parser() -> argparse.ArgumentParser:
     q.add_argument("version_dir")
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=_cmd_versions_show)
+
+    p = sub.add_parser("export", help="write a version's features in another tool's format")
+    esub = p.add_subparsers(dest="export_format", required=True)
+    q = esub.add_parser("lxmert-tsv", help="region features as LXMERT's TSV (base64 arrays, no header)")
+    q.add_argument("version_dir")
+    q.add_argument("out", help="the .tsv file to write (atomically)")
+    q.add_argument("--stage", default="region_features", help="the region stage to export (default: region_features)")
+    q.add_argument("--include-dropped", action="store_true",
+                   help="also samples a filter dropped (default: only samples every filter kept)")
+    q.set_defaults(func=_cmd_export_lxmert_tsv)
     return parser
 
 

@@ -26,9 +26,12 @@ def summary_table(manifest: dict, seconds: float | None = None) -> str:
     lines.append(f"  {'stage':<16}{'outcome':<34}{'samples':>8}")
     for stage, outcome, count in funnel(manifest):
         lines.append(f"  {stage:<16}{outcome:<34}{count:>8}")
-    last = [s for s in stages if "kept" in s["counts"] or "ok" in s["counts"]]
-    if last:
-        kept = last[-1]["counts"].get("kept", last[-1]["counts"].get("ok", 0))
+    # The last filter's kept count; a feature stage's ok count is not a funnel step
+    # (a sample whose features failed is still kept), so with no filter it is the
+    # first stage's (the download's) ok count.
+    filters = [s for s in stages if "kept" in s["counts"]]
+    if filters or (stages and "ok" in stages[0]["counts"]):
+        kept = filters[-1]["counts"]["kept"] if filters else stages[0]["counts"]["ok"]
         lines.append(f"  {'=> kept':<50}{kept:>8}")
     if manifest.get("random_weights"):
         lines.append("  note: models ran with RANDOM weights (test/demo configs); their scores and features are not meaningful")

@@ -50,3 +50,19 @@ def test_caption_filter_then_dedup_funnel(tmp_path):
 def test_drop_needs_reason():
     with pytest.raises(ValueError, match="reason"):
         Decision(False)
+
+
+def test_a_filter_rerun_after_a_kill_ignores_its_own_earlier_decisions(tmp_path):
+    """Killed after writing its decision file but before its stats file, a filter
+    runs on the shard again; its new file must be the same, not miss its own drops."""
+    layout = Layout(tmp_path)
+    write_shard(layout, 0, [("a red square", "h1", "ok"), ("", "h2", "ok"), ("x", "h3", "ok")])
+    caption = CaptionFilter(CaptionFilterConfig(min_chars=5), layout)
+    first = caption.run_shard(0)
+    before = layout.sidecar("caption_filter", 0).read_bytes()
+    again = caption.run_shard(0)
+    assert again.counts == first.counts == {"kept": 1, "dropped.no_caption": 1, "dropped.caption_too_short": 1}
+    assert layout.sidecar("caption_filter", 0).read_bytes() == before
+    dedup = ExactDedup(ExactDedupConfig(), layout)
+    dedup.run_shard(0, {})
+    assert dedup.collect(0).column("key").to_pylist() == ["00000_000000"]

@@ -17,6 +17,7 @@ from vlcurate.report import summary_table
 from vlcurate.validate import validate_version
 
 DEMO_NAME = "demo"
+DEMO_MODEL = "vlc-tiny-vit"  # 64 px, 3 blocks: fast on CPU
 
 
 def demo_recipe(input_path: Path, out: Path, version: str, workers: int) -> dict:
@@ -30,6 +31,12 @@ def demo_recipe(input_path: Path, out: Path, version: str, workers: int) -> dict
                           "retries": 1, "timeout": 5.0, "threads": 16}},
             {"caption_filter": {"min_chars": 5}},
             {"exact_dedup": {"column": "sha256"}},
+            # A tiny random-weights ViT (the demo downloads nothing): the features and
+            # scores exercise the stages but mean nothing, and the manifest says so.
+            {"vit_features": {"model": DEMO_MODEL, "weights": None, "batch_size": 32}},
+            # Random weights make any threshold meaningless: keep all, record every score.
+            # clip_score reuses vit_features' embeddings (same model) instead of re-encoding.
+            {"clip_score": {"model": DEMO_MODEL, "weights": None, "min_score": -1.0}},
         ],
         "runner": {"name": "local", "workers": workers},
     }

@@ -2,15 +2,24 @@
 
 Fetching and image processing run together in a thread pool (network waits and
 PIL's decoders/resizers release the GIL), so a process keeps its cores busy while
-requests are in flight. Every input row gets exactly one output row, ``ok`` or
-``failed`` with an error kind; a bad sample never fails the shard.
+requests are in flight. At most ``decode_slots`` images are decoded at once per
+process (default: its CPUs), which bounds memory whatever ``threads`` is. Every input
+row gets exactly one output row, ``ok`` or ``failed`` with an error kind; a bad
+sample never fails the shard.
+
+With ``reuse: PARENT_VERSION_DIR`` (what ``vlcurate download --retry-failed`` sets)
+only the rows that failed in the parent with a retryable error are fetched; the
+others are copied from the parent's shard (see :mod:`vlcurate.download.reuse`).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -18,6 +27,7 @@ import pyarrow.parquet as pq
 
 from vlcurate.download.fetch import Fetcher, FetchConfig
 from vlcurate.download.images import ImageConfig, ImageProcessor, ProcessedImage
+from vlcurate.download.reuse import ParentShard
 from vlcurate.io.parquet import write_parquet
 from vlcurate.io.stats import ShardStats
 from vlcurate.io.tar import TarSample, encode_json, write_tar
@@ -30,7 +40,22 @@ IMAGE_EXT = {"jpg": "jpg", "jpeg": "jpg", "png": "png", "webp": "webp"}
 @dataclass(frozen=True)
 class DownloadConfig(FetchConfig, ImageConfig):
     """Fetch settings (timeouts, retries, SSRF guard, opt-outs) and image settings
-    (size, resize mode, bomb limit, encoding) in one recipe block."""
+    (size, resize mode, bomb limit, encoding) in one recipe block, plus:"""
+
+    decode_slots: int = 0  # images decoded at once per process; 0 = the CPUs this process may use
+    # A parent version directory: copy its ok rows (stored files included) and its
+    # non-retryable failures instead of fetching them; fetch only retryable failures.
+    # The input must be that version's sample rows with its samples_per_shard
+    # (as `vlcurate download --retry-failed` sets up); copied rows keep the parent's
+    # image settings.
+    reuse: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.decode_slots < 0:
+            raise ValueError("DownloadConfig: decode_slots >= 0")
+        if self.reuse is not None and not (Path(self.reuse) / "manifest.json").is_file():
+            raise ValueError(f"DownloadConfig: reuse {self.reuse}: not a version directory (no manifest.json)")
+        super().__post_init__()
 
 
 def split_config(cfg: DownloadConfig) -> tuple[FetchConfig, ImageConfig]:
@@ -63,6 +88,8 @@ class DownloadStage(Stage):
         self.fetcher = Fetcher(fetch_cfg)
         self.processor = ImageProcessor(image_cfg)
         self.pool = ThreadPoolExecutor(max(1, fetch_cfg.threads), thread_name_prefix="vlcurate-dl")
+        slots = self.config.decode_slots or len(os.sched_getaffinity(0))
+        self._decode_slots = threading.BoundedSemaphore(slots)
 
     def _one(self, url: str | None) -> _Outcome:
         if not url:
@@ -70,7 +97,9 @@ class DownloadStage(Stage):
         fetched = self.fetcher.fetch(url)
         if fetched.error_kind is not None:
             return _Outcome(fetched.error_kind, fetched.error_message, None, fetched.http_status)
-        image = self.processor(fetched.data)
+        # Network waits need no slot; decoding does (memory ~ slots x largest image).
+        with self._decode_slots:
+            image = self.processor(fetched.data)
         return _Outcome(image.error_kind, image.error_message, image, fetched.http_status)
 
     def run_shard(self, shard: int, corpus: Any = None) -> ShardStats:
@@ -81,42 +110,61 @@ class DownloadStage(Stage):
         captions = source.column("caption").to_pylist()
         extra_names = [n for n in source.schema.names if n not in ("url", "caption")]
         extras = {n: source.column(n).to_pylist() for n in extra_names}
-        outcomes = list(self.pool.map(self._one, urls))
+        keys = [sample_key(shard, i) for i in range(len(urls))]
+        parent = ParentShard.load(self.config.reuse, shard, keys, urls) if self.config.reuse else None
+
+        todo = [i for i in range(len(urls)) if parent is None or parent.refetch(i)]
+        outcomes = dict(zip(todo, self.pool.map(self._one, [urls[i] for i in todo])))
+        copied = parent.files([keys[i] for i in range(len(urls))
+                               if i not in outcomes and parent.is_ok(i)]) if parent else {}
 
         stats = ShardStats(self.name, shard, len(urls))
-        ext = IMAGE_EXT[self.config.encode_format]
+        if parent is not None:
+            stats.add("refetched", len(todo))
+            stats.add("reused", len(urls) - len(todo))
         rows: dict[str, list] = {f.name: [] for f in get_schema("sample").schema}
         samples = []
-        for i, (url, caption, out) in enumerate(zip(urls, captions, outcomes)):
-            key = sample_key(shard, i)
-            img = out.image if out.error_kind is None else None
-            status = "ok" if img is not None else "failed"
-            stats.add(status)
-            if status == "failed":
-                stats.add(f"failed.{out.error_kind}")
-            meta = {
-                "key": key, "url": url or "", "caption": caption, "status": status,
-                "error_kind": out.error_kind, "error_message": out.error_message,
-                "http_status": out.http_status,
-                "width": img.width if img else None, "height": img.height if img else None,
-                "original_width": out.image.original_width if out.image else None,
-                "original_height": out.image.original_height if out.image else None,
-                "sha256": img.sha256 if img else None, "phash": img.phash if img else None,
-            }
-            for name, col in rows.items():
-                col.append(meta[name])
-            if img is not None:
+        for i, key in enumerate(keys):
+            if i in outcomes:
                 extra = {n: extras[n][i] for n in extra_names}
-                body = {k: v for k, v in meta.items()
-                        if k not in ("status", "error_kind", "error_message", "http_status")}
-                samples.append(TarSample(key, {ext: img.data, "txt": (caption or "").encode(),
-                                               "json": encode_json({**body, **_jsonable(extra)})}))
+                meta, files = self._fresh_row(key, urls[i], captions[i], outcomes[i], extra)
+            else:  # a parent row kept as it was
+                meta = parent.rows[i]  # type: ignore[union-attr]
+                files = copied.get(key)
+            stats.add(meta["status"])
+            if meta["status"] == "failed":
+                stats.add(f"failed.{meta['error_kind']}")
+            for name, col in rows.items():
+                col.append(meta.get(name))
+            if files is not None:
+                samples.append(TarSample(key, files))
         table = pa.table(rows, schema=get_schema("sample").schema)
         for name in extra_names:
             table = table.append_column(source.schema.field(name), source.column(name))
         write_tar(self.layout.samples_tar(shard), samples)
         write_parquet(table, self.layout.samples_parquet(shard), "sample")
         return stats
+
+    def _fresh_row(self, key: str, url: str | None, caption: str | None, out: _Outcome,
+                   extra: dict[str, Any]) -> tuple[dict[str, Any], dict[str, bytes] | None]:
+        """The sample row of a fetched URL, and its tar files when it succeeded."""
+        img = out.image if out.error_kind is None else None
+        meta = {
+            "key": key, "url": url or "", "caption": caption, "status": "ok" if img else "failed",
+            "error_kind": out.error_kind, "error_message": out.error_message,
+            "http_status": out.http_status,
+            "width": img.width if img else None, "height": img.height if img else None,
+            "original_width": out.image.original_width if out.image else None,
+            "original_height": out.image.original_height if out.image else None,
+            "sha256": img.sha256 if img else None, "phash": img.phash if img else None,
+        }
+        if img is None:
+            return meta, None
+        body = {k: v for k, v in meta.items()
+                if k not in ("status", "error_kind", "error_message", "http_status")}
+        ext = IMAGE_EXT[self.config.encode_format]
+        return meta, {ext: img.data, "txt": (caption or "").encode(),
+                      "json": encode_json({**body, **_jsonable(extra)})}
 
 
 def _jsonable(values: dict[str, Any]) -> dict[str, Any]:

@@ -36,22 +36,32 @@ class Decision:
 KEEP = Decision(True)
 
 
-def decision_files(layout: Layout, shard: int) -> list[Path]:
-    """The decision sidecars already written for a shard (by earlier filters)."""
+def decision_files(layout: Layout, shard: int, exclude: str | None = None) -> list[Path]:
+    """The decision sidecars already written for a shard (by earlier filters), except
+    stage ``exclude``'s own."""
     found = []
     for path in sorted(layout.root.glob(f"*/{shard:05d}.parquet")):
+        if path.parent.name == exclude:
+            continue
         meta = pq.read_schema(path).metadata or {}
         if meta.get(b"vlcurate.record") == b"decision":
             found.append(path)
     return found
 
 
-def alive_samples(layout: Layout, shard: int, columns: list[str] | None = None) -> pa.Table:
-    """The shard's downloaded samples that no earlier filter dropped, in key order."""
+def alive_samples(layout: Layout, shard: int, columns: list[str] | None = None,
+                  exclude: str | None = None) -> pa.Table:
+    """The shard's downloaded samples that no earlier filter dropped, in key order.
+
+    A stage passes its own name as ``exclude``: when a build was killed after the
+    stage wrote its decision file but before its stats file, the stage runs on the
+    shard again and must not see its own earlier drops as an earlier filter's (it
+    would leave those samples out of its new file, and so bring them back to life).
+    Later stages' files cannot exist yet: a shard goes through the stages in order."""
     table = read_parquet(layout.samples_parquet(shard))
     table = table.filter(pa.compute.equal(table.column("status"), "ok"))
     dropped: set[str] = set()
-    for path in decision_files(layout, shard):
+    for path in decision_files(layout, shard, exclude):
         d = pq.read_table(path, columns=["key", "keep"])
         dropped |= {k for k, keep in zip(d.column("key").to_pylist(), d.column("keep").to_pylist()) if not keep}
     if dropped:
@@ -61,8 +71,9 @@ def alive_samples(layout: Layout, shard: int, columns: list[str] | None = None) 
 
 
 class FilterStage(Stage):
-    """Base of every filter: subclasses implement ``decide`` (per sample row) or
-    ``decide_batch`` (whole shard, e.g. for model scoring)."""
+    """Base of every filter: subclasses implement ``decide`` (per sample row),
+    ``decide_batch`` (whole shard, e.g. for model scoring) or ``decide_shard`` (when
+    the decision also needs the shard's other files, e.g. stored features)."""
 
     needs_images: ClassVar[bool] = False
 
@@ -72,9 +83,12 @@ class FilterStage(Stage):
     def decide_batch(self, rows: list[dict[str, Any]], corpus: Any) -> list[Decision]:
         return [self.decide(row, corpus) for row in rows]
 
+    def decide_shard(self, shard: int, rows: list[dict[str, Any]], corpus: Any) -> list[Decision]:
+        return self.decide_batch(rows, corpus)
+
     def run_shard(self, shard: int, corpus: Any = None) -> ShardStats:
-        rows = alive_samples(self.layout, shard).to_pylist()
-        decisions = self.decide_batch(rows, corpus)
+        rows = alive_samples(self.layout, shard, exclude=self.name).to_pylist()
+        decisions = self.decide_shard(shard, rows, corpus)
         stats = ShardStats(self.name, shard, len(rows))
         for d in decisions:
             stats.add("kept" if d.keep else f"dropped.{d.reason}")

@@ -30,7 +30,7 @@ class ExactDedup(FilterStage):
     needs_corpus = True
 
     def collect(self, shard: int) -> pa.Table:
-        return alive_samples(self.layout, shard, ["key", self.config.column])
+        return alive_samples(self.layout, shard, ["key", self.config.column], exclude=self.name)
 
     def combine(self, tables: list[pa.Table]) -> dict[str, str]:
         first: dict[str, str] = {}

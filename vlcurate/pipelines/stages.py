@@ -4,3 +4,6 @@ dependencies (torch, model code) only inside ``setup``."""
 from vlcurate.download import stage as _download  # noqa: F401
 from vlcurate.filters import dedup as _dedup  # noqa: F401
 from vlcurate.filters import text as _text  # noqa: F401
+from vlcurate.extractors import vit_stage as _vit_stage  # noqa: F401
+from vlcurate.filters import clip_score as _clip_score  # noqa: F401
+from vlcurate.extractors import region_stage as _region_stage  # noqa: F401

@@ -15,6 +15,8 @@ from vlcurate.schemas.core import (
     validate,
 )
 from vlcurate.schemas import records  # noqa: F401  (registers the built-in record kinds)
+from vlcurate.schemas import features  # noqa: F401  (feature sidecars: vit_features)
+from vlcurate.schemas import regions  # noqa: F401  (region_features sidecars)
 
 __all__ = [
     "SCHEMA_VERSION",

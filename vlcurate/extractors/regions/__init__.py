@@ -7,18 +7,38 @@ load by key name, through an unpickler that cannot execute code.
 
     extractor = RegionFeatureExtractor("butd-r101", weights="faster_rcnn_from_caffe_attr.pkl")
     [regions] = extractor.extract([pil_image])   # regions.features: (36, 2048) float16
+
+The names below are imported on first use (PEP 562), so that ``regions.config`` (plain
+dataclasses) can be imported where recipes are parsed without importing torch.
 """
 
-from vlcurate.extractors.regions.boxes import BoxSelection, select_lxmert, select_maxnms
-from vlcurate.extractors.regions.checkpoint import (
-    CheckpointError, LoadReport, load_checkpoint, read_checkpoint, save_detectron2_checkpoint,
-)
-from vlcurate.extractors.regions.config import RegionConfig, config_names, get_config
-from vlcurate.extractors.regions.extractor import RegionFeatureExtractor, RegionFeatures
-from vlcurate.extractors.regions.model import BottomUpAttentionDetector, build_detector
+from __future__ import annotations
 
-__all__ = [
-    "BottomUpAttentionDetector", "BoxSelection", "CheckpointError", "LoadReport", "RegionConfig",
-    "RegionFeatureExtractor", "RegionFeatures", "build_detector", "config_names", "get_config",
-    "load_checkpoint", "read_checkpoint", "save_detectron2_checkpoint", "select_lxmert", "select_maxnms",
-]
+import importlib
+from typing import Any
+
+# name -> submodule that defines it
+_EXPORTS = {
+    "BoxSelection": "boxes", "select_lxmert": "boxes", "select_maxnms": "boxes",
+    "CheckpointError": "checkpoint", "LoadReport": "checkpoint", "load_checkpoint": "checkpoint",
+    "read_checkpoint": "checkpoint", "save_detectron2_checkpoint": "checkpoint",
+    "RegionConfig": "config", "config_names": "config", "get_config": "config",
+    "RegionFeatureExtractor": "extractor", "RegionFeatures": "extractor",
+    "BottomUpAttentionDetector": "model", "build_detector": "model",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module = _EXPORTS[name]
+    except KeyError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

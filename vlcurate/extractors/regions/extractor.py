@@ -194,12 +194,23 @@ class RegionFeatureExtractor:
         results: list[RegionFeatures] = []
         for start in range(0, len(images), self.batch_size):
             prepared = [prepare_image(im, self.config, self.device) for im in images[start:start + self.batch_size]]
-            batch = pad_batch([p.tensor for p in prepared], self.config.size_divisibility)
-            sizes = [(int(p.tensor.shape[1]), int(p.tensor.shape[2])) for p in prepared]
-            with torch.inference_mode():
-                outputs = self.model(batch, sizes)
-                results.extend(self._regions(out, p, size) for out, p, size in zip(outputs, prepared, sizes))
+            results.extend(self.extract_prepared(prepared))
         return results
+
+    def extract_prepared(self, prepared: Sequence[PreparedImage]) -> list[RegionFeatures]:
+        """Region features of already preprocessed images, as ONE padded batch.
+
+        For callers that run :func:`prepare_image` elsewhere (the pipeline stage does it
+        on its decode thread); ``batch_size`` is not applied here.
+        """
+        if not prepared:
+            return []
+        tensors = [p.tensor.to(self.device) for p in prepared]
+        batch = pad_batch(tensors, self.config.size_divisibility)
+        sizes = [(int(t.shape[1]), int(t.shape[2])) for t in tensors]
+        with torch.inference_mode():
+            outputs = self.model(batch, sizes)
+            return [self._regions(out, p, size) for out, p, size in zip(outputs, prepared, sizes)]
 
     def _foreground(self, scores: Tensor, num_real: int) -> Tensor:
         """Drop the background / "no attribute" column, wherever the convention puts it."""

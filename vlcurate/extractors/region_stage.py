@@ -1,0 +1,217 @@
+"""The ``region_features`` stage: bottom-up-attention regions for every alive sample.
+
+Runs :class:`~vlcurate.extractors.regions.RegionFeatureExtractor` (the BUTD Faster
+R-CNN) over a shard through :class:`~vlcurate.extractors.stage.FeatureStage` (decode
+and preprocessing on a background thread, batched forward passes, per-sample failures)
+and writes ``region_features/<shard>.parquet`` (record kind ``region_features``,
+layout in :mod:`vlcurate.schemas.regions`): per sample ``img_h``, ``img_w``,
+``num_boxes``, ``boxes`` (original pixels), ``objects_id/conf``, ``attrs_id/conf`` and
+``features`` ``[num_boxes, D]``, fp16 by default. ``vlcurate export lxmert-tsv`` turns
+the sidecars into LXMERT's TSV.
+
+Recipe block (every key optional)::
+
+    - region_features: {config: butd-r101, weights: /models/faster_rcnn_from_caffe_attr.pkl,
+                        selection: lxmert, min_boxes: 36, max_boxes: 36, conf_thresh: 0.2,
+                        batch_size: 1, storage: fp16, device: auto}
+
+* ``config``: a named :class:`~vlcurate.extractors.regions.RegionConfig` (``butd-r101``,
+  ``butd-tiny`` for tests and demos) or a path to a JSON config.
+* ``weights``: a local detectron2 ``.pkl`` (read without executing code) or torch
+  ``.pth``; ``null`` keeps the seeded random init and the manifest says
+  ``random_weights``.
+* ``selection``: ``lxmert`` (the Caffe procedure behind LXMERT's released features:
+  per-class NMS 0.3 over proposals, confidence >= ``conf_thresh``, then
+  ``min_boxes..max_boxes`` by score) or ``maxnms`` (py-bottom-up-attention's script).
+  36/36 gives LXMERT's fixed 36 boxes, e.g. 10/100 UNITER's variable count.
+* ``batch_size``: images per forward pass. 1 (default) reproduces the original
+  one-image-at-a-time features; larger batches are zero-padded to their largest image,
+  which changes features near the bottom/right border (see ``pad_batch``) for more
+  throughput on a GPU. Batches follow the shard's order, so batching does not make a
+  rebuild differ (GPU kernels may, in the last bits).
+* ``device``: ``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``. The
+  detector runs in fp32 (convolutions use TF32 on Ampere and later, PyTorch's
+  default): no fp16 autocast, because its box arithmetic would then run in fp16,
+  which cannot place a box on a 1000-pixel image to better than half a pixel.
+
+Failures beyond the base's: ``no_regions`` (the detector proposed nothing),
+``non_finite`` (features overflow fp16; use ``storage: fp32``).
+
+This module imports no torch at import time (recipes are parsed where no model runs);
+``load`` does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import pyarrow as pa
+
+from vlcurate.extractors.stage import Encoded, FeatureStage, SampleFailure
+from vlcurate.io.atomic import sha256_file
+from vlcurate.pipelines.stage import StageInfo, register_stage
+from vlcurate.schemas.features import FEATURE_BASE_FIELDS, MODEL_META
+from vlcurate.schemas.regions import REGION_FEATURES, region_metadata, region_schema
+
+if TYPE_CHECKING:
+    from vlcurate.extractors.regions import RegionConfig, RegionFeatureExtractor
+
+STORAGE_DTYPES = {"fp16": "float16", "fp32": "float32"}
+BASE_COLUMNS = {f.name for f in FEATURE_BASE_FIELDS}
+# The sidecar's columns after the base ones: each is a RegionFeatures attribute.
+COLUMNS = tuple(f.name for f in region_schema(1, "float16") if f.name not in BASE_COLUMNS)
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+def resolve_region_config(name: str) -> "RegionConfig":
+    """A named config or a JSON file (no torch import; raises ConfigError/ValueError)."""
+    from vlcurate.extractors.regions.config import RegionConfig, get_config
+
+    if name.endswith(".json"):
+        if not Path(name).expanduser().is_file():
+            raise ValueError(f"config {name}: no such file")
+        return RegionConfig.from_json(Path(name).expanduser())
+    return get_config(name)
+
+
+@dataclass(frozen=True)
+class RegionFeaturesConfig:
+    """Settings of the ``region_features`` stage (see the module docstring)."""
+
+    config: str = "butd-r101"
+    weights: str | None = None
+    selection: Literal["lxmert", "maxnms"] = "lxmert"
+    min_boxes: int = 36
+    max_boxes: int = 36
+    conf_thresh: float = 0.2
+    batch_size: int = 1
+    storage: Literal["fp16", "fp32"] = "fp16"
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        # Checked while the recipe is parsed, not in a worker mid-build.
+        resolve_region_config(self.config)
+        if self.weights is not None and not Path(self.weights).expanduser().is_file():
+            raise ValueError(f"weights {self.weights}: no such file (a local detectron2 .pkl or torch .pth)")
+        if not 0 <= self.min_boxes <= self.max_boxes or self.max_boxes < 1:
+            raise ValueError(f"need 0 <= min_boxes <= max_boxes and max_boxes >= 1, got {self.min_boxes}, {self.max_boxes}")
+        if not 0.0 <= self.conf_thresh <= 1.0:
+            raise ValueError(f"conf_thresh must be in [0, 1], got {self.conf_thresh}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        if not _DEVICE.match(self.device):
+            raise ValueError(f"device {self.device!r}: use auto, cpu, cuda or cuda:N")
+
+
+_WEIGHTS_SHA: dict[tuple[str, int, int], str] = {}
+
+
+def weights_sha256(path: str) -> str:
+    """sha256 of a weights file, computed once per process per (path, size, mtime)."""
+    st = os.stat(path)
+    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _WEIGHTS_SHA:
+        _WEIGHTS_SHA[key] = sha256_file(path)
+    return _WEIGHTS_SHA[key]
+
+
+def resolve_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+_EXTRACTORS: dict[tuple[RegionFeaturesConfig, str], "RegionFeatureExtractor"] = {}
+_EXTRACTORS_LOCK = threading.Lock()
+
+
+def load_extractor(cfg: RegionFeaturesConfig, device: str) -> "RegionFeatureExtractor":
+    """One extractor per process, config and device (Beam may run several DoFn instances
+    of the stage in one process; they share the model)."""
+    with _EXTRACTORS_LOCK:
+        key = (cfg, device)
+        if key not in _EXTRACTORS:
+            from vlcurate.extractors.regions import RegionFeatureExtractor
+
+            _EXTRACTORS[key] = RegionFeatureExtractor(
+                resolve_region_config(cfg.config), cfg.weights, device=device, selection=cfg.selection,
+                min_boxes=cfg.min_boxes, max_boxes=cfg.max_boxes, conf_thresh=cfg.conf_thresh,
+                feature_dtype=STORAGE_DTYPES[cfg.storage], batch_size=cfg.batch_size)
+        return _EXTRACTORS[key]
+
+
+@register_stage
+class RegionFeatureStage(FeatureStage):
+    """Stores bottom-up-attention regions for every alive sample of a shard."""
+
+    name = "region_features"
+    Config = RegionFeaturesConfig
+    record_kind = REGION_FEATURES
+
+    # ------------------------------------------------------------------ provenance
+    def provenance(self) -> dict[str, Any]:
+        """The manifest's ``weights`` entry (``random`` drives ``random_weights``)."""
+        cfg = self.config
+        rcfg = resolve_region_config(cfg.config)
+        return {
+            "model": "butd-regions", "config": rcfg.name, "config_fingerprint": rcfg.fingerprint(),
+            "weights": cfg.weights, "source": "random" if cfg.weights is None else "file",
+            "random": cfg.weights is None, "seed": rcfg.seed if cfg.weights is None else None,
+            "weights_sha256": None if cfg.weights is None else weights_sha256(cfg.weights),
+            "selection": cfg.selection, "min_boxes": cfg.min_boxes, "max_boxes": cfg.max_boxes,
+            "conf_thresh": cfg.conf_thresh, "batch_size": cfg.batch_size, "storage": cfg.storage,
+        }
+
+    def info(self) -> StageInfo:
+        return StageInfo(weights=self.provenance())
+
+    def feature_dim(self) -> int:
+        return resolve_region_config(self.config.config).feature_dim
+
+    def feature_fields(self) -> list[pa.Field]:
+        """Every column after the base ones, in the order of the record kind."""
+        schema = region_schema(self.feature_dim(), STORAGE_DTYPES[self.config.storage])
+        return [f for f in schema if f.name not in BASE_COLUMNS]
+
+    def sidecar_metadata(self) -> dict[str, str]:
+        meta = region_metadata(self.feature_dim(), STORAGE_DTYPES[self.config.storage])
+        return {**meta, MODEL_META.decode(): json.dumps(self.provenance(), sort_keys=True)}
+
+    # ------------------------------------------------------------------ model
+    def load(self) -> None:
+        self.device = resolve_device(self.config.device)
+        self.extractor = load_extractor(self.config, self.device)
+
+    def prepare(self, image: Any) -> Any:
+        """On CPU the float conversion and resize run here, on the decode thread; on a
+        GPU only the decoded image is passed on, and that work runs on the device."""
+        if self.device != "cpu":
+            return image
+        from vlcurate.extractors.regions.extractor import prepare_image
+
+        return prepare_image(image, self.extractor.config, "cpu")
+
+    def encode_batch(self, images: list[Any]) -> list[Encoded]:
+        from vlcurate.extractors.regions.extractor import PreparedImage, prepare_image
+
+        prepared = [im if isinstance(im, PreparedImage) else prepare_image(im, self.extractor.config, self.device)
+                    for im in images]
+        out: list[Encoded] = []
+        for r in self.extractor.extract_prepared(prepared):
+            if r.num_boxes == 0:
+                out.append(SampleFailure("no_regions", "the detector proposed no regions for this image"))
+            elif not np.isfinite(r.features).all():
+                out.append(SampleFailure("non_finite", f"region features not finite in {self.config.storage}; "
+                                         "use storage: fp32"))
+            else:
+                out.append({name: getattr(r, name) for name in COLUMNS})
+        return out

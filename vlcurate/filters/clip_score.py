@@ -1,0 +1,149 @@
+"""CLIP score filter (LAION / DataComp): keep a sample when the cosine between its
+caption's and its image's CLIP embeddings is at least ``min_score``.
+
+LAION-5B kept ViT-B/32 scores >= 0.28 (English; 0.26 multilingual, 0.3 for
+LAION-400M); DataComp's B/32 baseline is 0.25. Scores are plain cosines in [-1, 1].
+Every scored sample's score is in the decision row's ``score`` column, kept or not;
+a sample without a caption is dropped as ``no_caption`` and one whose image cannot be
+decoded or encoded as ``image_error`` (the failure in ``detail``), both unscored.
+
+No image is encoded twice by the same model: before encoding, the filter looks for a
+``vit_features`` sidecar of this shard (a feature stage that ran earlier in the
+recipe; stages run on a shard in recipe order) whose ``vlcurate.model`` metadata has
+the same identity (model, weights, quick_gelu, and seed when the weights are random;
+see :meth:`ClipModelConfig.identity`). The ``embedding`` of its ``ok`` rows is reused;
+only samples it lacks or failed on are encoded here (and no images at all when it
+covers the shard). The stats count ``embedding.reused`` and ``embedding.encoded``.
+Image embeddings are rounded to fp16 (the sidecar's default storage) before scoring
+either way, so a score does not depend on whether its embedding was reused (up to
+the batch composition's float rounding). The text tower always runs here.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from vlcurate.extractors.stage import Encoded, SampleFailure, encode_images
+from vlcurate.extractors.vit_stage import ClipImageInput, ClipModelConfig, load_clip
+from vlcurate.filters.base import Decision, FilterStage
+from vlcurate.io.stats import ShardStats
+from vlcurate.pipelines.stage import Layout, StageInfo, register_stage
+from vlcurate.schemas.features import MODEL_META
+
+
+@dataclass(frozen=True)
+class ClipScoreConfig(ClipModelConfig):
+    min_score: float = 0.28  # LAION-5B's threshold for ViT-B/32; depends on the model
+    batch_size: int = 64  # images (when not reused) and captions per forward pass
+    decode_threads: int = 0  # as for vit_features: 0 = one per core, at most 8
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.batch_size < 1 or self.decode_threads < 0:
+            raise ValueError(f"batch_size must be >= 1 and decode_threads >= 0, got "
+                             f"{self.batch_size} and {self.decode_threads}")
+
+
+def stored_embeddings(layout: Layout, shard: int, identity: dict[str, Any]) -> dict[str, np.ndarray]:
+    """``{key: embedding}`` of the ok rows of this shard's ``vit_features`` sidecars
+    written by a model with ``identity`` (empty when there is none)."""
+    found: dict[str, np.ndarray] = {}
+    for path in sorted(layout.root.glob(f"*/{shard:05d}.parquet")):
+        meta = pq.read_schema(path).metadata or {}
+        if meta.get(b"vlcurate.record") != b"vit_features" or MODEL_META not in meta:
+            continue
+        model = json.loads(meta[MODEL_META])
+        if {k: model.get(k) for k in identity} != identity:
+            continue
+        table = pq.read_table(path, columns=["key", "status", "embedding"])
+        table = table.filter(pc.equal(table.column("status"), "ok"))
+        if table.num_rows == 0:
+            continue
+        flat = pc.list_flatten(table.column("embedding")).to_numpy()  # ok rows: all [E], validated
+        values = flat.reshape(table.num_rows, -1)
+        found.update(zip(table.column("key").to_pylist(), values))
+    return found
+
+
+@register_stage
+class ClipScoreFilter(FilterStage):
+    """Drops samples whose caption-image CLIP cosine is below ``min_score``."""
+
+    name = "clip_score"
+    Config = ClipScoreConfig
+
+    def info(self) -> StageInfo:
+        return StageInfo(weights=self.config.provenance())
+
+    def setup(self) -> None:
+        import torch
+
+        self._torch = torch
+        self.clip = load_clip(self.config.clip_config())
+        self.input = ClipImageInput(self.clip)
+
+    def _encode(self, images: list[Any]) -> list[Encoded]:
+        emb = self.clip.encode_images(self.input.batch(images)).embedding.cpu().numpy()
+        return [{"embedding": e} for e in emb]
+
+    def image_embeddings(self, shard: int, keys: list[str]) -> dict[str, np.ndarray | SampleFailure]:
+        """Embeddings of ``keys``: reused from a matching sidecar, else encoded here."""
+        stored = stored_embeddings(self.layout, shard, self.config.identity())
+        result: dict[str, np.ndarray | SampleFailure] = {k: stored[k] for k in keys if k in stored}
+        todo = [k for k in keys if k not in result]
+        if todo:
+            encoded = encode_images(self.layout.samples_tar(shard), todo, self.input.prepare,
+                                    self._encode, self.config.batch_size,
+                                    decode_threads=self.config.decode_threads)
+            result.update((k, r if isinstance(r, SampleFailure) else r["embedding"]) for k, r in encoded)
+        self._counts = {"embedding.reused": len(keys) - len(todo), "embedding.encoded": len(todo)}
+        return result
+
+    def _text_embeddings(self, captions: list[str]) -> np.ndarray:
+        n = self.config.batch_size
+        parts = [self.clip.encode_texts(captions[i:i + n]).cpu().numpy() for i in range(0, len(captions), n)]
+        return np.concatenate(parts) if parts else np.zeros((0, self.clip.embed_dim), np.float32)
+
+    def decide_shard(self, shard: int, rows: list[dict[str, Any]], corpus: Any) -> list[Decision]:
+        if not hasattr(self, "clip"):
+            self.setup()
+        captions = {r["key"]: (r.get("caption") or "").strip() for r in rows}
+        keys = [r["key"] for r in rows if captions[r["key"]]]
+        images = self.image_embeddings(shard, keys)
+        scorable = [k for k in keys if not isinstance(images[k], SampleFailure)]
+        scores: dict[str, float] = {}
+        if scorable:
+            from vlcurate.extractors.clip import score
+
+            torch = self._torch
+            # fp16 rounding either way: reused (fp16-stored) and fresh embeddings score alike
+            img = np.stack([images[k] for k in scorable]).astype(np.float16).astype(np.float32)
+            txt = self._text_embeddings([captions[k] for k in scorable])
+            scores = dict(zip(scorable, score(torch.from_numpy(img), torch.from_numpy(txt)).cpu().tolist()))
+        decisions = []
+        for r in rows:
+            key = r["key"]
+            if not captions[key]:
+                decisions.append(Decision(False, "no_caption"))
+            elif key not in scores:
+                fail = images[key]
+                decisions.append(Decision(False, "image_error", detail=f"{fail.kind}: {fail.message}"))
+            elif scores[key] >= self.config.min_score:
+                decisions.append(Decision(True, score=scores[key]))
+            else:
+                decisions.append(Decision(False, "low_clip_score", score=scores[key]))
+        return decisions
+
+    def run_shard(self, shard: int, corpus: Any = None) -> ShardStats:
+        self._counts = {}
+        stats = super().run_shard(shard, corpus)
+        for name, n in self._counts.items():
+            if n:
+                stats.add(name, n)
+        return stats
