@@ -44,30 +44,37 @@ def main() -> int:
     work, urls, runs = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
     n = pq.read_metadata(urls).num_rows
     kinds = collections.Counter(pq.read_table(urls, columns=["kind"]).column("kind").to_pylist())
-    result = {"i2d": [], "vlc": []}
+    result: dict[str, list[dict]] = {"i2d": [], "vlc": []}
+    startup: dict[str, list[float]] = {"i2d": [], "vlc": []}
     for tool in result:
         for run in range(1, runs + 1):
             rss = json.loads((work / f"rss-{tool}-{run}.json").read_text())
             procs = sorted(rss["processes"], key=lambda p: -p["peak_rss_mb"])
-            result[tool].append({"run": run, "wall": rss["wall_s"], "rc": rss["returncode"],
+            result[tool].append({"run": run, "wall": rss["wall_s"], "cpu": rss["cpu_s"], "rc": rss["returncode"],
                                  "urls_s": n / rss["wall_s"], "peak": procs[0]["peak_rss_mb"],
-                                 "peak_cmd": procs[0]["cmdline"][:70]})
-    print(f"\n{n} URLs per run; throughput = URLs / wall-clock seconds of the whole command")
-    print(f"{'tool':<12}{'run':>4}{'wall s':>9}{'URLs/s':>9}{'peak RSS/process MB':>22}  (process)")
+                                 "peak_cmd": procs[0]["cmdline"][:60]})
+            startup[tool].append(json.loads((work / f"rss-{tool}-startup{run}.json").read_text())["wall_s"])
+    print(f"\n{n} URLs per run; throughput = URLs / wall-clock seconds of the whole command; "
+          "CPU = user+system s of its process tree")
+    print(f"{'tool':<12}{'run':>4}{'wall s':>8}{'URLs/s':>8}{'CPU s':>7}{'peak RSS/proc MB':>18}  (process)")
     for tool, name in (("i2d", "img2dataset"), ("vlc", "vlcurate")):
         for r in result[tool]:
-            print(f"{name:<12}{r['run']:>4}{r['wall']:>9.1f}{r['urls_s']:>9.1f}{r['peak']:>22.0f}  {r['peak_cmd']}")
+            print(f"{name:<12}{r['run']:>4}{r['wall']:>8.1f}{r['urls_s']:>8.1f}{r['cpu']:>7.1f}"
+                  f"{r['peak']:>18.0f}  {r['peak_cmd']}")
     med = {t: statistics.median(r["urls_s"] for r in result[t]) for t in result}
     mean = {t: statistics.mean(r["urls_s"] for r in result[t]) for t in result}
+    cpu = {t: statistics.median(r["cpu"] for r in result[t]) for t in result}
     print(f"median URLs/s: img2dataset {med['i2d']:.1f}, vlcurate {med['vlc']:.1f}  "
           f"=> ratio {med['vlc'] / med['i2d']:.2f}x (means: {mean['vlc'] / mean['i2d']:.2f}x)")
     paired = [v["urls_s"] / i["urls_s"] for i, v in zip(result["i2d"], result["vlc"])]
-    print(f"ratio per alternating pair (run k vs run k): {', '.join(f'{r:.2f}' for r in paired)}; "
+    print(f"ratio per round (the two runs next to each other): {', '.join(f'{r:.2f}' for r in paired)}; "
           f"median {statistics.median(paired):.2f}x")
-    startup = {t: json.loads((work / f"rss-{t}-startup.json").read_text())["wall_s"] for t in result}
-    steady = {t: n / (statistics.median(r["wall"] for r in result[t]) - startup[t]) for t in result}
-    print(f"start-up (8 URLs): img2dataset {startup['i2d']:.1f} s, vlcurate {startup['vlc']:.1f} s; "
-          f"excluding it: img2dataset {steady['i2d']:.1f}, vlcurate {steady['vlc']:.1f} URLs/s "
+    print(f"median CPU per URL: img2dataset {1000 * cpu['i2d'] / n:.1f} ms, vlcurate {1000 * cpu['vlc'] / n:.1f} ms "
+          f"=> {cpu['i2d'] / cpu['vlc']:.2f}x less CPU")
+    up = {t: statistics.median(startup[t]) for t in startup}
+    steady = {t: n / max(statistics.median(r["wall"] for r in result[t]) - up[t], 1e-9) for t in result}
+    print(f"median start-up (8 URLs): img2dataset {up['i2d']:.1f} s, vlcurate {up['vlc']:.1f} s; "
+          f"without it: img2dataset {steady['i2d']:.1f}, vlcurate {steady['vlc']:.1f} URLs/s "
           f"=> {steady['vlc'] / steady['i2d']:.2f}x")
     print(f"peak RSS per process, max over runs: img2dataset {max(r['peak'] for r in result['i2d']):.0f} MB, "
           f"vlcurate {max(r['peak'] for r in result['vlc']):.0f} MB")

@@ -16,7 +16,8 @@
 # Runs alternate (odd rounds img2dataset first, even rounds vlcurate first) so that drift
 # in the machine's load hits both. Throughput = input URLs / wall-clock seconds of the
 # whole command; peak RSS = the largest VmHWM of any one process of the command's tree.
-# Each tool's fixed start-up cost is measured on 8 URLs at the end and reported apart.
+# Each round also times both tools on 8 URLs: their fixed start-up cost, reported apart.
+# CPU = user+system seconds of the whole process tree (less sensitive to other load).
 # The summary (download_summary.py) also checks every row's outcome against its `kind`.
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -59,7 +60,7 @@ runner: {name: local, workers: $PROCS}
 EOF
 }
 
-run_tool() {  # $1 = i2d|vlc, $2 = run number (or "startup": the 8-URL list), [$3 = URL list]
+run_tool() {  # $1 = i2d|vlc, $2 = run name (1, 2, ... or startupN), [$3 = URL list]
   local tool=$1 run=$2 urls=${3:-$CORPUS/urls.parquet} out
   local before; before=$(cut -d' ' -f1-3 /proc/loadavg)
   if [ "$tool" = i2d ]; then
@@ -86,13 +87,13 @@ run_tool() {  # $1 = i2d|vlc, $2 = run number (or "startup": the 8-URL list), [$
 "$PY" -c "import importlib.metadata as m; print('img2dataset', m.version('img2dataset'), '| vlcurate', m.version('vlcurate'))"
 echo "N=$N runs=$RUNS processes=$PROCS threads=$THREADS shard=$SHARD timeout=$TIMEOUT retries=$RETRIES resize=256/$RESIZE_MODE; $(nproc) cores"
 : > "$WORK/load.txt"
-for run in $(seq "$RUNS"); do
-  if [ $((run % 2)) = 1 ]; then order="i2d vlc"; else order="vlc i2d"; fi
-  for tool in $order; do run_tool "$tool" "$run"; done
-done
 # Start-up cost of each tool (processes, imports, Beam): the same command on 8 plain URLs.
 "$PY" -c "import pyarrow.parquet as pq, pyarrow.compute as pc, sys; t = pq.read_table(sys.argv[1]); \
 pq.write_table(t.filter(pc.equal(t['kind'], 'ok')).slice(0, 8), sys.argv[2])" "$CORPUS/urls.parquet" "$WORK/startup.parquet"
-for tool in i2d vlc; do run_tool "$tool" startup "$WORK/startup.parquet"; done
+for run in $(seq "$RUNS"); do
+  if [ $((run % 2)) = 1 ]; then order="i2d vlc"; else order="vlc i2d"; fi
+  for tool in $order; do run_tool "$tool" "$run"; done
+  for tool in $order; do run_tool "$tool" "startup$run" "$WORK/startup.parquet"; done
+done
 kill "$SRV"; wait "$SRV" 2>/dev/null || true; trap - EXIT
 "$PY" "$REPO/benchmarks/download_summary.py" "$WORK" "$CORPUS/urls.parquet" "$RUNS"

@@ -14,7 +14,13 @@ like the download stage's output) in a temporary version directory, then measure
 
 and prints pipeline efficiency = stage img/s / forward-only img/s (goal >= 0.8) with
 where the stage's time went. Weights are random (speed does not depend on them; no
-download happens). ``--model regions`` is reserved for the region extractor.
+download happens).
+
+``--model regions --model-name butd-tiny|butd-r101`` times the ``region_features``
+stage the same way, with the RPN's box deltas zeroed so that random weights still give
+the ROI head its full 300 proposals (see ``full_proposals``), and adds (b): detector +
+box selection over every image one at a time vs in batches of ``--batch-size``
+(batches are zero-padded to their largest image).
 """
 
 from __future__ import annotations
@@ -134,12 +140,100 @@ def bench_vit(args: argparse.Namespace, layout: Layout) -> dict:
     }
 
 
+def _sig4(x: float) -> float:
+    """4 significant digits (butd-r101 on a CPU runs at a few hundredths of an image/s)."""
+    return float(f"{x:.4g}")
+
+
+def full_proposals(extractor) -> None:
+    """Random weights make a ResNet-101's activations large, so the RPN's box deltas
+    explode, its proposals collapse onto the image borders and NMS leaves a dozen: the
+    ROI head (res5 per region) and the per-class NMS would do ~1/20 of their real work.
+    Zeroing the delta layer makes the proposals the anchors themselves, so the head sees
+    the full ``rpn_post_nms_topk`` (300 for butd-r101), as with trained weights."""
+    head = extractor.model.proposal_generator.rpn_head.anchor_deltas
+    head.weight.data.zero_()
+    head.bias.data.zero_()
+
+
 def bench_regions(args: argparse.Namespace, layout: Layout) -> dict:
-    # TODO(regions): time the region_features stage the same way: build the stage from
-    # --model-name (a RegionConfig name, e.g. butd-tiny / butd-r101) with random weights,
-    # warm up, time run_shard(0) --repeat times, then the detector's forward alone on one
-    # preprocessed batch of --batch-size, and return the same keys as bench_vit.
-    raise SystemExit("--model regions: not implemented yet (the region extractor's benchmark goes here)")
+    """The region_features stage vs the detector alone, and (b) batched vs one image at
+    a time. "Forward only" is ``extract_prepared`` on images already converted and
+    resized on the device: backbone, RPN, ROI head, box selection and the copy of the
+    selected regions to the host, i.e. everything but decoding and resizing."""
+    import torch
+
+    from vlcurate.extractors.region_stage import RegionFeaturesConfig, RegionFeatureStage
+    from vlcurate.extractors.regions.extractor import prepare_image
+    from vlcurate.extractors.stage import EncodeTimings, decode_image, default_decode_threads, encode_images
+    from vlcurate.io.tar import iter_tar_files
+
+    cfg = RegionFeaturesConfig(config=args.model_name, weights=None, device=args.device, batch_size=args.batch_size,
+                               storage=args.storage, decode_threads=args.decode_threads)
+    stage = RegionFeatureStage(cfg, layout)
+    stage.setup()
+    ex = stage.extractor
+    full_proposals(ex)
+    sync = torch.cuda.synchronize if ex.device.type == "cuda" else (lambda: None)
+    keys = [f"00000_{i:06d}" for i in range(args.images)]
+
+    # Warm-up: first calls allocate buffers / pick kernels; not part of any figure.
+    encode_images(layout.samples_tar(0), keys[: args.batch_size], stage.prepare, stage.encode_batch, args.batch_size)
+
+    payloads = [data for _, _, data in iter_tar_files(layout.samples_tar(0), ("jpg",))]
+    prepared = [prepare_image(decode_image(b), ex.config, ex.device) for b in payloads]
+    batch = prepared[: args.batch_size]
+    n_batches = -(-args.images // args.batch_size)
+
+    def timed(fn: Callable[[], object]) -> float:
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        return time.perf_counter() - t0
+
+    # Stage and forward-only runs alternate, so both see the same machine load.
+    stage_s, fwd_s = [], []
+    for _ in range(args.repeat):
+        t0 = time.perf_counter()
+        stats = stage.run_shard(0)
+        stage_s.append(time.perf_counter() - t0)
+        assert stats.counts == {"ok": args.images}, stats.counts
+        fwd_s.append(timed(lambda: [ex.extract_prepared(batch) for _ in range(n_batches)]))
+    timings: EncodeTimings = stage.last_timings
+
+    # (b) every image once, one at a time vs in batches of --batch-size (alternating).
+    chunks = [prepared[i:i + args.batch_size] for i in range(0, len(prepared), args.batch_size)]
+    single_s, batched_s = [], []
+    for _ in range(args.repeat):
+        single_s.append(timed(lambda: [ex.extract_prepared([p]) for p in prepared]))
+        batched_s.append(timed(lambda: [ex.extract_prepared(c) for c in chunks]))
+
+    t0 = time.perf_counter()
+    for b in payloads:
+        stage.prepare(decode_image(b))  # what a decode thread does per image
+    decode_s = time.perf_counter() - t0
+
+    med = statistics.median
+    stage_ips = args.images / med(stage_s)
+    fwd_ips = n_batches * len(batch) / med(fwd_s)
+    rc = ex.config
+    return {
+        "model": args.model_name, "weights": "random, RPN deltas zeroed (full proposals)", "device": str(ex.device),
+        "image_size": [rc.min_size, rc.max_size], "token_shape": [cfg.max_boxes, rc.feature_dim],
+        "proposals": rc.rpn_post_nms_topk, "storage": args.storage,
+        "images": args.images, "batch_size": args.batch_size, "torch_threads": torch.get_num_threads(),
+        "decode_threads": args.decode_threads or default_decode_threads(), "cpus": os.cpu_count(),
+        "stage_img_s": _sig4(stage_ips), "forward_img_s": _sig4(fwd_ips),
+        "decode_preprocess_img_s": round(len(payloads) / decode_s, 1),
+        "efficiency": round(stage_ips / fwd_ips, 3),
+        "efficiency_per_run": [round(f / s_, 3) for s_, f in zip(stage_s, fwd_s)],
+        "one_at_a_time_img_s": _sig4(len(prepared) / med(single_s)),
+        "batched_img_s": _sig4(len(prepared) / med(batched_s)),
+        "last_run": {"total_s": round(timings.total_s, 3), "encode_s": round(timings.encode_s, 3),
+                     "wait_for_decode_s": round(timings.wait_s, 3),
+                     "table_and_write_s": round(stage_s[-1] - timings.total_s, 3)},
+    }
 
 
 BENCHES: dict[str, Callable[[argparse.Namespace, Layout], dict]] = {"vit": bench_vit, "regions": bench_regions}
@@ -152,8 +246,11 @@ def print_table(r: dict) -> None:
           f"tokens {r['token_shape']} {r['storage']}")
     rows = [("stage (run_shard, end to end)", r["stage_img_s"]), ("forward only", r["forward_img_s"]),
             ("decode+preprocess only (1 thread)", r["decode_preprocess_img_s"])]
+    if "batched_img_s" in r:  # regions: (b) batched vs one image at a time
+        rows += [("extraction, one image at a time", r["one_at_a_time_img_s"]),
+                 (f"extraction, batches of {r['batch_size']}", r["batched_img_s"])]
     for name, ips in rows:
-        print(f"  {name:<36}{ips:>9.1f} img/s")
+        print(f"  {name:<36}{ips:>9.2f} img/s" if ips >= 1 else f"  {name:<36}{ips:>9.4f} img/s  ({1 / ips:.1f} s/img)")
     print(f"  {'pipeline efficiency (stage/forward)':<36}{r['efficiency']:>9.2f}   (goal >= 0.8; "
           f"per run {', '.join(f'{e:.2f}' for e in r['efficiency_per_run'])})")
     lr = r["last_run"]

@@ -5,14 +5,16 @@ usage: python peak_rss.py OUT.json -- COMMAND [ARGS...]
 Polls the command's process tree every 50 ms and keeps, per process, the largest
 VmHWM (the kernel's own high-water mark of that process's resident set) seen
 while it was alive, so a peak between two polls is still caught as long as the
-process lives until the next poll. Writes {"wall_s", "returncode", "processes":
-[{"pid", "name", "cmdline", "peak_rss_mb"}]} to OUT.json; the command's own
-stdout/stderr pass through untouched.
+process lives until the next poll. Writes {"wall_s", "cpu_s", "returncode",
+"processes": [{"pid", "name", "cmdline", "peak_rss_mb"}]} to OUT.json, where cpu_s is
+the user+system time of the command and every descendant it waited for (as
+/usr/bin/time counts it); the command's own stdout/stderr pass through untouched.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -40,7 +42,8 @@ def main() -> int:
     proc = subprocess.Popen(cmd)
     root = psutil.Process(proc.pid)
     seen: dict[int, dict] = {}
-    while proc.poll() is None:
+    status = rusage = None
+    while status is None:
         try:
             tree = [root, *root.children(recursive=True)]
         except psutil.NoSuchProcess:
@@ -58,9 +61,13 @@ def main() -> int:
                     continue
             entry["peak_rss_mb"] = max(entry["peak_rss_mb"], hwm / 1024)
         time.sleep(0.05)
+        pid, status, rusage = os.wait4(proc.pid, os.WNOHANG)
+        if pid == 0:
+            status = None
     wall = time.monotonic() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
     with open(out, "w") as f:
-        json.dump({"wall_s": wall, "returncode": proc.returncode,
+        json.dump({"wall_s": wall, "cpu_s": rusage.ru_utime + rusage.ru_stime, "returncode": proc.returncode,
                    "processes": sorted(seen.values(), key=lambda e: -e["peak_rss_mb"])}, f, indent=1)
     return proc.returncode
 

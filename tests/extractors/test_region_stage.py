@@ -83,12 +83,14 @@ def test_build_writes_regions_for_exactly_the_surviving_samples(region_version):
 
 
 def test_sidecar_equals_the_extractor_run_directly(region_version):
+    from vlcurate.extractors.region_stage import _torch_threads
     from vlcurate.extractors.regions import RegionFeatureExtractor
 
     side = pq.read_table(region_version / "region_features" / "00000.parquet").slice(0, 3).to_pylist()
     images = {s["__key__"]: s["jpg"] for s in read_tar(region_version / "samples" / "00000.tar")}
     extractor = RegionFeatureExtractor("butd-tiny", min_boxes=10, max_boxes=36)
-    direct = extractor.extract([decode_image(images[r["key"]]) for r in side])
+    with _torch_threads(1):  # the stage's default cpu_threads: CPU results depend on it
+        direct = extractor.extract([decode_image(images[r["key"]]) for r in side])
     for row, want in zip(side, direct):
         assert (row["img_h"], row["img_w"], row["num_boxes"]) == (want.img_h, want.img_w, want.num_boxes)
         np.testing.assert_array_equal(np.asarray(row["features"], np.float16), want.features)
@@ -148,6 +150,7 @@ def test_config_is_checked_when_parsed_and_provenance_needs_no_model(tmp_path):
                          ({"weights": str(tmp_path / "w.pkl")}, "w.pkl: no such file"),
                          ({"min_boxes": 50}, "min_boxes <= max_boxes"),
                          ({"device": "gpu"}, "device 'gpu'"),
+                         ({"decode_threads": -1}, "decode_threads >= 0"),
                          ({"storage": "int8"}, "storage: expected one of 'fp16', 'fp32'")]:
         with pytest.raises(ConfigError, match=message):
             from_dict(RegionFeaturesConfig, bad, where)
@@ -222,7 +225,7 @@ def test_row_checks_on_the_declaration(sidecar):
 
 @pytest.mark.gpu
 def test_stage_on_cuda_agrees_with_cpu(tmp_path):
-    """On a GPU the resize runs on the device (prepare passes the decoded image on)."""
+    """On a GPU the float conversion and resize run on the device."""
     tables = {}
     for device in ("cpu", "cuda"):
         layout = Layout(tmp_path / device)

@@ -37,6 +37,9 @@ def demo_recipe(input_path: Path, out: Path, version: str, workers: int) -> dict
             # Random weights make any threshold meaningless: keep all, record every score.
             # clip_score reuses vit_features' embeddings (same model) instead of re-encoding.
             {"clip_score": {"model": DEMO_MODEL, "weights": None, "min_score": -1.0}},
+            # LXMERT-style region features from the tiny bottom-up-attention config
+            # (random weights); `vlcurate export lxmert-tsv` turns them into LXMERT's TSV.
+            {"region_features": {"config": "butd-tiny", "weights": None, "min_boxes": 10, "max_boxes": 36}},
         ],
         "runner": {"name": "local", "workers": workers},
     }

@@ -119,8 +119,8 @@ def _selected(path: Path, version_dir: Path, include_dropped: bool) -> tuple[pa.
     problems = validate(table, REGION_FEATURES, raise_error=False)
     dim = declared_dim(table.schema)
     if problems or dim is None:
-        raise UserError(f"{rel}: not a valid {REGION_FEATURES} sidecar ({problems[0] if problems else 'no declared D'}); "
-                        f"run vlcurate validate {version_dir}")
+        why = problems[0] if problems else "no declared feature width"
+        raise UserError(f"{rel}: not a valid {REGION_FEATURES} sidecar ({why}); run vlcurate validate {version_dir}")
     ok = table.filter(pc.equal(table.column("status"), "ok"))
     failed = table.num_rows - ok.num_rows
     if include_dropped:

@@ -1,8 +1,8 @@
 """The ``region_features`` stage: bottom-up-attention regions for every alive sample.
 
 Runs :class:`~vlcurate.extractors.regions.RegionFeatureExtractor` (the BUTD Faster
-R-CNN) over a shard through :class:`~vlcurate.extractors.stage.FeatureStage` (decode
-and preprocessing on a background thread, batched forward passes, per-sample failures)
+R-CNN) over a shard through :class:`~vlcurate.extractors.stage.FeatureStage` (decoding
+on background threads, batched forward passes, per-sample failures)
 and writes ``region_features/<shard>.parquet`` (record kind ``region_features``,
 layout in :mod:`vlcurate.schemas.regions`): per sample ``img_h``, ``img_w``,
 ``num_boxes``, ``boxes`` (original pixels), ``objects_id/conf``, ``attrs_id/conf`` and
@@ -13,7 +13,7 @@ Recipe block (every key optional)::
 
     - region_features: {config: butd-r101, weights: /models/faster_rcnn_from_caffe_attr.pkl,
                         selection: lxmert, min_boxes: 36, max_boxes: 36, conf_thresh: 0.2,
-                        batch_size: 1, storage: fp16, device: auto}
+                        batch_size: 1, storage: fp16, device: auto, decode_threads: 0}
 
 * ``config``: a named :class:`~vlcurate.extractors.regions.RegionConfig` (``butd-r101``,
   ``butd-tiny`` for tests and demos) or a path to a JSON config.
@@ -43,13 +43,15 @@ This module imports no torch at import time (recipes are parsed where no model r
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 import os
 import re
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Iterator, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -94,6 +96,11 @@ class RegionFeaturesConfig:
     batch_size: int = 1
     storage: Literal["fp16", "fp32"] = "fp16"
     device: str = "auto"
+    decode_threads: int = 0  # threads decoding images; 0 = one per core, at most 8
+    # torch threads for the detector on a CPU. Fixed, because the CPU kernels' results
+    # depend on how many threads split the work: a build must give the same bytes on
+    # every runner and machine (scale with more worker processes instead).
+    cpu_threads: int = 1
 
     def __post_init__(self) -> None:
         # Checked while the recipe is parsed, not in a worker mid-build.
@@ -101,11 +108,15 @@ class RegionFeaturesConfig:
         if self.weights is not None and not Path(self.weights).expanduser().is_file():
             raise ValueError(f"weights {self.weights}: no such file (a local detectron2 .pkl or torch .pth)")
         if not 0 <= self.min_boxes <= self.max_boxes or self.max_boxes < 1:
-            raise ValueError(f"need 0 <= min_boxes <= max_boxes and max_boxes >= 1, got {self.min_boxes}, {self.max_boxes}")
+            raise ValueError(f"need 0 <= min_boxes <= max_boxes and max_boxes >= 1, got "
+                             f"{self.min_boxes}, {self.max_boxes}")
         if not 0.0 <= self.conf_thresh <= 1.0:
             raise ValueError(f"conf_thresh must be in [0, 1], got {self.conf_thresh}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.cpu_threads < 1:
+            raise ValueError(f"cpu_threads must be >= 1, got {self.cpu_threads}")
+        if self.batch_size < 1 or self.decode_threads < 0:
+            raise ValueError(f"batch_size must be >= 1 and decode_threads >= 0, got "
+                             f"{self.batch_size} and {self.decode_threads}")
         if not _DEVICE.match(self.device):
             raise ValueError(f"device {self.device!r}: use auto, cpu, cuda or cuda:N")
 
@@ -134,18 +145,32 @@ _EXTRACTORS: dict[tuple[RegionFeaturesConfig, str], "RegionFeatureExtractor"] = 
 _EXTRACTORS_LOCK = threading.Lock()
 
 
+@contextlib.contextmanager
+def _torch_threads(n: int | None) -> Iterator[None]:
+    """Run torch's CPU ops on ``n`` threads for the block (None: leave as is)."""
+    import torch
+
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def load_extractor(cfg: RegionFeaturesConfig, device: str) -> "RegionFeatureExtractor":
     """One extractor per process, config and device (Beam may run several DoFn instances
     of the stage in one process; they share the model)."""
     with _EXTRACTORS_LOCK:
-        key = (cfg, device)
+        key = (replace(cfg, batch_size=1, decode_threads=0, cpu_threads=1), device)  # what the model depends on
         if key not in _EXTRACTORS:
             from vlcurate.extractors.regions import RegionFeatureExtractor
 
             _EXTRACTORS[key] = RegionFeatureExtractor(
                 resolve_region_config(cfg.config), cfg.weights, device=device, selection=cfg.selection,
                 min_boxes=cfg.min_boxes, max_boxes=cfg.max_boxes, conf_thresh=cfg.conf_thresh,
-                feature_dtype=STORAGE_DTYPES[cfg.storage], batch_size=cfg.batch_size)
+                feature_dtype=STORAGE_DTYPES[cfg.storage])
         return _EXTRACTORS[key]
 
 
@@ -191,22 +216,18 @@ class RegionFeatureStage(FeatureStage):
         self.device = resolve_device(self.config.device)
         self.extractor = load_extractor(self.config, self.device)
 
-    def prepare(self, image: Any) -> Any:
-        """On CPU the float conversion and resize run here, on the decode thread; on a
-        GPU only the decoded image is passed on, and that work runs on the device."""
-        if self.device != "cpu":
-            return image
+    def encode_batch(self, images: list[Any]) -> list[Encoded]:
+        """``images``: decoded PIL images (``prepare`` is the base's identity: the decode
+        threads do only PIL work). The float conversion and resize run here, on the
+        model's device: on a GPU only the uint8 image crosses the bus, and on a CPU
+        torch ops on the decode threads would compete with the forward pass for cores."""
         from vlcurate.extractors.regions.extractor import prepare_image
 
-        return prepare_image(image, self.extractor.config, "cpu")
-
-    def encode_batch(self, images: list[Any]) -> list[Encoded]:
-        from vlcurate.extractors.regions.extractor import PreparedImage, prepare_image
-
-        prepared = [im if isinstance(im, PreparedImage) else prepare_image(im, self.extractor.config, self.device)
-                    for im in images]
         out: list[Encoded] = []
-        for r in self.extractor.extract_prepared(prepared):
+        with _torch_threads(self.config.cpu_threads if self.device == "cpu" else None):
+            prepared = [prepare_image(im, self.extractor.config, self.device) for im in images]
+            results = self.extractor.extract_prepared(prepared)
+        for r in results:
             if r.num_boxes == 0:
                 out.append(SampleFailure("no_regions", "the detector proposed no regions for this image"))
             elif not np.isfinite(r.features).all():

@@ -239,7 +239,8 @@ class VitFeatureStage(FeatureStage):
             if ok:
                 out.append({"tokens": tokens_np[i], "embedding": emb_np[i]})
             else:
-                peak = feats.tokens[i].abs().max().item()
+                peak = feats.tokens[i].abs().max().item()  # fp32: inf/nan here is the model's own
+                hint = "; use storage: fp32" if np.isfinite(peak) else ""
                 out.append(SampleFailure("non_finite", f"features not finite in {self.config.storage} "
-                                         f"(max |token| {peak:g}); use storage: fp32"))
+                                         f"(max |token| {peak:g} in fp32){hint}"))
         return out

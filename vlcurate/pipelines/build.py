@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from vlcurate.io.atomic import TMP_MARK, atomic_path, sha256_file, write_bytes_atomic
 from vlcurate.pipelines.beam import build_graph, resolve_runner, make_pipeline, run_stats
-from vlcurate.pipelines.progress import Progress
+from vlcurate.pipelines.progress import Progress, worker_output_to
 from vlcurate.pipelines.stage import WORK_DIR, Layout, stage_class
 from vlcurate.recipe import Recipe
 from vlcurate.versions import write_manifest
@@ -87,7 +87,11 @@ def _claim_building_dir(recipe: Recipe) -> Path:
     return root
 
 
-def build(recipe: Recipe, log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> BuildResult:
+def _log_to_stderr(line: str) -> None:
+    print(line, file=sys.stderr)  # looked up at call time: worker_output_to swaps it
+
+
+def build(recipe: Recipe, log: Callable[[str], None] = _log_to_stderr) -> BuildResult:
     """Build ``recipe`` into a new version; raise UserError on bad input before writing."""
     check_buildable(recipe)
     try:
@@ -108,7 +112,8 @@ def build(recipe: Recipe, log: Callable[[str], None] = lambda s: print(s, file=s
         f"runner {recipe.runner.name}")
     pipeline = make_pipeline(recipe.runner.name, recipe.runner.workers, recipe.runner.options)
     build_graph(pipeline, stages, layout, num_shards)
-    with Progress(layout, [n for n, _ in stages], num_shards, recipe.samples_per_shard, table.num_rows, log):
+    with worker_output_to(root / WORK_DIR / "beam.log"), \
+            Progress(layout, [n for n, _ in stages], num_shards, recipe.samples_per_shard, table.num_rows, log):
         pipeline.run().wait_until_finish()
     stats = run_stats(layout, [n for n, _ in stages], num_shards)
     infos = {s.name: stage_class(s.name)(s.config, layout).info() for s in recipe.stages}

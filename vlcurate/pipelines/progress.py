@@ -6,9 +6,13 @@ works the same whatever runner and however many processes do the work.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 import threading
 import time
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Iterator
 
 from vlcurate.pipelines.stage import Layout
 
@@ -55,3 +59,31 @@ class Progress:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
+
+
+@contextlib.contextmanager
+def worker_output_to(path: Path) -> Iterator[None]:
+    """Send what Beam's worker processes write to stderr (their INFO logs) to ``path``,
+    while Python's own ``sys.stderr`` (progress, summaries) stays on the terminal.
+
+    Workers inherit file descriptor 2, so it is the descriptor that is redirected.
+    On failure the log is kept and its path is named.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    terminal = os.fdopen(os.dup(saved), "w", buffering=1)
+    old_stderr = sys.stderr
+    with open(path, "ab") as log:
+        os.dup2(log.fileno(), 2)
+        sys.stderr = terminal
+        try:
+            yield
+        except BaseException:
+            print(f"worker logs: {path}", file=terminal)
+            raise
+        finally:
+            sys.stderr = old_stderr
+            os.dup2(saved, 2)
+            os.close(saved)
+            terminal.close()

@@ -12,7 +12,6 @@ from vlcurate.extractors.regions.boxes import (
     _greedy_keep_fixed_point, _greedy_keep_sequential, clip_boxes, decode_deltas, nms_thresholds, nonempty, per_class_nms_best_score, select_lxmert, select_maxnms,
 )
 
-torch.set_num_threads(1)
 
 # Two pairs of heavily overlapping boxes, far apart:
 #   IoU(A, B) = 9*10 / (100 + 100 - 90) = 90/110 = 0.818;  same for C, D;  A/B vs C/D: 0.

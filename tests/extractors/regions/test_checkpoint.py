@@ -15,7 +15,6 @@ from vlcurate.extractors.regions import (
     save_detectron2_checkpoint,
 )
 
-torch.set_num_threads(1)
 TINY = get_config("butd-tiny")
 
 

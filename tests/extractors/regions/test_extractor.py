@@ -12,7 +12,6 @@ from vlcurate.extractors.regions.extractor import pad_batch, prepare_image, resi
 from vlcurate.extractors.regions.model import DetectorOutput
 from vlcurate.typed import ConfigError
 
-torch.set_num_threads(1)
 TINY = get_config("butd-tiny")
 R101 = get_config("butd-r101")
 
