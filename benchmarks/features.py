@@ -163,13 +163,14 @@ def bench_regions(args: argparse.Namespace, layout: Layout) -> dict:
     selected regions to the host, i.e. everything but decoding and resizing."""
     import torch
 
-    from vlcurate.extractors.region_stage import RegionFeaturesConfig, RegionFeatureStage
+    from vlcurate.extractors.region_stage import RegionFeaturesConfig, RegionFeatureStage, _torch_threads
     from vlcurate.extractors.regions.extractor import prepare_image
     from vlcurate.extractors.stage import EncodeTimings, decode_image, default_decode_threads, encode_images
     from vlcurate.io.tar import iter_tar_files
 
     cfg = RegionFeaturesConfig(config=args.model_name, weights=None, device=args.device, batch_size=args.batch_size,
-                               storage=args.storage, decode_threads=args.decode_threads)
+                               storage=args.storage, decode_threads=args.decode_threads,
+                               cpu_threads=args.threads or 1)
     stage = RegionFeatureStage(cfg, layout)
     stage.setup()
     ex = stage.extractor
@@ -186,11 +187,13 @@ def bench_regions(args: argparse.Namespace, layout: Layout) -> dict:
     n_batches = -(-args.images // args.batch_size)
 
     def timed(fn: Callable[[], object]) -> float:
-        sync()
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        return time.perf_counter() - t0
+        # on a CPU the model alone runs on the stage's cpu_threads, as inside the stage
+        with _torch_threads(cfg.cpu_threads if ex.device.type == "cpu" else None):
+            sync()
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            return time.perf_counter() - t0
 
     # Stage and forward-only runs alternate, so both see the same machine load.
     stage_s, fwd_s = [], []
