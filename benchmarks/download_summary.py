@@ -101,6 +101,13 @@ def main() -> int:
     if rows != n:
         print(f"vlcurate wrote {rows} status rows for {n} input rows")
         bad += 1
+    for run in range(1, runs):  # the other runs: the same outcomes exactly
+        earlier = outcomes(sorted(glob.glob(str(work / "vlc" / "bench" / f"r{run}" / "samples" / "*.parquet"))),
+                           "error_kind")
+        if earlier != got:
+            print(f"vlcurate run {run}: outcomes differ from run {last}: {sorted((earlier - got).items())}")
+            bad += 1
+    print(f"vlcurate runs 1-{last}: {'identical outcomes' if not bad else 'see above'}")
     if any(r["rc"] for t in result for r in result[t]):
         print("a run exited non-zero: see the logs in", work)
         bad += 1
