@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import stat
 from pathlib import Path
 
 import pyarrow as pa
@@ -73,3 +75,13 @@ def demo_version(demo_urls, tmp_path_factory) -> Path:
 
     tmp = tmp_path_factory.mktemp("demo-build")
     return build(load_recipe(make_recipe(tmp, demo_urls)), log=lambda s: None).version_dir
+
+
+@pytest.fixture
+def damaged(demo_version, tmp_path) -> Path:
+    """A writable copy of the shared demo version, for tests that damage it."""
+    copy = tmp_path / "v"
+    shutil.copytree(demo_version, copy)
+    for p in copy.rglob("*"):
+        p.chmod(p.stat().st_mode | stat.S_IWUSR)
+    return copy

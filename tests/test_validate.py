@@ -1,22 +1,11 @@
 """`vlcurate validate` on a good demo version, then on damaged copies of it."""
 
 import json
-import shutil
-import stat
 
 import pytest
 
 from vlcurate.cli import main
 from vlcurate.validate import validate_version
-
-
-@pytest.fixture
-def damaged(demo_version, tmp_path):
-    copy = tmp_path / "v"
-    shutil.copytree(demo_version, copy)
-    for p in copy.rglob("*"):
-        p.chmod(p.stat().st_mode | stat.S_IWUSR)
-    return copy
 
 
 def test_demo_version_is_valid(demo_version, capsys):

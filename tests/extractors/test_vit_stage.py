@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
-import stat
 
 import numpy as np
 import pyarrow as pa
@@ -205,15 +203,6 @@ def test_schema_row_checks_catch_wrong_lengths_and_misplaced_features(tmp_path):
     undeclared = table.append_column("extra", pa.array([1, 2, 3]))
     assert "column 'extra', row 0: feature column not declared in the schema metadata" in \
         validate(undeclared, "vit_features", raise_error=False)
-
-
-@pytest.fixture
-def damaged(demo_version, tmp_path):
-    copy = tmp_path / "v"
-    shutil.copytree(demo_version, copy)
-    for p in copy.rglob("*"):
-        p.chmod(p.stat().st_mode | stat.S_IWUSR)
-    return copy
 
 
 def test_demo_version_has_features_for_every_kept_sample(demo_version):
