@@ -30,6 +30,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from PIL import Image, ImageDraw
 
+from vlcurate.demo.server import running
+
 # Rows per kind of the standard corpus (150 rows).
 KINDS = {"ok": 90, "404": 8, "500": 6, "slow": 4, "trunc": 6, "corrupt": 6, "html": 6,
          "redirect": 8, "noai": 6, "flaky": 6, "bomb": 2, "midbomb": 2}
@@ -159,12 +161,5 @@ class FaultServer(ThreadingHTTPServer):
 @contextlib.contextmanager
 def serve_faults(files: dict[str, bytes], slow: float = 0.3) -> Iterator[FaultServer]:
     """Serve ``files`` with the fault behaviours on 127.0.0.1 (a free port) until the block ends."""
-    server = FaultServer(files, slow)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
+    with running(FaultServer(files, slow)) as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()

@@ -51,7 +51,14 @@ def serve(files: dict[str, Served], port: int = DEFAULT_PORT, delay: float = 0.0
     server.daemon_threads = True
     server.requests = {}  # type: ignore[attr-defined]
     server.base_url = f"http://127.0.0.1:{server.server_address[1]}"  # type: ignore[attr-defined]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    with running(server):
+        yield server
+
+
+@contextlib.contextmanager
+def running(server: ThreadingHTTPServer) -> Iterator[ThreadingHTTPServer]:
+    """Serve on a background thread until the block ends, then shut down and close."""
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
         yield server
