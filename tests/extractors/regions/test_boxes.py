@@ -151,3 +151,70 @@ def test_per_class_nms_on_cuda_matches_cpu():
     probs = torch.rand(300, 1601, generator=g).softmax(dim=1)[:, :1600]
     cpu = per_class_nms_best_score(boxes, probs, 0.3)
     assert torch.equal(per_class_nms_best_score(boxes.cuda(), probs.cuda(), 0.3).cpu(), cpu)
+
+
+def _reference_nms(boxes: torch.Tensor, scores: torch.Tensor, thresh: float) -> list[int]:
+    """Greedy NMS as plainly as possible: visit boxes best first (ties: lower index first),
+    keep one unless an already kept box overlaps it by more than ``thresh``.
+
+    IoU is computed in float32 in torchvision's order of operations, then compared with
+    the threshold as a Python (double) float, as torchvision's CPU kernel does: for a
+    float32 IoU of 0.3, ``iou > 0.3`` is true in double but false once 0.3 is rounded to
+    float32 (which is what ``tensor > 0.3`` would do).
+    """
+    b = boxes.float()
+    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    w = (torch.minimum(b[:, None, 2], b[None, :, 2]) - torch.maximum(b[:, None, 0], b[None, :, 0])).clamp(min=0)
+    h = (torch.minimum(b[:, None, 3], b[None, :, 3]) - torch.maximum(b[:, None, 1], b[None, :, 1])).clamp(min=0)
+    inter = w * h
+    iou = (inter / (area[:, None] + area[None, :] - inter)).tolist()  # NaN (0/0) never suppresses
+    s = scores.float().tolist()
+    keep: list[int] = []
+    for i in sorted(range(len(s)), key=lambda i: -s[i]):
+        if not any(iou[k][i] > thresh for k in keep):
+            keep.append(i)
+    return keep
+
+
+def _random_boxes_and_scores(g: torch.Generator, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Small-integer boxes (exact IoUs such as 0.5 and 0.3, duplicates, zero-width and
+    inverted boxes) or real-valued ones; scores from a few values (ties) or continuous."""
+    if torch.rand(1, generator=g).item() < 0.6:
+        xy = torch.randint(0, 6, (n, 2), generator=g).float()
+        boxes = torch.cat([xy, xy + torch.randint(-1, 6, (n, 2), generator=g).float()], dim=1)
+    else:
+        xy = torch.rand(n, 2, generator=g) * 100
+        boxes = torch.cat([xy, xy + torch.rand(n, 2, generator=g) * 60], dim=1)
+    if torch.rand(1, generator=g).item() < 0.5:
+        scores = torch.randint(1, 4, (n,), generator=g).float() / 4
+    else:
+        scores = torch.rand(n, generator=g)
+    return boxes, scores
+
+
+def test_maxnms_matches_reference_greedy_nms_on_random_inputs():
+    g = torch.Generator().manual_seed(2)
+    ties = 0
+    for _ in range(400):
+        n = int(torch.randint(0, 50, (1,), generator=g))
+        boxes, scores = _random_boxes_and_scores(g, n)
+        ties += len(set(scores.tolist())) < n
+        min_boxes = int(torch.randint(0, 20, (1,), generator=g))
+        max_boxes = min_boxes + int(torch.randint(1 if min_boxes == 0 else 0, 20, (1,), generator=g))
+        expected, expected_thresh = [], 0.3
+        for expected_thresh in nms_thresholds(0.3, 0.1, 0.9):
+            expected = _reference_nms(boxes, scores, expected_thresh)[:max_boxes]
+            if len(expected) >= min_boxes:
+                break
+        sel = select_maxnms(boxes, scores, min_boxes=min_boxes, max_boxes=max_boxes)
+        assert sel.indices.tolist() == expected
+        assert sel.nms_thresh == expected_thresh
+        assert torch.equal(sel.scores, scores[expected])
+    assert ties > 100
+
+
+def test_reference_nms_compares_iou_with_the_threshold_in_double():
+    # IoU 3/10 is 0.30000001 in float32: above the double 0.3, so suppressed at 0.3.
+    boxes = torch.tensor([[0, 0, 10, 1], [0, 0, 3, 1]], dtype=torch.float32)
+    scores = torch.tensor([0.9, 0.8])
+    assert _reference_nms(boxes, scores, 0.3) == nms(boxes, scores, 0.3).tolist() == [0]
