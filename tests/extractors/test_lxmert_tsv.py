@@ -52,7 +52,7 @@ def test_the_tsv_of_a_demo_build_round_trips(region_version, tmp_path):
         feats = item["features"]
         assert feats.dtype == np.float32 and feats.shape == (n, 64)
         # fp16 -> fp32 is exact: the decoded floats ARE the stored values.
-        np.testing.assert_array_equal(feats, np.asarray(row["features"], np.float16).astype(np.float32))
+        np.testing.assert_array_equal(feats, np.frombuffer(row["features"], "<f2").reshape(n, 64).astype(np.float32))
         np.testing.assert_array_equal(item["boxes"], np.asarray(row["boxes"], np.float32).reshape(n, 4))
         assert item["objects_id"].dtype == np.int64 and item["objects_id"].tolist() == row["objects_id"]
         assert item["attrs_id"].tolist() == row["attrs_id"]
@@ -90,7 +90,7 @@ def test_a_full_size_row_reads_back_past_the_csv_field_limit(tmp_path):
     row = {"key": "00000_000000", "status": "ok", "error_kind": None, "error_message": None, "img_h": 480,
            "img_w": 640, "num_boxes": n, "boxes": [[1.0, 2.0, 30.0, 40.0]] * n,
            "objects_id": list(range(n)), "objects_conf": [0.5] * n, "attrs_id": [3] * n,
-           "attrs_conf": [0.25] * n, "features": feats.tolist()}
+           "attrs_conf": [0.25] * n, "features": feats.tobytes()}
     table = pa.Table.from_pylist([row], schema=region_schema(d, "float16"))
     buf = io.StringIO(newline="")
     writer = csv.DictWriter(buf, FIELDNAMES, delimiter="\t")

@@ -13,12 +13,13 @@ import pytest
 import torch
 from PIL import Image
 
-from vlcurate.extractors.stage import decode_image, feature_column
+from vlcurate.extractors.stage import decode_image
 from vlcurate.extractors.vit_stage import VitFeaturesConfig, VitFeatureStage, load_clip
 from vlcurate.io.parquet import write_parquet
 from vlcurate.io.tar import TarSample, write_tar
 from vlcurate.pipelines.stage import Layout
 from vlcurate.schemas import get_schema, validate
+from vlcurate.schemas.features import feature_arrays, stacked_features, tensor_array
 from vlcurate.typed import ConfigError, from_dict
 from vlcurate.validate import validate_version
 
@@ -65,8 +66,9 @@ def vit_stage(layout: Layout, **cfg) -> VitFeatureStage:
 def read_tokens(path) -> tuple[pa.Table, np.ndarray, np.ndarray]:
     t = pq.read_table(path)
     ok = t.filter(pa.compute.equal(t.column("status"), "ok"))
-    tokens = np.stack([np.asarray(v, dtype=np.float32) for v in ok.column("tokens").to_pylist()])
-    emb = np.asarray(ok.column("embedding").to_pylist(), dtype=np.float32)
+    tokens = np.stack([a.astype(np.float32) for a in feature_arrays(ok, "tokens")])
+    emb = np.stack([a.astype(np.float32) for a in feature_arrays(ok, "embedding")])
+    np.testing.assert_array_equal(stacked_features(t, "tokens"), tokens)  # the zero-copy reader agrees
     return t, tokens, emb
 
 
@@ -82,7 +84,8 @@ def test_sidecar_has_one_row_per_alive_sample_and_equals_direct_encoding(tmp_pat
     assert table.column("key").to_pylist() == alive  # tar order, the dropped sample skipped
     clip = stage.clip
     assert tokens.shape == (6, *clip.token_shape) == (6, 17, 64) and emb.shape == (6, clip.embed_dim)
-    assert table.schema.field("tokens").type.value_type.value_type == pa.float16()
+    assert table.schema.field("tokens").type == pa.binary()  # raw float16 bytes, shape in the metadata
+    assert len(table.column("tokens")[0].as_py()) == 17 * 64 * 2
     batch = torch.stack([clip.preprocess(decode_image(images[keys.index(k)])) for k in alive])
     direct = clip.encode_images(batch)
     np.testing.assert_allclose(tokens, direct.tokens.numpy(), rtol=2e-3, atol=2e-3)
@@ -100,7 +103,7 @@ def test_per_sample_failures_are_rows_and_never_fail_the_shard(tmp_path, monkeyp
     keys = make_image_shard(layout, images)
     stage = vit_stage(layout)
     stage.setup()
-    real = stage.encode_batch
+    real = stage.start_batch
     calls = []
 
     def flaky(batch):  # the model "fails" on the all-black image, and on any batch holding it
@@ -109,7 +112,7 @@ def test_per_sample_failures_are_rows_and_never_fail_the_shard(tmp_path, monkeyp
             raise RuntimeError("boom on a flat image")
         return real(batch)
 
-    monkeypatch.setattr(stage, "encode_batch", flaky)
+    monkeypatch.setattr(stage, "start_batch", flaky)
     stats = stage.run_shard(0)
     assert stats.counts == {"ok": 3, "failed.decode_error": 1, "failed.model_error": 1, "failed.missing_image": 1}
     rows = {r["key"]: r for r in pq.read_table(layout.sidecar("vit_features", 0)).to_pylist()}
@@ -118,7 +121,7 @@ def test_per_sample_failures_are_rows_and_never_fail_the_shard(tmp_path, monkeyp
     assert rows[keys[3]]["error_kind"] == "model_error" and "boom" in rows[keys[3]]["error_message"]
     assert rows[keys[4]]["error_kind"] == "missing_image"
     for i in (0, 2, 5):
-        assert rows[keys[i]]["status"] == "ok" and len(rows[keys[i]]["tokens"]) == 17
+        assert rows[keys[i]]["status"] == "ok" and len(rows[keys[i]]["tokens"]) == 17 * 64 * 2
     for i in (1, 3, 4):
         assert rows[keys[i]]["tokens"] is None and rows[keys[i]]["embedding"] is None
     assert calls == [3, 1, 1, 1, 1]  # the failing batch was retried one image at a time
@@ -133,7 +136,8 @@ def test_fp32_storage_info_without_loading_and_config_errors(tmp_path):
     assert info.weights["random"] is True and info.weights["model"] == TINY
     stage.run_shard(0)
     table, tokens, _ = read_tokens(layout.sidecar("vit_features", 0))
-    assert table.schema.field("embedding").type.value_type == pa.float32()
+    assert json.loads(table.schema.metadata[b"vlcurate.features"])["embedding"] == {"shape": [32], "dtype": "float32"}
+    assert len(table.column("embedding")[0].as_py()) == 32 * 4
     assert tokens.shape == (2, 16, 64)  # no CLS
     with pytest.raises(ConfigError, match="unknown open_clip model 'ViT-Q-9'"):
         from_dict(VitFeaturesConfig, {"model": "ViT-Q-9"}, "stages[3].vit_features")
@@ -179,10 +183,10 @@ def test_model_is_loaded_once_per_process(tmp_path):
 
 def with_row_changed(table: pa.Table, column: str, row: int, change) -> pa.Table:
     """``table`` with ``change(array)`` applied to one row's features in ``column``."""
-    values = [None if v is None else np.asarray(v, dtype=np.float16) for v in table.column(column).to_pylist()]
+    values = feature_arrays(table, column)
     values[row] = change(values[row])
     i = table.schema.get_field_index(column)
-    return table.set_column(i, table.schema.field(i), feature_column(table.schema.field(i), values))
+    return table.set_column(i, table.schema.field(i), tensor_array(values, "float16"))
 
 
 def test_schema_row_checks_catch_wrong_lengths_and_misplaced_features(tmp_path):
@@ -193,10 +197,10 @@ def test_schema_row_checks_catch_wrong_lengths_and_misplaced_features(tmp_path):
     assert validate(table, "vit_features", raise_error=False) == []
     short = with_row_changed(table, "embedding", 2, lambda e: e[:31])
     assert validate(short, "vit_features", raise_error=False) == [
-        "column 'embedding', row 2: an array of length 31 at level 0, declared 32"]
+        "column 'embedding', row 2: 62 bytes, the declared [32] float16 needs 64"]
     narrow = with_row_changed(table, "tokens", 2, lambda t: t[:, :63])
     assert validate(narrow, "vit_features", raise_error=False) == [
-        "column 'tokens', row 2: an array of length 63 at level 1, declared 64"]
+        "column 'tokens', row 2: 2142 bytes, the declared [17, 64] float16 needs 2176"]
     status = pa.array(["ok", "ok", "ok"])  # features missing on an ok row
     problems = validate(table.set_column(1, "status", status), "vit_features", raise_error=False)
     assert any("row 1: features must be present exactly when status is ok" in p for p in problems), problems
@@ -221,7 +225,7 @@ def test_validate_finds_a_feature_array_of_the_wrong_length(damaged):
     table = pq.read_table(path)
     pq.write_table(with_row_changed(table, "tokens", 3, lambda t: t[:16]), path)  # one token short
     problems = validate_version(damaged)
-    assert "vit_features/00001.parquet: column 'tokens', row 3: an array of length 16 at level 0, declared 17" \
+    assert "vit_features/00001.parquet: column 'tokens', row 3: 2048 bytes, the declared [17, 64] float16 needs 2176" \
         in problems, problems
 
 

@@ -45,7 +45,8 @@ from vlcurate.filters.base import alive_samples
 from vlcurate.io.atomic import atomic_path
 from vlcurate.pipelines.stage import Layout
 from vlcurate.schemas import validate
-from vlcurate.schemas.regions import BOX_COORDS, REGION_FEATURES, declared_dim
+from vlcurate.schemas.features import feature_arrays
+from vlcurate.schemas.regions import BOX_COORDS, FEATURES_COLUMN, REGION_FEATURES, declared_dim
 from vlcurate.versions import load_manifest
 
 FIELDNAMES = ["img_id", "img_h", "img_w", "objects_id", "objects_conf", "attrs_id", "attrs_conf",
@@ -101,9 +102,9 @@ def lxmert_rows(table: pa.Table, dim: int) -> Iterator[dict[str, Any]]:
     """LXMERT TSV rows (strings, as written) of a validated sidecar table of ok rows."""
     for batch in table.to_batches():  # batch by batch: a whole shard can be GBs of features
         num = batch.column("num_boxes").to_numpy(zero_copy_only=False).astype(np.int64)
-        arrays = {name: _split(_leaves(batch.column(name)),
-                               num * (BOX_COORDS if name == "boxes" else dim if name == "features" else 1))
-                  for name in ARRAY_DTYPES}
+        arrays = {name: _split(_leaves(batch.column(name)), num * (BOX_COORDS if name == "boxes" else 1))
+                  for name in ARRAY_DTYPES if name != FEATURES_COLUMN}
+        arrays[FEATURES_COLUMN] = feature_arrays(batch, FEATURES_COLUMN)  # type: ignore[arg-type]
         for i, key in enumerate(batch.column("key").to_pylist()):
             row: dict[str, Any] = {"img_id": key, "img_h": int(batch.column("img_h")[i].as_py()),
                                    "img_w": int(batch.column("img_w")[i].as_py()), "num_boxes": int(num[i])}

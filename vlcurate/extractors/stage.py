@@ -1,15 +1,24 @@
 """Batched frozen-model inference over a shard: the base of every feature stage.
 
-A :class:`FeatureStage` reads the shard's surviving samples (:func:`alive_samples`),
-streams their image bytes from the samples tar in archive order on a background
-thread, which decodes (and ``prepare``\\ s) them with ``decode_threads`` helpers and
-fills a bounded queue, so decoding the next batches overlaps the model's forward pass
-on the current one. Batches hold exactly ``config.batch_size`` images in archive
-order whatever the thread timing (the outputs, and so the bytes written, depend on
-batch composition). Each batch goes to ``encode_batch``; the stage writes ONE sidecar,
-``<stage name>/<shard>.parquet``, with one row per sample it saw: ``key``,
-``status`` (ok/failed), ``error_kind``, ``error_message`` and the feature columns
-(null on failure).
+A :class:`FeatureStage` reads the shard's surviving samples (:func:`alive_samples`)
+and runs three things at once, joined by bounded queues:
+
+1. a reader thread streams image bytes from the samples tar in archive order and
+   decodes (and ``prepare``\\ s) them with ``decode_threads`` helpers;
+2. the calling thread hands each batch to ``start_batch``, which launches the model
+   (on a GPU it returns as soon as the work is queued on the device);
+3. an output thread calls ``finish_batch`` (waits for the device, copies results to
+   the host, checks them) and appends finished rows to the sidecar, one validated
+   Parquet row group of :data:`SIDECAR_ROW_GROUP` rows at a time.
+
+So decoding the next batches, the forward pass of this one, and converting and
+writing the previous one overlap. Batches hold exactly ``config.batch_size`` images
+and every batch covers a contiguous range of the archive, whatever the thread
+timing: the outputs, and so the bytes written, depend only on the shard. The stage
+writes ONE sidecar, ``<stage name>/<shard>.parquet``, with one row per sample it
+saw, in archive order (then keys without an image): ``key``, ``status``
+(ok/failed), ``error_kind``, ``error_message`` and the feature columns (null on
+failure). The file is committed only when complete.
 
 Per-sample failures never fail the shard; each is a row and a ``failed.<kind>`` count:
 
@@ -22,9 +31,10 @@ Per-sample failures never fail the shard; each is a row and a ``failed.<kind>`` 
 * any kind the subclass returns as a :class:`SampleFailure` (e.g. ``non_finite``).
 
 Subclasses implement ``load`` (called once per process by ``setup``),
-``feature_fields``, ``encode_batch`` and optionally ``prepare`` and
-``sidecar_metadata``. The same machinery is available without a sidecar through
-:func:`encode_images` (the CLIP score filter encodes images with it).
+``feature_fields``, ``encode_batch`` (or the ``start_batch``/``finish_batch`` pair
+it is made of) and optionally ``prepare`` and ``sidecar_metadata``. The same
+machinery is available without a sidecar through :func:`encode_images` (the CLIP
+score filter encodes images with it).
 """
 
 from __future__ import annotations
@@ -38,24 +48,25 @@ import time
 from abc import abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Iterable, Sequence
 
 import numpy as np
 import pyarrow as pa
 from PIL import Image
 
 from vlcurate.filters.base import alive_samples
-from vlcurate.io.parquet import write_parquet
+from vlcurate.io.parquet import ParquetStreamWriter
 from vlcurate.io.stats import ShardStats
 from vlcurate.io.tar import iter_tar_files
 from vlcurate.pipelines.stage import Stage
+from vlcurate.schemas.features import declared_features, tensor_array
 
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTS = ("jpg", "png", "webp")
-PREFETCH_BATCHES = 2  # decoded batches waiting in the queue: enough to hide decode jitter
-# Rows per Parquet row group: readers can stream a shard of large token arrays, and
-# no nested column chunk of a row group comes near 2 GiB.
+PREFETCH_BATCHES = 2  # batches waiting between threads: enough to hide jitter, little memory
+# Rows per Parquet row group: readers can stream a shard of large token arrays, the
+# writer appends while the model runs, and no column chunk comes near 2 GiB.
 SIDECAR_ROW_GROUP = 256
 
 
@@ -75,25 +86,33 @@ class EncodeTimings:
     """Where a shard's wall time went (not deterministic, so never in stats files)."""
 
     samples: int = 0
-    wait_s: float = 0.0  # main thread waiting for decoded batches (decode not hidden)
-    encode_s: float = 0.0  # inside encode_batch
+    wait_s: float = 0.0  # calling thread waiting for decoded batches (decode not hidden)
+    start_s: float = 0.0  # calling thread inside start_batch (launching the model)
+    handoff_s: float = 0.0  # calling thread waiting for the output thread (output not hidden)
+    output_s: float = 0.0  # output thread busy: finish_batch + building + writing rows
     total_s: float = 0.0
 
 
 @dataclass
 class _Chunk:
-    ready: list[tuple[str, Any]] = field(default_factory=list)  # (key, prepared image)
-    failed: list[tuple[str, SampleFailure]] = field(default_factory=list)
+    """A contiguous range of the archive: ``(key, prepared image or SampleFailure)``."""
+
+    rows: list[tuple[str, Any]] = field(default_factory=list)
+
+    def ready(self) -> list[Any]:
+        return [v for _, v in self.rows if not isinstance(v, SampleFailure)]
 
 
 class _Crash:
-    """The decode thread died of something that is not a per-sample failure."""
+    """A thread died of something that is not a per-sample failure."""
 
     def __init__(self, error: BaseException):
         self.error = error
 
 
-_END = object()
+@dataclass
+class _End:
+    seen: set[str]  # keys that had an image in the tar
 
 
 def decode_image(data: bytes) -> Image.Image:
@@ -114,37 +133,41 @@ def _decode_one(data: bytes, prepare: Callable[[Image.Image], Any]) -> Any:
         return SampleFailure("preprocess_error", f"{type(err).__name__}: {err}")
 
 
+def _put(q: queue.Queue, item: Any, stop: threading.Event) -> bool:
+    """Put unless ``stop`` is set first (then the consumer is gone); True if put."""
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
 def _decode_worker(tar_path: Any, keys: Sequence[str], prepare: Callable[[Image.Image], Any],
-                   batch_size: int, decode_threads: int, out: queue.Queue, stop: threading.Event,
-                   order: list[str]) -> None:
+                   batch_size: int, decode_threads: int, out: queue.Queue, stop: threading.Event) -> None:
     """Read the tar in order, decode ``batch_size`` payloads at a time on
     ``decode_threads`` threads (PIL's decoders and resizers release the GIL), and
-    queue chunks of exactly ``batch_size`` ready images (plus the failures met on the
-    way), so batch composition depends only on the shard, never on thread timing."""
-    def put(item: Any) -> bool:
-        while not stop.is_set():
-            try:
-                out.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
+    queue chunks that end at every ``batch_size``-th ready image (failures met on the
+    way ride along), so batch composition depends only on the shard."""
     pool = ThreadPoolExecutor(decode_threads, thread_name_prefix="vlcurate-decode") if decode_threads > 1 else None
-    chunk = _Chunk()
+    chunk, ready = _Chunk(), 0
 
     def decode(pending: list[tuple[str, bytes]], last: bool) -> bool:
-        nonlocal chunk
+        nonlocal chunk, ready
         payloads = [data for _, data in pending]
         outs = pool.map(_decode_one, payloads, [prepare] * len(payloads)) if pool else (
             _decode_one(d, prepare) for d in payloads)
         for (key, _), result in zip(pending, outs):
-            (chunk.failed if isinstance(result, SampleFailure) else chunk.ready).append((key, result))
-        while len(chunk.ready) >= batch_size or (last and (chunk.ready or chunk.failed)):
-            full, rest = chunk.ready[:batch_size], chunk.ready[batch_size:]
-            if not put(_Chunk(full, chunk.failed)):
-                return False
-            chunk = _Chunk(rest)
+            chunk.rows.append((key, result))
+            if not isinstance(result, SampleFailure):
+                ready += 1
+                if ready == batch_size:
+                    if not _put(out, chunk, stop):
+                        return False
+                    chunk, ready = _Chunk(), 0
+        if last and chunk.rows:
+            return _put(out, chunk, stop)
         return True
 
     try:
@@ -153,39 +176,63 @@ def _decode_worker(tar_path: Any, keys: Sequence[str], prepare: Callable[[Image.
             if key in seen:  # two image files for one key: the first one counts
                 continue
             seen.add(key)
-            order.append(key)
             pending.append((key, data))
             if len(pending) >= batch_size:
                 if not decode(pending, last=False):
                     return
                 pending = []
         if decode(pending, last=True):
-            put(_END)
-    except BaseException as err:  # a damaged tar: re-raised in the main thread
-        put(_Crash(err))
+            _put(out, _End(seen), stop)
+    except BaseException as err:  # a damaged tar: re-raised in the calling thread
+        _put(out, _Crash(err), stop)
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _encode_isolating(encode: Callable[[list[Any]], list[Encoded]],
-                      items: list[tuple[str, Any]]) -> dict[str, Encoded]:
-    """``encode`` a batch; if it raises, retry image by image to find the culprit(s)."""
-    values = [v for _, v in items]
-    try:
-        out = encode(values)
-    except Exception as err:  # model errors are per-sample data after isolation
-        if len(items) == 1:
-            return {items[0][0]: SampleFailure("model_error", f"{type(err).__name__}: {err}")}
-        logger.warning("batch of %d failed (%s: %s); retrying one image at a time",
-                       len(items), type(err).__name__, err)
-        result: dict[str, Encoded] = {}
-        for item in items:
-            result.update(_encode_isolating(encode, [item]))
-        return result
-    if len(out) != len(items):  # a bug in the encoder, not a sample problem
-        raise RuntimeError(f"encode_batch returned {len(out)} results for {len(items)} images")
-    return {key: o for (key, _), o in zip(items, out)}
+class BatchEncoder:
+    """How a stage runs its model on a batch: ``start`` on the calling thread (launch;
+    may return before the device is done), ``finish`` on the output thread (results
+    as one :data:`Encoded` per image). A synchronous encoder is ``start=encode`` with
+    the identity as ``finish``."""
+
+    def __init__(self, start: Callable[[list[Any]], Any],
+                 finish: Callable[[Any], list[Encoded]] = lambda started: started):
+        self.start, self.finish = start, finish
+
+    def encode(self, values: list[Any]) -> list[Encoded]:
+        return self.finish(self.start(values))
+
+
+def _isolate(encoder: BatchEncoder, values: list[Any], err: Exception) -> list[Encoded]:
+    """A batch raised: retry its images one at a time, so only the culprits fail."""
+    if len(values) == 1:
+        return [SampleFailure("model_error", f"{type(err).__name__}: {err}")]
+    logger.warning("batch of %d failed (%s: %s); retrying one image at a time", len(values), type(err).__name__, err)
+    out: list[Encoded] = []
+    for v in values:
+        try:
+            out += encoder.encode([v])
+        except Exception as one:  # model errors are per-sample data after isolation
+            out.append(SampleFailure("model_error", f"{type(one).__name__}: {one}"))
+    return out
+
+
+def _finish(encoder: BatchEncoder, chunk: _Chunk, started: Any) -> list[tuple[str, Encoded]]:
+    """The chunk's rows in archive order, its batch finished (or isolated on error)."""
+    values = chunk.ready()
+    results: list[Encoded] = []
+    if values:
+        try:
+            if isinstance(started, Exception):
+                raise started
+            results = encoder.finish(started)
+        except Exception as err:  # the model raised (at launch or when finishing)
+            results = _isolate(encoder, values, err)
+        if len(results) != len(values):  # a bug in the encoder, not a sample problem
+            raise RuntimeError(f"the encoder returned {len(results)} results for {len(values)} images")
+    it = iter(results)
+    return [(key, v if isinstance(v, SampleFailure) else next(it)) for key, v in chunk.rows]
 
 
 def default_decode_threads() -> int:
@@ -195,48 +242,99 @@ def default_decode_threads() -> int:
     return max(1, min(8, cores))
 
 
-def encode_images(tar_path: Any, keys: Sequence[str], prepare: Callable[[Image.Image], Any],
-                  encode: Callable[[list[Any]], list[Encoded]], batch_size: int,
-                  timings: EncodeTimings | None = None, decode_threads: int = 0) -> list[tuple[str, Encoded]]:
-    """Encode the images of ``keys`` from a samples tar; one result per key.
-
-    Results come in archive order, then keys without an image (``missing_image``).
-    Decoding + ``prepare`` run on a background thread (with ``decode_threads``
-    helpers; 0 = :func:`default_decode_threads`), at most :data:`PREFETCH_BATCHES`
-    batches ahead of ``encode``.
+def run_encoder(tar_path: Any, keys: Sequence[str], prepare: Callable[[Image.Image], Any],
+                encoder: BatchEncoder, batch_size: int, sink: Callable[[list[tuple[str, Encoded]]], None],
+                timings: EncodeTimings | None = None, decode_threads: int = 0) -> None:
+    """Encode the images of ``keys`` from a samples tar, passing ``sink`` the results
+    (``(key, Encoded)`` rows) batch by batch, in archive order, then the keys without
+    an image (``missing_image``). ``sink`` and ``encoder.finish`` run on an output
+    thread, ``encoder.start`` on the calling thread, decoding on a reader thread with
+    ``decode_threads`` helpers (0 = :func:`default_decode_threads`); each at most
+    :data:`PREFETCH_BATCHES` batches ahead of the next. An exception in any of them
+    stops all three and is raised here.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     timings = timings or EncodeTimings()
-    started = time.perf_counter()
-    q: queue.Queue = queue.Queue(maxsize=PREFETCH_BATCHES)
-    stop, order = threading.Event(), []
-    results: dict[str, Encoded] = {}
-    threads = decode_threads or default_decode_threads()
-    worker = threading.Thread(target=_decode_worker, name="vlcurate-reader", daemon=True,
-                              args=(tar_path, keys, prepare, batch_size, threads, q, stop, order))
-    worker.start()
+    started_at = time.perf_counter()
+    decoded: queue.Queue = queue.Queue(maxsize=PREFETCH_BATCHES)
+    launched: queue.Queue = queue.Queue(maxsize=PREFETCH_BATCHES)
+    stop = threading.Event()
+    failure: list[BaseException] = []
+
+    def output() -> None:
+        try:
+            while True:
+                try:
+                    item = launched.get(timeout=0.1)
+                except queue.Empty:
+                    if stop.is_set():  # the calling thread gave up
+                        return
+                    continue
+                if isinstance(item, _End):
+                    break
+                t0 = time.perf_counter()
+                rows = _finish(encoder, *item)
+                sink(rows)
+                timings.samples += len(rows)
+                timings.output_s += time.perf_counter() - t0
+            missing = SampleFailure("missing_image", "no image file for this key in the samples tar")
+            rows = [(k, missing) for k in keys if k not in item.seen]
+            if rows:
+                sink(rows)
+                timings.samples += len(rows)
+        except BaseException as err:  # re-raised in the calling thread
+            failure.append(err)
+            stop.set()
+
+    reader = threading.Thread(target=_decode_worker, name="vlcurate-reader", daemon=True,
+                              args=(tar_path, keys, prepare, batch_size, decode_threads or default_decode_threads(),
+                                    decoded, stop))
+    writer = threading.Thread(target=output, name="vlcurate-output", daemon=True)
+    reader.start()
+    writer.start()
     try:
-        while True:
+        while not stop.is_set():
             t0 = time.perf_counter()
-            item = q.get()
+            try:
+                item = decoded.get(timeout=0.1)
+            except queue.Empty:
+                timings.wait_s += time.perf_counter() - t0
+                continue
             timings.wait_s += time.perf_counter() - t0
-            if item is _END:
-                break
             if isinstance(item, _Crash):
                 raise item.error
-            results.update(item.failed)
-            if item.ready:
+            if isinstance(item, _Chunk):
                 t0 = time.perf_counter()
-                results.update(_encode_isolating(encode, item.ready))
-                timings.encode_s += time.perf_counter() - t0
+                values = item.ready()
+                try:
+                    started: Any = encoder.start(values) if values else None
+                except Exception as err:  # isolated image by image on the output thread
+                    started = err
+                timings.start_s += time.perf_counter() - t0
+                item = (item, started)
+            t0 = time.perf_counter()
+            _put(launched, item, stop)
+            timings.handoff_s += time.perf_counter() - t0
+            if isinstance(item, _End):
+                writer.join()
+                break
     finally:
-        stop.set()  # unblocks the worker if we leave early (an exception)
-        worker.join()
-    missing = SampleFailure("missing_image", "no image file for this key in the samples tar")
-    out = [(k, results[k]) for k in order] + [(k, missing) for k in keys if k not in results]
-    timings.samples += len(out)
-    timings.total_s += time.perf_counter() - started
+        stop.set()  # unblocks the other threads if we leave early
+        reader.join()
+        writer.join()
+    if failure:
+        raise failure[0]
+    timings.total_s += time.perf_counter() - started_at
+
+
+def encode_images(tar_path: Any, keys: Sequence[str], prepare: Callable[[Image.Image], Any],
+                  encode: Callable[[list[Any]], list[Encoded]] | BatchEncoder, batch_size: int,
+                  timings: EncodeTimings | None = None, decode_threads: int = 0) -> list[tuple[str, Encoded]]:
+    """:func:`run_encoder` collecting the results: one ``(key, Encoded)`` per key."""
+    encoder = encode if isinstance(encode, BatchEncoder) else BatchEncoder(encode)
+    out: list[tuple[str, Encoded]] = []
+    run_encoder(tar_path, keys, prepare, encoder, batch_size, out.extend, timings, decode_threads)
     return out
 
 
@@ -254,28 +352,64 @@ def _nested_lists(values: list[np.ndarray | None], depth: int, leaf: pa.DataType
     return pa.ListArray.from_arrays(pa.array(outer), arr, mask=pa.array([v is None for v in values], pa.bool_()))
 
 
-def feature_column(f: pa.Field, values: list[Any], chunk_rows: int = 256) -> pa.ChunkedArray:
-    """One Arrow column from per-row values (numpy arrays or None).
+def feature_column(f: pa.Field, values: list[Any], tensors: dict[str, dict[str, Any]] | None = None) -> pa.Array:
+    """One Arrow column from per-row values (numpy arrays, scalars or None).
 
-    Nested numeric lists are built from the arrays directly (no Python lists), in
-    chunks of ``chunk_rows`` so that no chunk passes list offsets' 2**31 values
-    (257 x 1408 EVA-g tokens are 362k values a row). Anything else goes through
-    ``pa.array``.
+    A declared feature column (``tensors``: the ``vlcurate.features`` declaration)
+    becomes a tensor column (:func:`~vlcurate.schemas.features.tensor_array`, cast to
+    the declared dtype); a nested numeric list column is built from the arrays
+    directly, without Python lists; anything else goes through ``pa.array``. Callers
+    build row groups (at most a few hundred rows), far from the 2 GiB an Arrow array
+    can hold.
     """
+    if tensors and f.name in tensors:
+        return tensor_array(values, tensors[f.name]["dtype"])
     t, depth = f.type, 0
     while pa.types.is_list(t):
         t, depth = t.value_type, depth + 1
     if depth == 0 or not (pa.types.is_floating(t) or pa.types.is_integer(t)):
-        return pa.chunked_array([pa.array([v.tolist() if isinstance(v, np.ndarray) else v for v in values],
-                                          type=f.type)], type=f.type)
-    chunks = []
-    for start in range(0, max(len(values), 1), chunk_rows):
-        part = [None if v is None else np.asarray(v) for v in values[start:start + chunk_rows]]
-        for v in part:
-            if v is not None and v.ndim != depth:  # an encoder bug, not a sample problem
-                raise ValueError(f"column {f.name}: a {v.ndim}-d array for a {depth}-level list")
-        chunks.append(_nested_lists(part, depth, t))
-    return pa.chunked_array(chunks, type=f.type)
+        return pa.array([v.tolist() if isinstance(v, np.ndarray) else v for v in values], type=f.type)
+    part = [None if v is None else np.asarray(v) for v in values]
+    for v in part:
+        if v is not None and v.ndim != depth:  # an encoder bug, not a sample problem
+            raise ValueError(f"column {f.name}: a {v.ndim}-d array for a {depth}-level list")
+    return _nested_lists(part, depth, t)
+
+
+class _SidecarSink:
+    """Rows -> row groups of :data:`SIDECAR_ROW_GROUP` rows in a :class:`ParquetStreamWriter`,
+    counting outcomes into ``stats``."""
+
+    def __init__(self, writer: ParquetStreamWriter, fields: list[pa.Field], tensors: dict[str, dict[str, Any]],
+                 stats: ShardStats):
+        self.writer, self.fields, self.tensors, self.stats = writer, fields, tensors, stats
+        self.pending: list[tuple[str, Encoded]] = []
+
+    def __call__(self, rows: Iterable[tuple[str, Encoded]]) -> None:
+        for _, r in rows:
+            self.stats.add(f"failed.{r.kind}" if isinstance(r, SampleFailure) else "ok")
+            self.pending.append((_, r))
+        while len(self.pending) >= SIDECAR_ROW_GROUP:
+            group, self.pending = self.pending[:SIDECAR_ROW_GROUP], self.pending[SIDECAR_ROW_GROUP:]
+            self.writer.write(self.table(group))
+
+    def table(self, rows: list[tuple[str, Encoded]]) -> pa.Table:
+        fails = [r if isinstance(r, SampleFailure) else None for _, r in rows]
+        columns: dict[str, pa.Array] = {
+            "key": pa.array([k for k, _ in rows], pa.string()),
+            "status": pa.array(["failed" if f else "ok" for f in fails], pa.string()),
+            "error_kind": pa.array([f.kind if f else None for f in fails], pa.string()),
+            "error_message": pa.array([f.message if f else None for f in fails], pa.string()),
+        }
+        for f in self.fields:
+            columns[f.name] = feature_column(f, [None if isinstance(r, SampleFailure) else r[f.name]
+                                                 for _, r in rows], self.tensors)
+        return pa.table(columns)
+
+    def close(self) -> None:
+        if self.pending:
+            self.writer.write(self.table(self.pending))
+            self.pending = []
 
 
 class FeatureStage(Stage):
@@ -305,6 +439,16 @@ class FeatureStage(Stage):
         recorded as that sample's ``model_error``.
         """
 
+    def start_batch(self, images: list[Any]) -> Any:
+        """Launch the model on a batch (calling thread); by default all of ``encode_batch``.
+        A stage on an asynchronous device returns once the work is queued and
+        completes it in :meth:`finish_batch`, which runs on the output thread."""
+        return self.encode_batch(images)
+
+    def finish_batch(self, started: Any) -> list[Encoded]:
+        """What ``start_batch`` returned -> one :data:`Encoded` per image."""
+        return started
+
     def prepare(self, image: Image.Image) -> Any:
         """Per-image CPU work run on the decode thread (e.g. the model's transform)."""
         return image
@@ -318,22 +462,14 @@ class FeatureStage(Stage):
             self.setup()
         keys = alive_samples(self.layout, shard, ["key"], exclude=self.name).column("key").to_pylist()
         self.last_timings = EncodeTimings()
-        results = encode_images(self.layout.samples_tar(shard), keys, self.prepare, self.encode_batch,
-                                self.config.batch_size, self.last_timings,
-                                getattr(self.config, "decode_threads", 0))
-        stats = ShardStats(self.name, shard, len(results))
-        for _, r in results:
-            stats.add(f"failed.{r.kind}" if isinstance(r, SampleFailure) else "ok")
-        fails = [r if isinstance(r, SampleFailure) else None for _, r in results]
-        columns: dict[str, pa.Array | pa.ChunkedArray] = {
-            "key": pa.array([k for k, _ in results], pa.string()),
-            "status": pa.array(["failed" if f else "ok" for f in fails], pa.string()),
-            "error_kind": pa.array([f.kind if f else None for f in fails], pa.string()),
-            "error_message": pa.array([f.message if f else None for f in fails], pa.string()),
-        }
-        for f in self.feature_fields():
-            columns[f.name] = feature_column(f, [None if isinstance(r, SampleFailure) else r[f.name]
-                                                 for _, r in results])
-        write_parquet(pa.table(columns), self.layout.sidecar(self.name, shard), self.record_kind,
-                      metadata=self.sidecar_metadata(), row_group_size=SIDECAR_ROW_GROUP)
+        stats = ShardStats(self.name, shard, len(keys))
+        metadata = self.sidecar_metadata()
+        tensors = declared_features(pa.schema([], metadata=metadata)) or {}
+        with ParquetStreamWriter(self.layout.sidecar(self.name, shard), self.record_kind, metadata) as writer:
+            sink = _SidecarSink(writer, self.feature_fields(), tensors, stats)
+            run_encoder(self.layout.samples_tar(shard), keys, self.prepare,
+                        BatchEncoder(self.start_batch, self.finish_batch), self.config.batch_size, sink,
+                        self.last_timings, getattr(self.config, "decode_threads", 0))
+            sink.close()
+            writer.commit(empty=sink.table([]))
         return stats

@@ -32,7 +32,7 @@ import pyarrow as pa
 
 from vlcurate.extractors.stage import Encoded, FeatureStage, SampleFailure
 from vlcurate.pipelines.stage import StageInfo, register_stage
-from vlcurate.schemas.features import MODEL_META, feature_metadata, feature_type
+from vlcurate.schemas.features import MODEL_META, TENSOR_TYPE, feature_metadata
 
 if TYPE_CHECKING:
     from vlcurate.extractors.clip import ClipConfig, ClipModel
@@ -218,7 +218,7 @@ class VitFeatureStage(FeatureStage):
         return {"tokens": (list(self.clip.token_shape), dtype), "embedding": ([self.clip.embed_dim], dtype)}
 
     def feature_fields(self) -> list[pa.Field]:
-        return [pa.field(name, feature_type(shape, dtype)) for name, (shape, dtype) in self._declared().items()]
+        return [pa.field(name, TENSOR_TYPE) for name in self._declared()]
 
     def sidecar_metadata(self) -> dict[str, str]:
         cfg = self.config
@@ -227,20 +227,55 @@ class VitFeatureStage(FeatureStage):
         return {**feature_metadata(self._declared()), MODEL_META.decode(): json.dumps(model, sort_keys=True)}
 
     def encode_batch(self, images: list[Any]) -> list[Encoded]:
+        return self.finish_batch(self.start_batch(images))
+
+    def start_batch(self, images: list[Any]) -> "_Launched":
+        """Queue the forward pass, the storage cast and the copies to the host; on a GPU
+        this returns before the device is done (``finish_batch`` waits for it)."""
         torch = self._torch
         feats = self.clip.encode_images(self.input.batch(images))
         dtype = {"fp16": torch.float16, "fp32": torch.float32}[self.config.storage]
-        # Cast on the device so only the storage-sized arrays cross to the host.
-        tokens, emb = feats.tokens.to(dtype), feats.embedding.to(dtype)
-        finite = (torch.isfinite(tokens).flatten(1).all(1) & torch.isfinite(emb).all(1)).cpu().tolist()
-        tokens_np, emb_np = tokens.cpu().numpy(), emb.cpu().numpy()
+        # Cast on the device so only the storage-sized arrays cross to the host; the
+        # per-image peak (in fp32) explains a non-finite sample without keeping feats.
+        device = {"tokens": feats.tokens.to(dtype), "embedding": feats.embedding.to(dtype),
+                  "peak": feats.tokens.detach().abs().flatten(1).amax(1).float()}
+        if self.clip.device.type != "cuda":
+            return _Launched({k: v.numpy() for k, v in device.items()}, None)
+        host = {k: torch.empty(v.shape, dtype=v.dtype, pin_memory=True) for k, v in device.items()}
+        for k, v in device.items():
+            host[k].copy_(v, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        return _Launched({k: v.numpy() for k, v in host.items()}, done)
+
+    def finish_batch(self, started: "_Launched") -> list[Encoded]:
+        if started.done is not None:
+            started.done.synchronize()  # releases the GIL while the device finishes
+        tokens, emb, peak = started.arrays["tokens"], started.arrays["embedding"], started.arrays["peak"]
+        finite = _finite_rows(tokens) & _finite_rows(emb)
         out: list[Encoded] = []
         for i, ok in enumerate(finite):
             if ok:
-                out.append({"tokens": tokens_np[i], "embedding": emb_np[i]})
+                out.append({"tokens": tokens[i], "embedding": emb[i]})
             else:
-                peak = feats.tokens[i].abs().max().item()  # fp32: inf/nan here is the model's own
-                hint = "; use storage: fp32" if np.isfinite(peak) else ""
+                hint = "; use storage: fp32" if np.isfinite(peak[i]) else ""
                 out.append(SampleFailure("non_finite", f"features not finite in {self.config.storage} "
-                                         f"(max |token| {peak:g} in fp32){hint}"))
+                                         f"(max |token| {peak[i]:g} in fp32){hint}"))
         return out
+
+
+@dataclass
+class _Launched:
+    """A batch in flight: host arrays that are complete once ``done`` (a CUDA event) is."""
+
+    arrays: dict[str, np.ndarray]
+    done: Any
+
+
+def _finite_rows(values: np.ndarray) -> np.ndarray:
+    """Per row (first axis): are all values finite? On float16, from the exponent bits
+    (all ones = inf/nan), several times faster than ``np.isfinite``."""
+    flat = values.reshape(len(values), -1)
+    if flat.dtype == np.float16:
+        return ~((flat.view(np.uint16) & 0x7C00) == 0x7C00).any(1)
+    return np.isfinite(flat).all(1)

@@ -34,7 +34,7 @@ from vlcurate.extractors.vit_stage import ClipImageInput, ClipModelConfig, load_
 from vlcurate.filters.base import Decision, FilterStage
 from vlcurate.io.stats import ShardStats
 from vlcurate.pipelines.stage import Layout, StageInfo, register_stage
-from vlcurate.schemas.features import MODEL_META
+from vlcurate.schemas.features import MODEL_META, stacked_features
 
 
 @dataclass(frozen=True)
@@ -65,9 +65,7 @@ def stored_embeddings(layout: Layout, shard: int, identity: dict[str, Any]) -> d
         table = table.filter(pc.equal(table.column("status"), "ok"))
         if table.num_rows == 0:
             continue
-        flat = pc.list_flatten(table.column("embedding")).to_numpy()  # ok rows: all [E], validated
-        values = flat.reshape(table.num_rows, -1)
-        found.update(zip(table.column("key").to_pylist(), values))
+        found.update(zip(table.column("key").to_pylist(), stacked_features(table, "embedding")))
     return found
 
 

@@ -15,24 +15,24 @@ Layout (column order as stored)::
     objects_conf   list<float32>        [N]     its probability
     attrs_id       list<int64>          [N]     best attribute (0-based; never "no attribute")
     attrs_conf     list<float32>        [N]     its probability
-    features       list<list<float16>>  [N][D]  region features (float32 with storage: fp32)
+    features       binary               [N, D]  region features, float16 (float32 with storage: fp32)
 
 Every column after ``error_message`` is null exactly when ``status`` is not ``ok``.
-N varies per row (LXMERT's fixed 36, UNITER's 10-100). Feature arrays follow
-:mod:`vlcurate.schemas.features`: one Arrow ``list`` level per dimension (no
-fixed-size lists: pyarrow < 26 cannot read back a fixed-size list column holding a
-null row), with the shape declared in the schema metadata ``vlcurate.features`` as
-``{"features": {"shape": [null, D], "dtype": "float16"}}``, so D and the storage dtype
-are read from the file; ``vlcurate.model`` records the detector that produced them.
-The other columns' types are fixed by the record kind. Reading::
+N varies per row (LXMERT's fixed 36, UNITER's 10-100). ``features`` is a tensor
+column as in :mod:`vlcurate.schemas.features` (each row the bytes of one C-order
+little-endian ``[N, D]`` array), declared in the schema metadata ``vlcurate.features``
+as ``{"features": {"shape": [null, D], "dtype": "float16"}}``, so D and the storage
+dtype are read from the file; ``vlcurate.model`` records the detector that produced
+them. The small per-region columns are Arrow lists. Reading::
 
-    df = pl.read_parquet("v1/region_features/*.parquet").filter(pl.col("status") == "ok")
-    feats = np.asarray(df["features"][0].to_list(), np.float32)      # [N, D] of one image
-    boxes = np.asarray(df["boxes"][0].to_list(), np.float32)         # [N, 4]
+    from vlcurate.schemas.features import feature_arrays
+    table = pq.read_table("v1/region_features/00000.parquet")
+    feats = feature_arrays(table, "features")                         # [N, D] per row (None if failed)
+    boxes = np.asarray(table.column("boxes")[0].as_py(), np.float32)  # [N, 4] of row 0
 
 The row checks verify the declaration against the column's type; that on ``ok`` rows
-every per-region array has ``num_boxes`` entries, each box 4 numbers and each feature
-D, with no nulls inside; and that values are sane: boxes inside the image with
+every per-region array has ``num_boxes`` entries (each box 4 numbers, no nulls inside)
+and ``features`` holds exactly ``num_boxes x D`` values; and that values are sane: boxes inside the image with
 ``x1 <= x2`` and ``y1 <= y2``, probabilities in [0, 1], ids >= 0, features finite.
 """
 
@@ -46,8 +46,8 @@ import pyarrow.compute as pc
 
 from vlcurate.schemas.core import SCHEMA_VERSION, RecordSchema, register
 from vlcurate.schemas.features import (
-    FEATURE_BASE_FIELDS, FEATURE_DTYPES, FEATURES_META, Problems, check_feature_status, declared_features,
-    feature_metadata, feature_type,
+    FEATURE_BASE_FIELDS, FEATURE_DTYPES, FEATURES_META, TENSOR_TYPE, Problems, _chunk_bytes,
+    check_feature_status, declared_features, feature_metadata, tensor_length_problems,
 )
 from vlcurate.schemas.records import _check_keys
 
@@ -61,7 +61,7 @@ REGION_FIELDS = (
     pa.field("img_h", pa.int32()),
     pa.field("img_w", pa.int32()),
     pa.field("num_boxes", pa.int32()),
-    pa.field("boxes", feature_type([None, BOX_COORDS], "float32")),
+    pa.field("boxes", pa.list_(pa.list_(pa.float32()))),
     pa.field("objects_id", pa.list_(pa.int64())),
     pa.field("objects_conf", pa.list_(pa.float32())),
     pa.field("attrs_id", pa.list_(pa.int64())),
@@ -71,11 +71,6 @@ SCALARS = ("img_h", "img_w", "num_boxes")
 # Per-region arrays (num_boxes entries on an ok row); None: no inner dimension.
 PER_REGION: dict[str, int | None] = {"boxes": BOX_COORDS, "objects_id": None, "objects_conf": None,
                                      "attrs_id": None, "attrs_conf": None}
-
-
-def features_type(dim: int, dtype: str) -> pa.DataType:
-    """The Arrow type of the ``features`` column (``dim`` is carried by the metadata)."""
-    return feature_type([None, dim], dtype)
 
 
 def region_metadata(dim: int, dtype: str) -> dict[str, str]:
@@ -88,7 +83,7 @@ def declared_dim(schema: pa.Schema) -> tuple[int, str] | None:
     spec = (declared_features(schema) or {}).get(FEATURES_COLUMN) or {}
     shape = spec.get("shape")
     if not (isinstance(shape, list) and len(shape) == 2 and shape[0] is None and isinstance(shape[1], int)
-            and shape[1] >= 1 and spec.get("dtype") in FEATURE_DTYPES):
+            and shape[1] >= 1 and spec.get("dtype") in ("float16", "float32")):
         return None
     return shape[1], spec["dtype"]
 
@@ -107,12 +102,12 @@ def _declaration_problems(table: pa.Table) -> Problems:
     dim = declared_dim(table.schema)
     if dim is None:
         return problems + [(0, FEATURES_COLUMN, f"declared {declared.get(FEATURES_COLUMN)}: need shape "
-                            f"[null, D >= 1] and dtype {' or '.join(FEATURE_DTYPES)}")]
+                            f"[null, D >= 1] and dtype float16 or float32")]
     if FEATURES_COLUMN not in table.schema.names:
         return problems + [(0, FEATURES_COLUMN, "missing")]
-    actual, expected = table.schema.field(FEATURES_COLUMN).type, features_type(*dim)
-    if not actual.equals(expected):
-        problems.append((0, FEATURES_COLUMN, f"type {actual}, the declared [null, {dim[0]}] {dim[1]} needs {expected}"))
+    actual = table.schema.field(FEATURES_COLUMN).type
+    if not actual.equals(TENSOR_TYPE):
+        problems.append((0, FEATURES_COLUMN, f"type {actual}: features are stored as {TENSOR_TYPE} (array bytes)"))
     return problems
 
 
@@ -190,7 +185,7 @@ def _not_finite(values: np.ndarray) -> np.ndarray:
     return ~np.isfinite(values)
 
 
-def _value_problems(table: pa.Table, num: np.ndarray, dim: int) -> Problems:
+def _value_problems(table: pa.Table, num: np.ndarray, dtype: str) -> Problems:
     problems: Problems = []
     chunks = list(_leaf_chunks(table, "boxes"))
     coords = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
@@ -213,9 +208,16 @@ def _value_problems(table: pa.Table, num: np.ndarray, dim: int) -> Problems:
         found = _first_bad_value(table, name, num, bad_fn)
         if found:
             problems.append((found[0], name, f"{found[1]} {what}"))
-    found = _first_bad_value(table, FEATURES_COLUMN, num * dim, _not_finite)
-    if found:
-        problems.append((found[0], FEATURES_COLUMN, f"non-finite value {found[1]}"))
+    start = 0
+    for chunk in table.column(FEATURES_COLUMN).chunks:
+        offsets, data = _chunk_bytes(chunk)
+        values = data[offsets[0]:offsets[-1]].view(FEATURE_DTYPES[dtype])
+        i = _first(_not_finite(values))
+        if i is not None:  # byte offset -> row (lengths were checked, so rows are whole)
+            row = start + int(np.searchsorted(offsets, offsets[0] + i * values.itemsize, side="right")) - 1
+            problems.append((row, FEATURES_COLUMN, f"non-finite value {values[i]}"))
+            break
+        start += len(chunk)
     return problems
 
 
@@ -236,18 +238,21 @@ def check_regions(table: pa.Table) -> Problems:
         if row is not None:
             problems.append((row, name, "must be at least 1 on an ok row"))
     num = _numpy(table.column("num_boxes"), 0).astype(np.int64)  # int64: value counts pass 2**31
-    dim, _ = declared_dim(table.schema) or (0, "")  # declared: checked above
-    for name, width in {**PER_REGION, FEATURES_COLUMN: dim}.items():
+    dim, dtype = declared_dim(table.schema) or (0, "")  # declared: checked above
+    for name, width in PER_REGION.items():
         problems += _length_problems(table, name, width, num)
+    problems += [(row, FEATURES_COLUMN, what) for row, what in
+                 tensor_length_problems(table.column(FEATURES_COLUMN), [None, dim], dtype, num)]
     if problems:
         return problems  # the value checks assume the lengths
-    return _value_problems(table, num, dim)
+    return _value_problems(table, num, dtype)
 
 
 def region_schema(dim: int, dtype: str) -> pa.Schema:
-    """The full schema of a sidecar holding ``dim``-wide features stored as ``dtype``."""
-    fields: list[Any] = [*FEATURE_BASE_FIELDS, *REGION_FIELDS, pa.field(FEATURES_COLUMN, features_type(dim, dtype))]
-    return pa.schema(fields)
+    """The full schema of a sidecar holding ``dim``-wide features stored as ``dtype``,
+    with their declaration in the metadata."""
+    fields: list[Any] = [*FEATURE_BASE_FIELDS, *REGION_FIELDS, pa.field(FEATURES_COLUMN, TENSOR_TYPE)]
+    return pa.schema(fields, metadata=region_metadata(dim, dtype))
 
 
 REGION_RECORD = register(
