@@ -87,14 +87,15 @@ def bench_vit(args: argparse.Namespace, layout: Layout) -> dict:
     from vlcurate.io.tar import iter_tar_files
 
     cfg = VitFeaturesConfig(model=args.model_name, weights=None, device=args.device, batch_size=args.batch_size,
-                            storage=args.storage, decode_threads=args.decode_threads)
+                            storage=args.storage, decode_threads=args.decode_threads,
+                            decode_processes=args.decode_processes)
     stage = VitFeatureStage(cfg, layout)
     stage.setup()
     clip = stage.clip
     keys = [f"00000_{i:06d}" for i in range(args.images)]
 
     # Warm-up: first calls allocate buffers / pick kernels; not part of any figure.
-    encode_images(layout.samples_tar(0), keys[: args.batch_size], stage.prepare, stage.encode_batch, args.batch_size)
+    stage.run_shard(0)  # also starts the decode processes, if any
 
     # Forward only: one preprocessed batch of the same size, as many batches as the stage runs.
     payloads = [data for _, _, data in iter_tar_files(layout.samples_tar(0), ("jpg",))]
@@ -130,6 +131,7 @@ def bench_vit(args: argparse.Namespace, layout: Layout) -> dict:
         "image_size": list(clip.image_size), "token_shape": list(clip.token_shape), "storage": args.storage,
         "images": args.images, "batch_size": args.batch_size, "torch_threads": torch.get_num_threads(),
         "decode_threads": args.decode_threads or default_decode_threads(), "cpus": os.cpu_count(),
+        "decode_processes": stage.decode_processes(),
         "stage_img_s": round(stage_ips, 1), "forward_img_s": round(fwd_ips, 1),
         "decode_preprocess_img_s": round(len(payloads) / decode_s, 1),
         "efficiency": round(stage_ips / fwd_ips, 3),
@@ -247,7 +249,7 @@ BENCHES: dict[str, Callable[[argparse.Namespace, Layout], dict]] = {"vit": bench
 def print_table(r: dict) -> None:
     print(f"{r['model']} (weights: {r['weights']}, speed only), device {r['device']}, "
           f"{r['images']} images, batch {r['batch_size']}, {r['cpus']} CPUs, torch threads {r['torch_threads']}, "
-          f"decode threads {r['decode_threads']}, "
+          f"decode threads {r['decode_threads']}, decode processes {r.get('decode_processes', 0)}, "
           f"tokens {r['token_shape']} {r['storage']}")
     rows = [("stage (run_shard, end to end)", r["stage_img_s"]), ("forward only", r["forward_img_s"]),
             ("decode+preprocess only (1 thread)", r["decode_preprocess_img_s"])]
@@ -275,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
     p.add_argument("--decode-threads", type=int, default=0, help="the stage's decode_threads (0: one per core, <= 8)")
+    p.add_argument("--decode-processes", type=int, default=None,
+                   help="vit: the stage's decode_processes (default: auto, processes on CUDA)")
     p.add_argument("--repeat", type=int, default=3, help="timed runs; the median is reported")
     p.add_argument("--json", action="store_true", help="also print the result as one JSON line")
     args = p.parse_args(argv)

@@ -153,15 +153,19 @@ def test_a_shard_with_no_alive_samples_gets_an_empty_valid_sidecar(tmp_path):
     assert table.num_rows == 0 and validate(table, "vit_features") == []
 
 
-def test_same_bytes_whatever_the_decode_threads(tmp_path):
+def test_same_bytes_whatever_decodes_the_images(tmp_path):
     images = [jpeg(i) for i in range(5)] + [CORRUPT] + [jpeg(i) for i in range(5, 9)]
     files = []
-    for threads in (1, 4):
-        layout = Layout(tmp_path / str(threads))
+    for i, how in enumerate([{"decode_threads": 1}, {"decode_threads": 4}, {"decode_processes": 2}]):
+        layout = Layout(tmp_path / str(i))
         make_image_shard(layout, images)
-        vit_stage(layout, decode_threads=threads).run_shard(0)
+        stage = vit_stage(layout, **how)
+        assert stage.run_shard(0).counts == {"ok": 9, "failed.decode_error": 1}
         files.append(layout.sidecar("vit_features", 0).read_bytes())
-    assert files[0] == files[1]
+    assert files[0] == files[1] == files[2]
+    auto = vit_stage(layout)
+    auto.setup()
+    assert stage.decode_processes() == 2 and auto.decode_processes() == 0  # auto on a CPU: threads
 
 
 def test_split_transform_equals_the_models_preprocess(tmp_path):

@@ -39,14 +39,16 @@ score filter encodes images with it).
 
 from __future__ import annotations
 
+import atexit
 import io
 import logging
+import multiprocessing
 import os
 import queue
 import threading
 import time
 from abc import abstractmethod
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Iterable, Sequence
 
@@ -144,20 +146,53 @@ def _put(q: queue.Queue, item: Any, stop: threading.Event) -> bool:
     return False
 
 
+_PROCESS_POOLS: dict[int, ProcessPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def decode_process_pool(workers: int) -> ProcessPoolExecutor:
+    """This process's pool of ``workers`` decode processes, started on first use and
+    kept for every later shard (starting one costs a second or two per process).
+    ``spawn``: the parent holds CUDA state and threads that must not be forked."""
+    with _POOLS_LOCK:
+        if workers not in _PROCESS_POOLS:
+            _PROCESS_POOLS[workers] = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        return _PROCESS_POOLS[workers]
+
+
+@atexit.register
+def _shutdown_pools() -> None:
+    for pool in _PROCESS_POOLS.values():
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
 def _decode_worker(tar_path: Any, keys: Sequence[str], prepare: Callable[[Image.Image], Any],
-                   batch_size: int, decode_threads: int, out: queue.Queue, stop: threading.Event) -> None:
-    """Read the tar in order, decode ``batch_size`` payloads at a time on
-    ``decode_threads`` threads (PIL's decoders and resizers release the GIL), and
-    queue chunks that end at every ``batch_size``-th ready image (failures met on the
-    way ride along), so batch composition depends only on the shard."""
-    pool = ThreadPoolExecutor(decode_threads, thread_name_prefix="vlcurate-decode") if decode_threads > 1 else None
+                   batch_size: int, decode_threads: int, out: queue.Queue, stop: threading.Event,
+                   processes: ProcessPoolExecutor | None = None) -> None:
+    """Read the tar in order, decode ``batch_size`` payloads at a time, and queue
+    chunks that end at every ``batch_size``-th ready image (failures met on the way
+    ride along), so batch composition depends only on the shard.
+
+    Decoding runs on ``decode_threads`` threads (PIL's decoders and resizers release
+    the GIL, but its Python parts do not), or, given ``processes``, in those
+    processes, ``prepare`` pickled to them: a GPU can outrun what one process's GIL
+    lets threads decode, and the threads then slow the thread launching the model."""
+    threads = None
+    if processes is None and decode_threads > 1:
+        threads = ThreadPoolExecutor(decode_threads, thread_name_prefix="vlcurate-decode")
     chunk, ready = _Chunk(), 0
 
     def decode(pending: list[tuple[str, bytes]], last: bool) -> bool:
         nonlocal chunk, ready
         payloads = [data for _, data in pending]
-        outs = pool.map(_decode_one, payloads, [prepare] * len(payloads)) if pool else (
-            _decode_one(d, prepare) for d in payloads)
+        if processes is not None:
+            per_task = -(-len(payloads) // max(1, processes._max_workers))  # one task per process
+            outs: Iterable[Any] = processes.map(_decode_one, payloads, [prepare] * len(payloads),
+                                                chunksize=max(1, per_task))
+        elif threads is not None:
+            outs = threads.map(_decode_one, payloads, [prepare] * len(payloads))
+        else:
+            outs = (_decode_one(d, prepare) for d in payloads)
         for (key, _), result in zip(pending, outs):
             chunk.rows.append((key, result))
             if not isinstance(result, SampleFailure):
@@ -186,8 +221,8 @@ def _decode_worker(tar_path: Any, keys: Sequence[str], prepare: Callable[[Image.
     except BaseException as err:  # a damaged tar: re-raised in the calling thread
         _put(out, _Crash(err), stop)
     finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+        if threads is not None:
+            threads.shutdown(wait=True, cancel_futures=True)
 
 
 class BatchEncoder:
@@ -244,12 +279,14 @@ def default_decode_threads() -> int:
 
 def run_encoder(tar_path: Any, keys: Sequence[str], prepare: Callable[[Image.Image], Any],
                 encoder: BatchEncoder, batch_size: int, sink: Callable[[list[tuple[str, Encoded]]], None],
-                timings: EncodeTimings | None = None, decode_threads: int = 0) -> None:
+                timings: EncodeTimings | None = None, decode_threads: int = 0,
+                decode_processes: int = 0) -> None:
     """Encode the images of ``keys`` from a samples tar, passing ``sink`` the results
     (``(key, Encoded)`` rows) batch by batch, in archive order, then the keys without
     an image (``missing_image``). ``sink`` and ``encoder.finish`` run on an output
     thread, ``encoder.start`` on the calling thread, decoding on a reader thread with
-    ``decode_threads`` helpers (0 = :func:`default_decode_threads`); each at most
+    ``decode_threads`` helpers (0 = :func:`default_decode_threads`) or, when
+    ``decode_processes`` > 0, in that many processes (``prepare`` must pickle); each at most
     :data:`PREFETCH_BATCHES` batches ahead of the next. An exception in any of them
     stops all three and is raised here.
     """
@@ -289,7 +326,7 @@ def run_encoder(tar_path: Any, keys: Sequence[str], prepare: Callable[[Image.Ima
 
     reader = threading.Thread(target=_decode_worker, name="vlcurate-reader", daemon=True,
                               args=(tar_path, keys, prepare, batch_size, decode_threads or default_decode_threads(),
-                                    decoded, stop))
+                                    decoded, stop, decode_process_pool(decode_processes) if decode_processes else None))
     writer = threading.Thread(target=output, name="vlcurate-output", daemon=True)
     reader.start()
     writer.start()
@@ -453,6 +490,16 @@ class FeatureStage(Stage):
         """Per-image CPU work run on the decode thread (e.g. the model's transform)."""
         return image
 
+    def image_prepare(self) -> Callable[[Image.Image], Any]:
+        """What decoding applies to each image: ``prepare`` by default. A stage whose
+        :meth:`decode_processes` is not 0 returns a picklable equivalent (a bound
+        method would pickle the stage and its model)."""
+        return self.prepare
+
+    def decode_processes(self) -> int:
+        """Processes that decode images for this stage; 0 (the default): threads."""
+        return 0
+
     def sidecar_metadata(self) -> dict[str, str]:
         """Extra schema metadata for the sidecar (declared shapes, model provenance)."""
         return {}
@@ -467,9 +514,9 @@ class FeatureStage(Stage):
         tensors = declared_features(pa.schema([], metadata=metadata)) or {}
         with ParquetStreamWriter(self.layout.sidecar(self.name, shard), self.record_kind, metadata) as writer:
             sink = _SidecarSink(writer, self.feature_fields(), tensors, stats)
-            run_encoder(self.layout.samples_tar(shard), keys, self.prepare,
+            run_encoder(self.layout.samples_tar(shard), keys, self.image_prepare(),
                         BatchEncoder(self.start_batch, self.finish_batch), self.config.batch_size, sink,
-                        self.last_timings, getattr(self.config, "decode_threads", 0))
+                        self.last_timings, getattr(self.config, "decode_threads", 0), self.decode_processes())
             sink.close()
             writer.commit(empty=sink.table([]))
         return stats

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,12 +119,15 @@ class VitFeaturesConfig(ClipModelConfig):
     batch_size: int = 32
     storage: Literal["fp16", "fp32"] = "fp16"
     decode_threads: int = 0  # threads decoding/resizing images; 0 = one per core, at most 8
+    # processes decoding/resizing instead of threads; null = auto (on CUDA with >= 4 cores:
+    # half the cores, at most 8; else 0 = threads)
+    decode_processes: int | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.batch_size < 1 or self.decode_threads < 0:
-            raise ValueError(f"batch_size must be >= 1 and decode_threads >= 0, got "
-                             f"{self.batch_size} and {self.decode_threads}")
+        if self.batch_size < 1 or self.decode_threads < 0 or (self.decode_processes or 0) < 0:
+            raise ValueError(f"batch_size must be >= 1 and decode_threads, decode_processes >= 0, got "
+                             f"{self.batch_size}, {self.decode_threads} and {self.decode_processes}")
 
 
 _MODELS: dict[Any, "ClipModel"] = {}
@@ -141,10 +145,28 @@ def load_clip(config: "ClipConfig") -> "ClipModel":
         return _MODELS[config]
 
 
+class PilSteps:
+    """A picklable per-image transform: ``steps`` in order, then (``to_array``) the
+    ``[H, W, 3]`` uint8 array. Decode processes receive it pickled."""
+
+    def __init__(self, steps: list[Any], to_array: bool):
+        self.steps, self.to_array = steps, to_array
+
+    def __call__(self, image: Any) -> Any:
+        for step in self.steps:
+            image = step(image)
+        if not self.to_array:
+            return image
+        arr = np.asarray(image)
+        if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
+            raise ValueError(f"expected an RGB uint8 image after resizing, got {arr.dtype} {arr.shape}")
+        return arr
+
+
 class ClipImageInput:
     """The model's eval transform, split where it leaves PIL.
 
-    ``prepare`` (on the decode thread) runs the PIL steps (resize, crop, RGB) and
+    ``prepare`` (a picklable :class:`PilSteps`, run where images are decoded) runs the PIL steps (resize, crop, RGB) and
     returns the ``[H, W, 3]`` uint8 array; ``batch`` (in ``encode_batch``) turns a list
     of them into the model's input with one vectorised scale-and-normalise over the
     whole batch, on the model's device. Why: open_clip's ``ToTensor``/``Normalize`` on
@@ -152,8 +174,8 @@ class ClipImageInput:
     where they fight the forward pass for the cores (measured: several times slower
     than the PIL work itself on a 2-core machine); uint8 also crosses to a GPU at a
     quarter of the bytes. The result equals ``torch.stack([preprocess(im), ...])``
-    exactly (same float32 operations). A transform of another shape is run whole on
-    the decode thread instead.
+    exactly (same float32 operations). A transform of another shape is run whole
+    where images are decoded instead.
     """
 
     def __init__(self, clip: "ClipModel") -> None:
@@ -164,20 +186,10 @@ class ClipImageInput:
         names = [type(s).__name__ for s in steps]
         self.split = len(steps) >= 2 and names[-2] in ("ToTensor", "MaybeToTensor") and names[-1] == "Normalize"
         if self.split:
-            self._pil_steps = steps[:-2]
             norm = steps[-1]
             self._mean = torch.as_tensor(norm.mean, dtype=torch.float32, device=clip.device).view(1, -1, 1, 1)
             self._std = torch.as_tensor(norm.std, dtype=torch.float32, device=clip.device).view(1, -1, 1, 1)
-
-    def prepare(self, image: Any) -> Any:
-        if not self.split:
-            return self._clip.preprocess(image)
-        for step in self._pil_steps:
-            image = step(image)
-        arr = np.asarray(image)
-        if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
-            raise ValueError(f"expected an RGB uint8 image after resizing, got {arr.dtype} {arr.shape}")
-        return arr
+        self.prepare = PilSteps(steps[:-2] if self.split else [clip.preprocess], to_array=self.split)
 
     def batch(self, items: list[Any]) -> Any:
         torch = self._torch
@@ -212,6 +224,15 @@ class VitFeatureStage(FeatureStage):
 
     def prepare(self, image: Any) -> Any:
         return self.input.prepare(image)
+
+    def image_prepare(self) -> PilSteps:
+        return self.input.prepare
+
+    def decode_processes(self) -> int:
+        if self.config.decode_processes is not None:
+            return self.config.decode_processes
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return min(8, cores // 2) if self.clip.device.type == "cuda" and cores >= 4 else 0
 
     def _declared(self) -> dict[str, tuple[list[int], str]]:
         dtype = _STORAGE_ARROW[self.config.storage]
