@@ -168,16 +168,17 @@ def _shutdown_pools() -> None:
 
 def _decode_worker(tar_path: Any, keys: Sequence[str], prepare: Callable[[Image.Image], Any],
                    batch_size: int, decode_threads: int, out: queue.Queue, stop: threading.Event,
-                   processes: ProcessPoolExecutor | None = None) -> None:
+                   decode_processes: int = 0) -> None:
     """Read the tar in order, decode ``batch_size`` payloads at a time, and queue
     chunks that end at every ``batch_size``-th ready image (failures met on the way
     ride along), so batch composition depends only on the shard.
 
     Decoding runs on ``decode_threads`` threads (PIL's decoders and resizers release
-    the GIL, but its Python parts do not), or, given ``processes``, in those
-    processes, ``prepare`` pickled to them: a GPU can outrun what one process's GIL
+    the GIL, but its Python parts do not), or, when ``decode_processes`` > 0, in this
+    process's :func:`decode_process_pool`, ``prepare`` pickled to it: a GPU can outrun what one process's GIL
     lets threads decode, and the threads then slow the thread launching the model."""
     threads = None
+    processes = decode_process_pool(decode_processes) if decode_processes > 0 else None
     if processes is None and decode_threads > 1:
         threads = ThreadPoolExecutor(decode_threads, thread_name_prefix="vlcurate-decode")
     chunk, ready = _Chunk(), 0
@@ -186,7 +187,7 @@ def _decode_worker(tar_path: Any, keys: Sequence[str], prepare: Callable[[Image.
         nonlocal chunk, ready
         payloads = [data for _, data in pending]
         if processes is not None:
-            per_task = -(-len(payloads) // max(1, processes._max_workers))  # one task per process
+            per_task = -(-len(payloads) // decode_processes)  # one task per process
             outs: Iterable[Any] = processes.map(_decode_one, payloads, [prepare] * len(payloads),
                                                 chunksize=max(1, per_task))
         elif threads is not None:
@@ -326,7 +327,7 @@ def run_encoder(tar_path: Any, keys: Sequence[str], prepare: Callable[[Image.Ima
 
     reader = threading.Thread(target=_decode_worker, name="vlcurate-reader", daemon=True,
                               args=(tar_path, keys, prepare, batch_size, decode_threads or default_decode_threads(),
-                                    decoded, stop, decode_process_pool(decode_processes) if decode_processes else None))
+                                    decoded, stop, decode_processes))
     writer = threading.Thread(target=output, name="vlcurate-output", daemon=True)
     reader.start()
     writer.start()
