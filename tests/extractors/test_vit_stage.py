@@ -252,3 +252,21 @@ def test_cuda_stage_matches_cpu_and_clip_score_reuses_on_cuda(tmp_path):
     assert cpu_t.column("status").to_pylist() == gpu_t.column("status").to_pylist()
     np.testing.assert_allclose(gpu_tok, cpu_tok, rtol=2e-2, atol=2e-2)  # fp16 autocast vs fp32
     np.testing.assert_allclose(gpu_emb, cpu_emb, rtol=2e-2, atol=2e-2)
+
+
+def test_an_output_side_crash_fails_the_shard_and_leaves_no_sidecar(tmp_path, monkeypatch):
+    import vlcurate.extractors.stage as stage_mod
+
+    layout = Layout(tmp_path)
+    make_image_shard(layout, [jpeg(i) for i in range(8)])
+    stage = vit_stage(layout, batch_size=2)
+
+    def full_disk(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(stage_mod, "SIDECAR_ROW_GROUP", 2)  # the first row group is written mid-shard
+    monkeypatch.setattr(stage_mod, "tensor_array", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        stage.run_shard(0)
+    assert not layout.sidecar("vit_features", 0).parent.exists() or \
+        list(layout.sidecar("vit_features", 0).parent.iterdir()) == []

@@ -41,11 +41,14 @@ def _writer_options(schema: pa.Schema) -> dict:
 def conform(table: pa.Table, kind: str, metadata: Mapping[str, str] | None = None) -> pa.Table:
     """``table`` validated as record kind ``kind`` and cast to its stored schema, with
     ``metadata`` (e.g. declared feature shapes) next to the record kind. The metadata
-    is attached before validation so row checks can read it; other metadata already
-    on ``table`` is not kept."""
-    extra_meta = {k.encode(): v.encode() for k, v in (metadata or {}).items()}
-    if extra_meta:
+    is attached before validation so row checks can read it and replaces what
+    ``table`` carried; without it, ``table``'s own metadata is validated and kept."""
+    if metadata is not None:
+        extra_meta = {k.encode(): v.encode() for k, v in metadata.items()}
         table = table.replace_schema_metadata(extra_meta)
+    else:  # the table's own metadata is what gets validated, so it is kept
+        extra_meta = {k: v for k, v in (table.schema.metadata or {}).items() if not k.startswith(b"vlcurate.record")
+                      and k != b"vlcurate.schema_version"}
     validate(table, kind)
     record = get_schema(kind)
     extra = [f for f in table.schema if f.name not in record.schema.names]
