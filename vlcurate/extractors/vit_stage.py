@@ -5,14 +5,16 @@ One forward pass of a frozen open_clip image tower per batch
 block ``layer`` (default ``-2``, the penultimate; CLS first when ``include_cls``) and
 the normalised CLIP embedding. They go to ``vit_features/<shard>.parquet`` (record
 kind ``vit_features``, layout in :mod:`vlcurate.schemas.features`) as ``tokens``
-``[T, D]`` and ``embedding`` ``[E]``, fp16 by default (``storage: fp32`` to keep
-full precision; a sample whose values overflow fp16 fails as ``non_finite``).
+``[T, D]`` and ``embedding`` ``[E]`` (tensor columns: each row one array's bytes),
+fp16 by default (``storage: fp32`` to keep full precision; a sample whose values
+overflow fp16 fails as ``non_finite``).
 
 Recipe block (every key but ``model`` optional)::
 
     - vit_features: {model: ViT-B-32, weights: /models/vit-b-32.safetensors,
                      layer: -2, include_cls: true, batch_size: 32, storage: fp16,
-                     device: auto, precision: fp16, decode_threads: 0}
+                     device: auto, precision: fp16, decode_threads: 0,
+                     decode_processes: null}   # null: processes on CUDA, threads on a CPU
 
 This module imports no torch/open_clip at import time (recipes are parsed on
 machines and in processes that never run a model); ``load`` does.
