@@ -153,7 +153,7 @@ def test_a_shard_with_no_alive_samples_gets_an_empty_valid_sidecar(tmp_path):
     assert table.num_rows == 0 and validate(table, "vit_features") == []
 
 
-def test_same_bytes_whatever_decodes_the_images(tmp_path):
+def test_same_bytes_whatever_decodes_the_images(tmp_path, monkeypatch, caplog):
     images = [jpeg(i) for i in range(5)] + [CORRUPT] + [jpeg(i) for i in range(5, 9)]
     files = []
     for i, how in enumerate([{"decode_threads": 1}, {"decode_threads": 4}, {"decode_processes": 2}]):
@@ -163,6 +163,25 @@ def test_same_bytes_whatever_decodes_the_images(tmp_path):
         assert stage.run_shard(0).counts == {"ok": 9, "failed.decode_error": 1}
         files.append(layout.sidecar("vit_features", 0).read_bytes())
     assert files[0] == files[1] == files[2]
+    daemon = Layout(tmp_path / "daemon")  # a daemonic process (a Dask worker) cannot have children
+    make_image_shard(daemon, images)
+    import multiprocessing
+
+    import vlcurate.extractors.stage as stage_mod
+
+    class Daemonic:
+        daemon = True
+
+    def no_pool(workers):
+        raise AssertionError("a daemonic process must not start decode processes")
+
+    monkeypatch.setattr(multiprocessing, "current_process", lambda: Daemonic())
+    monkeypatch.setattr(stage_mod, "decode_process_pool", no_pool)
+    with caplog.at_level("WARNING", logger="vlcurate.extractors.stage"):
+        vit_stage(daemon, decode_processes=2).run_shard(0)  # falls back to threads
+    assert "decode_processes=2 ignored" in caplog.text
+    monkeypatch.undo()
+    assert daemon.sidecar("vit_features", 0).read_bytes() == files[0]
     auto = vit_stage(layout)
     auto.setup()
     assert stage.decode_processes() == 2 and auto.decode_processes() == 0  # auto on a CPU: threads

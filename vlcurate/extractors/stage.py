@@ -177,10 +177,8 @@ def _decode_worker(tar_path: Any, keys: Sequence[str], prepare: Callable[[Image.
     the GIL, but its Python parts do not), or, when ``decode_processes`` > 0, in this
     process's :func:`decode_process_pool`, ``prepare`` pickled to it: a GPU can outrun what one process's GIL
     lets threads decode, and the threads then slow the thread launching the model."""
-    threads = None
-    processes = decode_process_pool(decode_processes) if decode_processes > 0 else None
-    if processes is None and decode_threads > 1:
-        threads = ThreadPoolExecutor(decode_threads, thread_name_prefix="vlcurate-decode")
+    threads: ThreadPoolExecutor | None = None
+    processes: ProcessPoolExecutor | None = None
     chunk, ready = _Chunk(), 0
 
     def decode(pending: list[tuple[str, bytes]], last: bool) -> bool:
@@ -207,6 +205,9 @@ def _decode_worker(tar_path: Any, keys: Sequence[str], prepare: Callable[[Image.
         return True
 
     try:
+        processes = decode_process_pool(decode_processes) if decode_processes > 0 else None
+        if processes is None and decode_threads > 1:
+            threads = ThreadPoolExecutor(decode_threads, thread_name_prefix="vlcurate-decode")
         wanted, seen, pending = set(keys), set(), []
         for key, _ext, data in iter_tar_files(tar_path, IMAGE_EXTS, wanted):
             if key in seen:  # two image files for one key: the first one counts
@@ -219,7 +220,7 @@ def _decode_worker(tar_path: Any, keys: Sequence[str], prepare: Callable[[Image.
                 pending = []
         if decode(pending, last=True):
             _put(out, _End(seen), stop)
-    except BaseException as err:  # a damaged tar: re-raised in the calling thread
+    except BaseException as err:  # a damaged tar, no decode pool: re-raised in the calling thread
         _put(out, _Crash(err), stop)
     finally:
         if threads is not None:
@@ -294,6 +295,11 @@ def run_encoder(tar_path: Any, keys: Sequence[str], prepare: Callable[[Image.Ima
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     timings = timings or EncodeTimings()
+    if decode_processes and multiprocessing.current_process().daemon:
+        # e.g. a Dask worker: daemonic processes may not start children
+        logger.warning("decode_processes=%d ignored: this is a daemonic process, which cannot start "
+                       "child processes; decoding on threads", decode_processes)
+        decode_processes = 0
     started_at = time.perf_counter()
     decoded: queue.Queue = queue.Queue(maxsize=PREFETCH_BATCHES)
     launched: queue.Queue = queue.Queue(maxsize=PREFETCH_BATCHES)
@@ -338,6 +344,8 @@ def run_encoder(tar_path: Any, keys: Sequence[str], prepare: Callable[[Image.Ima
                 item = decoded.get(timeout=0.1)
             except queue.Empty:
                 timings.wait_s += time.perf_counter() - t0
+                if not reader.is_alive() and decoded.empty():  # a bug: it always ends with _End or _Crash
+                    raise RuntimeError("the image reader thread ended without finishing the shard")
                 continue
             timings.wait_s += time.perf_counter() - t0
             if isinstance(item, _Crash):
