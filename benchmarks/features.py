@@ -82,7 +82,7 @@ def make_shard(root: Path, n: int, size: int, seed: int = 0) -> Layout:
 def bench_vit(args: argparse.Namespace, layout: Layout) -> dict:
     import torch
 
-    from vlcurate.extractors.stage import EncodeTimings, decode_image, default_decode_threads, encode_images
+    from vlcurate.extractors.encoding import EncodeTimings, decode_image, default_decode_threads, encode_images
     from vlcurate.extractors.vit_stage import VitFeaturesConfig, VitFeatureStage
     from vlcurate.io.tar import iter_tar_files
 
@@ -171,7 +171,7 @@ def bench_regions(args: argparse.Namespace, layout: Layout) -> dict:
 
     from vlcurate.extractors.region_stage import RegionFeaturesConfig, RegionFeatureStage, _torch_threads
     from vlcurate.extractors.regions.extractor import prepare_image
-    from vlcurate.extractors.stage import EncodeTimings, decode_image, default_decode_threads, encode_images
+    from vlcurate.extractors.encoding import EncodeTimings, decode_image, default_decode_threads, encode_images
     from vlcurate.io.tar import iter_tar_files
 
     cfg = RegionFeaturesConfig(config=args.model_name, weights=None, device=args.device, batch_size=args.batch_size,

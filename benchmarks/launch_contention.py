@@ -31,7 +31,7 @@ from benchmarks.features import make_shard  # noqa: E402
 
 
 def _churn(payloads: list[bytes], prepare, stop) -> None:
-    from vlcurate.extractors.stage import decode_image
+    from vlcurate.extractors.encoding import decode_image
 
     while not stop.is_set():
         for b in payloads:
@@ -41,7 +41,7 @@ def _churn(payloads: list[bytes], prepare, stop) -> None:
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    from vlcurate.extractors.stage import decode_image
+    from vlcurate.extractors.encoding import decode_image
     from vlcurate.extractors.vit_stage import VitFeaturesConfig, VitFeatureStage
     from vlcurate.io.tar import iter_tar_files
 

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from vlcurate.extractors.region_stage import RegionFeaturesConfig, RegionFeatureStage
-from vlcurate.extractors.stage import decode_image
+from vlcurate.extractors.encoding import decode_image
 from vlcurate.io.parquet import write_parquet
 from vlcurate.io.tar import TarSample, read_tar, write_tar
 from vlcurate.pipelines.stage import Layout

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vlcurate.extractors.stage import decode_image
+from vlcurate.extractors.encoding import decode_image
 from vlcurate.extractors.vit_stage import VitFeaturesConfig, VitFeatureStage, load_clip
 from vlcurate.io.parquet import write_parquet
 from vlcurate.io.tar import TarSample, write_tar
@@ -167,7 +167,7 @@ def test_same_bytes_whatever_decodes_the_images(tmp_path, monkeypatch, caplog):
     make_image_shard(daemon, images)
     import multiprocessing
 
-    import vlcurate.extractors.stage as stage_mod
+    import vlcurate.extractors.encoding as encoding
 
     class Daemonic:
         daemon = True
@@ -176,7 +176,7 @@ def test_same_bytes_whatever_decodes_the_images(tmp_path, monkeypatch, caplog):
         raise AssertionError("a daemonic process must not start decode processes")
 
     monkeypatch.setattr(multiprocessing, "current_process", lambda: Daemonic())
-    monkeypatch.setattr(stage_mod, "decode_process_pool", no_pool)
+    monkeypatch.setattr(encoding, "decode_process_pool", no_pool)
     with caplog.at_level("WARNING", logger="vlcurate.extractors.stage"):
         vit_stage(daemon, decode_processes=2).run_shard(0)  # falls back to threads
     assert "decode_processes=2 ignored" in caplog.text

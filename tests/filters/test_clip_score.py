@@ -11,7 +11,7 @@ import torch
 
 from tests.extractors.test_vit_stage import CORRUPT, TINY, jpeg, make_image_shard, vit_stage
 from vlcurate.extractors.clip import score
-from vlcurate.extractors.stage import decode_image
+from vlcurate.extractors.encoding import decode_image
 from vlcurate.filters.clip_score import ClipScoreConfig, ClipScoreFilter
 from vlcurate.pipelines.stage import Layout
 

@@ -56,7 +56,8 @@ from typing import TYPE_CHECKING, Any, Iterator, Literal
 import numpy as np
 import pyarrow as pa
 
-from vlcurate.extractors.stage import Encoded, FeatureStage, SampleFailure
+from vlcurate.extractors.encoding import Encoded, SampleFailure
+from vlcurate.extractors.stage import FeatureStage
 from vlcurate.io.atomic import sha256_file
 from vlcurate.pipelines.stage import StageInfo, register_stage
 from vlcurate.schemas.features import FEATURE_BASE_FIELDS, MODEL_META

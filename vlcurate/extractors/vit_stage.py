@@ -33,7 +33,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pyarrow as pa
 
-from vlcurate.extractors.stage import Encoded, FeatureStage, SampleFailure
+from vlcurate.extractors.encoding import Encoded, SampleFailure
+from vlcurate.extractors.stage import FeatureStage
 from vlcurate.pipelines.stage import StageInfo, register_stage
 from vlcurate.schemas.features import MODEL_META, TENSOR_TYPE, feature_metadata
 

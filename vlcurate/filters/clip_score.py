@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from vlcurate.extractors.stage import Encoded, SampleFailure, encode_images
+from vlcurate.extractors.encoding import Encoded, SampleFailure, encode_images
 from vlcurate.extractors.vit_stage import ClipImageInput, ClipModelConfig, load_clip
 from vlcurate.filters.base import Decision, FilterStage
 from vlcurate.io.stats import ShardStats
