@@ -79,6 +79,20 @@ def make_shard(root: Path, n: int, size: int, seed: int = 0) -> Layout:
     return layout
 
 
+def alternate(stage, args: argparse.Namespace, forward: Callable[[], float]) -> tuple[list[float], list[float]]:
+    """Seconds of ``--repeat`` whole-shard stage runs and as many ``forward()`` runs,
+    alternating, so both see the same machine load (on shared machines other jobs and
+    CPU steal move absolute figures more than the ratio)."""
+    stage_s, fwd_s = [], []
+    for _ in range(args.repeat):
+        t0 = time.perf_counter()
+        stats = stage.run_shard(0)
+        stage_s.append(time.perf_counter() - t0)
+        assert stats.counts == {"ok": args.images}, stats.counts
+        fwd_s.append(forward())
+    return stage_s, fwd_s
+
+
 def bench_vit(args: argparse.Namespace, layout: Layout) -> dict:
     import torch
 
@@ -103,20 +117,15 @@ def bench_vit(args: argparse.Namespace, layout: Layout) -> dict:
     n_batches = -(-args.images // args.batch_size)
     sync = torch.cuda.synchronize if clip.device.type == "cuda" else (lambda: None)
 
-    # Stage and forward-only runs alternate, so both see the same machine load (shared
-    # machines: other jobs and CPU steal move absolute figures more than the ratio).
-    stage_s, fwd_s = [], []
-    for _ in range(args.repeat):
-        t0 = time.perf_counter()
-        stats = stage.run_shard(0)
-        stage_s.append(time.perf_counter() - t0)
-        assert stats.counts == {"ok": args.images}, stats.counts
+    def forward() -> float:
         sync()
         t0 = time.perf_counter()
         for _ in range(n_batches):
             clip.encode_images(batch)
         sync()
-        fwd_s.append(time.perf_counter() - t0)
+        return time.perf_counter() - t0
+
+    stage_s, fwd_s = alternate(stage, args, forward)
     timings: EncodeTimings = stage.last_timings
 
     t0 = time.perf_counter()
@@ -201,14 +210,8 @@ def bench_regions(args: argparse.Namespace, layout: Layout) -> dict:
             sync()
             return time.perf_counter() - t0
 
-    # Stage and forward-only runs alternate, so both see the same machine load.
-    stage_s, fwd_s = [], []
-    for _ in range(args.repeat):
-        t0 = time.perf_counter()
-        stats = stage.run_shard(0)
-        stage_s.append(time.perf_counter() - t0)
-        assert stats.counts == {"ok": args.images}, stats.counts
-        fwd_s.append(timed(lambda: [ex.extract_prepared(batch) for _ in range(n_batches)]))
+    stage_s, fwd_s = alternate(stage, args, lambda: timed(lambda: [ex.extract_prepared(batch)
+                                                                    for _ in range(n_batches)]))
     timings: EncodeTimings = stage.last_timings
 
     # (b) every image once, one at a time vs in batches of --batch-size (alternating).

@@ -339,10 +339,10 @@ def run_encoder(tar_path: Any, keys: Sequence[str], prepare: Callable[[Image.Ima
 
 
 def encode_images(tar_path: Any, keys: Sequence[str], prepare: Callable[[Image.Image], Any],
-                  encode: Callable[[list[Any]], list[Encoded]] | BatchEncoder, batch_size: int,
+                  encode: Callable[[list[Any]], list[Encoded]], batch_size: int,
                   timings: EncodeTimings | None = None, decode_threads: int = 0) -> list[tuple[str, Encoded]]:
-    """:func:`run_encoder` collecting the results: one ``(key, Encoded)`` per key."""
-    encoder = encode if isinstance(encode, BatchEncoder) else BatchEncoder(encode)
+    """:func:`run_encoder` with a synchronous ``encode``, collecting the results: one
+    ``(key, Encoded)`` per key."""
     out: list[tuple[str, Encoded]] = []
-    run_encoder(tar_path, keys, prepare, encoder, batch_size, out.extend, timings, decode_threads)
+    run_encoder(tar_path, keys, prepare, BatchEncoder(encode), batch_size, out.extend, timings, decode_threads)
     return out

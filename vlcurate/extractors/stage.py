@@ -43,7 +43,7 @@ images with it).
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import Any, Callable, ClassVar, Iterable
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 import pyarrow as pa
@@ -108,10 +108,10 @@ class _SidecarSink:
         self.writer, self.fields, self.tensors, self.stats = writer, fields, tensors, stats
         self.pending: list[tuple[str, Encoded]] = []
 
-    def __call__(self, rows: Iterable[tuple[str, Encoded]]) -> None:
+    def __call__(self, rows: list[tuple[str, Encoded]]) -> None:
         for _, r in rows:
             self.stats.add(f"failed.{r.kind}" if isinstance(r, SampleFailure) else "ok")
-            self.pending.append((_, r))
+        self.pending.extend(rows)
         while len(self.pending) >= SIDECAR_ROW_GROUP:
             group, self.pending = self.pending[:SIDECAR_ROW_GROUP], self.pending[SIDECAR_ROW_GROUP:]
             self.writer.write(self.table(group))

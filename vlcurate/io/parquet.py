@@ -16,6 +16,7 @@ from vlcurate.schemas.features import declared_features
 # Fixed writer settings: the same table always gives the same bytes.
 _COMPRESSION = "zstd"
 _COMPRESSION_LEVEL = 3
+_RECORD_KEYS = (b"vlcurate.record", b"vlcurate.schema_version")  # set from the record kind on every write
 
 
 def _writer_options(schema: pa.Schema) -> dict:
@@ -47,8 +48,7 @@ def conform(table: pa.Table, kind: str, metadata: Mapping[str, str] | None = Non
         extra_meta = {k.encode(): v.encode() for k, v in metadata.items()}
         table = table.replace_schema_metadata(extra_meta)
     else:  # the table's own metadata is what gets validated, so it is kept
-        extra_meta = {k: v for k, v in (table.schema.metadata or {}).items() if not k.startswith(b"vlcurate.record")
-                      and k != b"vlcurate.schema_version"}
+        extra_meta = {k: v for k, v in (table.schema.metadata or {}).items() if k not in _RECORD_KEYS}
     validate(table, kind)
     record = get_schema(kind)
     extra = [f for f in table.schema if f.name not in record.schema.names]
