@@ -301,6 +301,7 @@ def run_encoder(tar_path: Any, keys: Sequence[str], prepare: Callable[[Image.Ima
     writer = threading.Thread(target=output, name="vlcurate-output", daemon=True)
     reader.start()
     writer.start()
+    finished = False
     try:
         while not stop.is_set():
             t0 = time.perf_counter()
@@ -308,7 +309,10 @@ def run_encoder(tar_path: Any, keys: Sequence[str], prepare: Callable[[Image.Ima
                 item = decoded.get(timeout=0.1)
             except queue.Empty:
                 timings.wait_s += time.perf_counter() - t0
-                if not reader.is_alive() and decoded.empty():  # a bug: it always ends with _End or _Crash
+                # the reader ends with _End or _Crash, or quietly once ``stop`` is set (the output
+                # thread failed: that failure is raised below); it is read after is_alive, so a
+                # reader that stopped for that reason is never taken for a dead one
+                if not reader.is_alive() and decoded.empty() and not stop.is_set():
                     raise RuntimeError("the image reader thread ended without finishing the shard")
                 continue
             timings.wait_s += time.perf_counter() - t0
@@ -328,6 +332,7 @@ def run_encoder(tar_path: Any, keys: Sequence[str], prepare: Callable[[Image.Ima
             timings.handoff_s += time.perf_counter() - t0
             if isinstance(item, _End):
                 writer.join()
+                finished = True
                 break
     finally:
         stop.set()  # unblocks the other threads if we leave early
@@ -335,6 +340,8 @@ def run_encoder(tar_path: Any, keys: Sequence[str], prepare: Callable[[Image.Ima
         writer.join()
     if failure:
         raise failure[0]
+    if not finished:  # a bug: only a failure sets ``stop`` before the end
+        raise RuntimeError("the shard's encoding stopped before its end without an error")
     timings.total_s += time.perf_counter() - started_at
 
 
