@@ -247,6 +247,25 @@ def test_connected_peer_is_checked(server, monkeypatch):
     assert server.hits["/ok-peer.jpg"] == 0
 
 
+def test_a_dns_lookup_that_hangs_times_out(monkeypatch):
+    release = threading.Event()
+
+    def hang(*args, **kwargs):
+        release.wait(10)
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    monkeypatch.setattr(socket, "getaddrinfo", hang)
+    t0 = time.monotonic()
+    try:
+        with Fetcher(FetchConfig(timeout=0.3, retries=0)) as f:
+            r = f.fetch("http://slow-dns.example/a.jpg")
+    finally:
+        release.set()
+    assert time.monotonic() - t0 < 3
+    assert r.error_kind == "timeout" and "DNS lookup of slow-dns.example timed out" in r.error_message
+    assert is_retryable(r.error_kind)
+
+
 def test_host_resolved_once_and_vetted_address_used(server, monkeypatch):
     # A rebinding DNS answers differently the second time; we must never ask twice
     # per connection, and must connect to what we vetted.

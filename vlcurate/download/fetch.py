@@ -127,6 +127,25 @@ def is_public_address(address: str) -> bool:
                                  or ip.is_multicast or ip.is_reserved or ip.is_unspecified)
 
 
+# getaddrinfo has no timeout of its own (the system resolver may wait 5 s per try and
+# server); lookups run here so a connection can give up on one after its connect
+# timeout. A lookup given up on finishes in the background and is discarded.
+_RESOLVER = ThreadPoolExecutor(64, thread_name_prefix="vlcurate-dns")
+
+
+def resolve(host: str, port: int, timeout: float | None) -> list:
+    """``socket.getaddrinfo`` for a TCP connection, giving up (``TimeoutError``) after
+    ``timeout`` seconds (None: wait as long as the system resolver does)."""
+    if timeout is None:
+        return socket.getaddrinfo(host, port, allowed_gai_family(), socket.SOCK_STREAM)
+    lookup = _RESOLVER.submit(socket.getaddrinfo, host, port, allowed_gai_family(), socket.SOCK_STREAM)
+    try:
+        return lookup.result(timeout)
+    except TimeoutError:
+        lookup.cancel()  # if it never started (every resolver thread stuck), it never will
+        raise TimeoutError(f"DNS lookup of {host} timed out after {timeout:g} s") from None
+
+
 class _GuardedConnectionMixin:
     """Replaces urllib3's connect: resolve once, refuse if ANY answer is non-public,
     connect to the vetted addresses only, then check the peer actually reached.
@@ -135,9 +154,11 @@ class _GuardedConnectionMixin:
     def _new_conn(self) -> socket.socket:  # type: ignore[misc]
         host = str(getattr(self, "_dns_host", self.host)).strip("[]")
         try:
-            infos = socket.getaddrinfo(host, self.port, allowed_gai_family(), socket.SOCK_STREAM)
+            infos = resolve(host, self.port, None if self.timeout is _DEFAULT_TIMEOUT else self.timeout)  # type: ignore[arg-type]
         except socket.gaierror as e:
             raise ux.NameResolutionError(self.host, self, e) from e  # type: ignore[arg-type]
+        except TimeoutError as e:
+            raise ux.ConnectTimeoutError(self, str(e)) from e
         for info in infos:
             if not is_public_address(str(info[4][0])):
                 raise BlockedAddressError(host, str(info[4][0]))
