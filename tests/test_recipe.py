@@ -52,3 +52,34 @@ def test_missing_and_malformed_recipe(tmp_path):
         load_recipe(_write(tmp_path, "input: [unclosed"))
     with pytest.raises(ConfigError, match="expected a mapping at the top level"):
         load_recipe(_write(tmp_path, "- a\n- b\n"))
+
+
+def test_paths_in_a_recipe_are_relative_to_it_not_to_the_working_directory(tmp_path, demo_urls, monkeypatch):
+    here = tmp_path / "recipes"
+    (here / "models" / "clip-dir").mkdir(parents=True)
+    (here / "models" / "butd.pkl").write_bytes(b"")
+    (tmp_path / "parent" / "v0").mkdir(parents=True)
+    (tmp_path / "parent" / "v0" / "manifest.json").write_text("{}")
+    (here / "urls.parquet").write_bytes(demo_urls.read_bytes())
+    body = {"input": {"paths": ["urls.parquet", "gs://bucket/more.parquet"]},
+            "output": {"root": "../out", "name": "n", "version": "v1"},
+            "stages": [{"download": {"reuse": "../parent/v0"}},
+                       {"vit_features": {"model": "ViT-B-32", "weights": "models/vit.safetensors"}},
+                       {"vit_features": {"model": "any", "weights": "local-dir:models/clip-dir"}},
+                       {"clip_score": {"model": "ViT-B-32", "weights": "laion2b_s34b_b79k"}},
+                       {"clip_score": {"model": "ViT-B-32", "weights": "hf-hub:org/model"}},
+                       {"region_features": {"config": "butd-tiny", "weights": "models/butd.pkl"}}]}
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # the download.reuse check would fail from here
+    recipe = load_recipe(_write(here, body))
+    assert recipe.input.paths == (str(here / "urls.parquet"), "gs://bucket/more.parquet")
+    assert recipe.output.root == str(tmp_path / "out")
+    configs = [s.config for s in recipe.stages]
+    assert configs[0].reuse == str(tmp_path / "parent" / "v0")
+    assert configs[1].weights == str(here / "models" / "vit.safetensors")
+    assert configs[2].weights == f"local-dir:{here / 'models' / 'clip-dir'}"
+    assert configs[3].weights == "laion2b_s34b_b79k" and configs[4].weights == "hf-hub:org/model"
+    assert configs[5].weights == str(here / "models" / "butd.pkl")
+    # read back from the resolved form (what a version stores) they stay the same
+    again = load_recipe(_write(tmp_path / "elsewhere", recipe.resolved()))
+    assert again.resolved() == recipe.resolved()

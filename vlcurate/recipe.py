@@ -10,7 +10,9 @@ stages:
 runner:  {name: local, workers: 2, options: []}
 ```
 
-Relative paths are relative to the recipe file. The hash covers everything that
+Relative paths (input paths, the output root, and the path settings of stages:
+``weights`` files and directories, ``download.reuse``) are relative to the recipe
+file (:func:`vlcurate.typed.local_path`). The hash covers everything that
 decides the output bytes (input, stages, sharding) and not the runner, so the same
 recipe on any runner gives the same version.
 """
@@ -20,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +30,14 @@ import yaml
 
 from vlcurate.download.readers import InputSpec
 from vlcurate.pipelines.stage import stage_class
-from vlcurate.typed import ConfigError, convert, from_dict, to_dict
+from vlcurate.typed import ConfigError, convert, from_dict, local_path, relative_to, to_dict
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 @dataclass(frozen=True)
 class OutputSpec:
-    root: str
+    root: str = local_path()
     name: str
     version: str
     parent: str | None = None  # path of the version this one derives from
@@ -96,7 +98,7 @@ class Recipe:
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
-def _parse_stages(data: Any, where: str) -> tuple[StageSpec, ...]:
+def _parse_stages(data: Any, base_dir: Path, where: str) -> tuple[StageSpec, ...]:
     if not isinstance(data, list) or not data:
         raise ConfigError(f"{where}: expected a non-empty list of stages")
     specs = []
@@ -108,7 +110,8 @@ def _parse_stages(data: Any, where: str) -> tuple[StageSpec, ...]:
             cls = stage_class(name)
         except KeyError as e:
             raise ConfigError(f"{where}[{i}]: {e.args[0]}") from None
-        specs.append(StageSpec(name, from_dict(cls.Config, settings, f"{where}[{i}].{name}")))
+        specs.append(StageSpec(name, from_dict(cls.Config, relative_to(cls.Config, settings, base_dir),
+                                               f"{where}[{i}].{name}")))
     return tuple(specs)
 
 
@@ -122,15 +125,13 @@ def recipe_from_dict(data: Any, base_dir: Path, where: str = "recipe") -> Recipe
     for key in ("input", "output", "stages"):
         if key not in data:
             raise ConfigError(f"{where}.{key}: required key is missing")
-    inp = from_dict(InputSpec, data["input"], f"{where}.input")
-    inp = replace(inp, paths=tuple(str((base_dir / p).resolve()) for p in inp.paths))
-    out = from_dict(OutputSpec, data["output"], f"{where}.output")
-    out = replace(out, root=str((base_dir / out.root).resolve()))
+    inp = from_dict(InputSpec, relative_to(InputSpec, data["input"], base_dir), f"{where}.input")
+    out = from_dict(OutputSpec, relative_to(OutputSpec, data["output"], base_dir), f"{where}.output")
     sps = convert(data.get("samples_per_shard", 1000), int, f"{where}.samples_per_shard")
     if sps < 1:
         raise ConfigError(f"{where}.samples_per_shard: must be at least 1, got {sps}")
     runner = from_dict(RunnerSpec, data.get("runner"), f"{where}.runner")
-    return Recipe(inp, out, _parse_stages(data["stages"], f"{where}.stages"), sps, runner)
+    return Recipe(inp, out, _parse_stages(data["stages"], base_dir, f"{where}.stages"), sps, runner)
 
 
 def load_recipe(path: str | Path) -> Recipe:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Any, Callable, TypeVar
 
 T = TypeVar("T")
 
@@ -71,6 +72,45 @@ def convert(value: Any, tp: Any, where: str) -> Any:
     else:
         raise ConfigError(f"{where}: unsupported type {_type_name(tp)}")
     raise ConfigError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+
+
+_LOCAL_PATH = "vlcurate.local_path"
+
+
+def _any_local(value: str) -> tuple[str, str] | None:
+    return None if "://" in value else ("", value)
+
+
+def local_path(default: Any = dataclasses.MISSING, *,
+               split: Callable[[str], tuple[str, str] | None] = _any_local) -> Any:
+    """A dataclass field holding a local path (or a list of them): where a config is
+    read from a file, a relative one is relative to that file (:func:`relative_to`).
+    ``split(value)`` gives ``(prefix, path)`` for a value that is a local path, None
+    for one that is not (by default: a URL such as ``gs://...``)."""
+    return dataclasses.field(default=default, metadata={_LOCAL_PATH: split})
+
+
+def relative_to(cls: type, data: Any, base_dir: Path) -> Any:
+    """``data`` (the plain mapping :func:`from_dict` will get for ``cls``) with the
+    relative paths of its :func:`local_path` fields made absolute under ``base_dir``."""
+    if not isinstance(data, dict) or not dataclasses.is_dataclass(cls):
+        return data
+
+    def absolute(value: Any, split: Callable[[str], tuple[str, str] | None]) -> Any:
+        parts = split(value) if isinstance(value, str) else None
+        if parts is None:
+            return value
+        prefix, path = parts
+        return prefix + str((base_dir / Path(path).expanduser()).resolve())  # an absolute path stays itself
+
+    out = dict(data)
+    for f in dataclasses.fields(cls):
+        split = f.metadata.get(_LOCAL_PATH)
+        if split is None or f.name not in out:
+            continue
+        value = out[f.name]
+        out[f.name] = [absolute(v, split) for v in value] if isinstance(value, list) else absolute(value, split)
+    return out
 
 
 def from_dict(cls: type[T], data: Any, where: str = "config") -> T:

@@ -17,6 +17,8 @@ import pyarrow.csv as pa_csv
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
+from vlcurate.typed import local_path
+
 FORMATS = ("auto", "parquet", "csv", "tsv", "jsonl")
 # Extension -> format. Text formats may carry a further ".gz" (pyarrow decompresses
 # by extension); Parquet compresses internally.
@@ -32,7 +34,7 @@ class InputError(ValueError):
 class InputSpec:
     """Where the URL list is and which columns to take. Validated on construction."""
 
-    paths: tuple[str, ...]  # files or directories (searched recursively)
+    paths: tuple[str, ...] = local_path()  # files or directories (searched recursively)
     format: str = "auto"  # auto|parquet|csv|tsv|jsonl; auto = by extension
     url_col: str = "url"
     caption_col: str | None = "caption"  # None: every caption is null

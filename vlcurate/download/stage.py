@@ -33,6 +33,7 @@ from vlcurate.io.stats import ShardStats
 from vlcurate.io.tar import TarSample, encode_json, write_tar
 from vlcurate.pipelines.stage import Stage, register_stage
 from vlcurate.schemas import get_schema
+from vlcurate.typed import local_path
 
 IMAGE_EXT = {"jpg": "jpg", "jpeg": "jpg", "png": "png", "webp": "webp"}
 
@@ -48,7 +49,7 @@ class DownloadConfig(FetchConfig, ImageConfig):
     # The input must be that version's sample rows with its samples_per_shard
     # (as `vlcurate download --retry-failed` sets up); copied rows keep the parent's
     # image settings.
-    reuse: str | None = None
+    reuse: str | None = local_path(None)
 
     def __post_init__(self) -> None:
         if self.decode_slots < 0:

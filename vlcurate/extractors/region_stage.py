@@ -62,6 +62,7 @@ from vlcurate.io.atomic import sha256_file
 from vlcurate.pipelines.stage import StageInfo, register_stage
 from vlcurate.schemas.features import FEATURE_BASE_FIELDS, MODEL_META
 from vlcurate.schemas.regions import REGION_FEATURES, region_metadata, region_schema
+from vlcurate.typed import local_path
 
 if TYPE_CHECKING:
     from vlcurate.extractors.regions import RegionConfig, RegionFeatureExtractor
@@ -89,7 +90,7 @@ class RegionFeaturesConfig:
     """Settings of the ``region_features`` stage (see the module docstring)."""
 
     config: str = "butd-r101"
-    weights: str | None = None
+    weights: str | None = local_path(None)
     selection: Literal["lxmert", "maxnms"] = "lxmert"
     min_boxes: int = 36
     max_boxes: int = 36

@@ -37,6 +37,7 @@ from vlcurate.extractors.encoding import Encoded, SampleFailure
 from vlcurate.extractors.stage import FeatureStage
 from vlcurate.pipelines.stage import StageInfo, register_stage
 from vlcurate.schemas.features import MODEL_META, TENSOR_TYPE, feature_metadata
+from vlcurate.typed import local_path
 
 if TYPE_CHECKING:
     from vlcurate.extractors.clip import ClipConfig, ClipModel
@@ -69,6 +70,14 @@ def weights_source(weights: str | None) -> str:
     return "pretrained-tag"
 
 
+def local_weights(weights: str) -> tuple[str, str] | None:
+    """``(prefix, path)`` when ``weights`` names a local file or directory (a recipe
+    reads a relative one relative to itself), None for a hub id or pretrained tag."""
+    if weights.startswith("local-dir:"):
+        return "local-dir:", weights[len("local-dir:"):]
+    return ("", weights) if weights_source(weights) in ("file", "local-dir") else None
+
+
 @dataclass(frozen=True)
 class ClipModelConfig:
     """Which open_clip model to run; fields as in :class:`~vlcurate.extractors.clip.ClipConfig`.
@@ -79,7 +88,7 @@ class ClipModelConfig:
     """
 
     model: str
-    weights: str | None = None
+    weights: str | None = local_path(None, split=local_weights)
     quick_gelu: bool | None = None
     device: str = "auto"
     precision: str = "fp16"
