@@ -96,7 +96,7 @@ def alternate(stage, args: argparse.Namespace, forward: Callable[[], float]) -> 
 def bench_vit(args: argparse.Namespace, layout: Layout) -> dict:
     import torch
 
-    from vlcurate.extractors.encoding import EncodeTimings, decode_image, default_decode_threads, encode_images
+    from vlcurate.extractors.encoding import EncodeTimings, decode_image, default_decode_threads
     from vlcurate.extractors.vit_stage import VitFeaturesConfig, VitFeatureStage
     from vlcurate.io.tar import iter_tar_files
 
@@ -106,7 +106,6 @@ def bench_vit(args: argparse.Namespace, layout: Layout) -> dict:
     stage = VitFeatureStage(cfg, layout)
     stage.setup()
     clip = stage.clip
-    keys = [f"00000_{i:06d}" for i in range(args.images)]
 
     # Warm-up: first calls allocate buffers / pick kernels; not part of any figure.
     stage.run_shard(0)  # also starts the decode processes, if any

@@ -1,8 +1,6 @@
 import json
 import os
 
-import pytest
-
 from vlcurate.cli import main
 from vlcurate.versions import list_versions, show
 

@@ -9,13 +9,13 @@ import time
 import pytest
 
 from vlcurate.download import fetch as fetch_mod
+from vlcurate.download import guard
 from vlcurate.download.fetch import (
     ERROR_KINDS,
     RETRYABLE,
     FetchConfig,
     Fetcher,
     FetchResult,
-    is_public_address,
     is_retryable,
 )
 from tests.download.fetch_server import JPEG, _Server
@@ -221,13 +221,13 @@ def test_loopback_blocked_by_default(server, host):
      ("fc00::1", False), ("::ffff:10.0.0.1", False), ("ff02::1", False)],
 )
 def test_is_public_address(address, public):
-    assert is_public_address(address) is public
+    assert guard.is_public_address(address) is public
 
 
 def test_redirect_hop_to_private_address_blocked(server, monkeypatch):
     # Pretend 127.0.0.1 is public so the first hop is allowed; 127.0.0.2 (also
     # loopback on Linux) stays private: the redirect there must be refused.
-    monkeypatch.setattr(fetch_mod, "is_public_address", lambda a: a == "127.0.0.1")
+    monkeypatch.setattr(guard, "is_public_address", lambda a: a == "127.0.0.1")
     port = server.server_address[1]
     with Fetcher(FetchConfig(retries=0)) as f:
         ok = f.fetch(server.url("/ok.jpg"))
@@ -240,7 +240,7 @@ def test_redirect_hop_to_private_address_blocked(server, monkeypatch):
 def test_connected_peer_is_checked(server, monkeypatch):
     # Resolution says public, the connected peer is not: refuse (rebinding guard).
     answers = iter([True, False])
-    monkeypatch.setattr(fetch_mod, "is_public_address", lambda a: next(answers))
+    monkeypatch.setattr(guard, "is_public_address", lambda a: next(answers))
     with Fetcher(FetchConfig(retries=0)) as f:
         r = f.fetch(server.url("/ok-peer.jpg"))
     assert r.error_kind == "blocked_address"
@@ -277,7 +277,7 @@ def test_host_resolved_once_and_vetted_address_used(server, monkeypatch):
         return real("127.0.0.1" if len(calls) == 1 else "127.0.0.2", *args, **kwargs)
 
     monkeypatch.setattr(socket, "getaddrinfo", resolver)
-    monkeypatch.setattr(fetch_mod, "is_public_address", lambda a: a == "127.0.0.1")
+    monkeypatch.setattr(guard, "is_public_address", lambda a: a == "127.0.0.1")
     with Fetcher(FetchConfig(retries=0)) as f:
         r = f.fetch(server.url("/ok-rebind.jpg", host="rebind.example"))
     assert r.data == JPEG and calls == ["rebind.example"]
@@ -373,7 +373,7 @@ def tls_server(tmp_path_factory):
 def test_https_through_guard_verifies_certificate(tls_server, monkeypatch):
     srv, ca = tls_server
     url = f"https://localhost:{srv.server_address[1]}/ok-tls.jpg"
-    monkeypatch.setattr(fetch_mod, "is_public_address", lambda a: a == "127.0.0.1")
+    monkeypatch.setattr(guard, "is_public_address", lambda a: a == "127.0.0.1")
     with Fetcher(FetchConfig(retries=0)) as f:  # default CA bundle: our certificate is unknown
         untrusted = f.fetch(url)
     monkeypatch.setattr(fetch_mod.certifi, "where", lambda: ca)

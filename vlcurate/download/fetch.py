@@ -6,18 +6,14 @@ never raises for a bad URL or a network problem: every URL becomes a
 `FetchResult` whose `error_kind` is one of `ERROR_KINDS`.
 
 Built on urllib3, whose PoolManager keeps keep-alive connections per (scheme,
-host, port): that is the throughput when many URLs share a host. The SSRF guard
-replaces the connection's connect step (`_new_conn`), so it runs for every new
-connection including every redirect hop, and it connects to the very addresses
-it vetted: a second, rebinding DNS answer is never consulted.
+host, port): that is the throughput when many URLs share a host. Its pools are
+:mod:`vlcurate.download.guard`'s, whose connect step is the SSRF guard.
 """
 
 from __future__ import annotations
 
 import hashlib
 import http.client
-import ipaddress
-import socket
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -28,11 +24,9 @@ from urllib.parse import urljoin
 import certifi
 import urllib3
 from urllib3 import exceptions as ux
-from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.util import parse_url
-from urllib3.util.connection import allowed_gai_family
-from urllib3.util.timeout import _DEFAULT_TIMEOUT
+
+from vlcurate.download.guard import GUARDED_POOLS, BlockedAddressError
 
 USER_AGENT = "vlcurate/0.1"
 
@@ -108,95 +102,6 @@ def is_retryable(error_kind: str | None, http_status: int | None = None) -> bool
     if error_kind == "http_error":
         return http_status in RETRYABLE_HTTP_STATUSES
     return error_kind in RETRYABLE
-
-
-class BlockedAddressError(Exception):
-    """The destination is not a public address. Deliberately not an OSError so
-    urllib3 lets it through unwrapped instead of turning it into a ProtocolError."""
-
-    def __init__(self, host: str, address: str) -> None:
-        super().__init__(f"{host} resolves to non-public address {address}")
-
-
-def is_public_address(address: str) -> bool:
-    """True if `address` (an IP literal, optionally with a %scope) is globally routable."""
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 is loopback in disguise
-    return ip.is_global and not (ip.is_private or ip.is_loopback or ip.is_link_local
-                                 or ip.is_multicast or ip.is_reserved or ip.is_unspecified)
-
-
-# getaddrinfo has no timeout of its own (the system resolver may wait 5 s per try and
-# server); lookups run here so a connection can give up on one after its connect
-# timeout. A lookup given up on finishes in the background and is discarded.
-_RESOLVER = ThreadPoolExecutor(64, thread_name_prefix="vlcurate-dns")
-
-
-def resolve(host: str, port: int, timeout: float | None) -> list:
-    """``socket.getaddrinfo`` for a TCP connection, giving up (``TimeoutError``) after
-    ``timeout`` seconds (None: wait as long as the system resolver does)."""
-    if timeout is None:
-        return socket.getaddrinfo(host, port, allowed_gai_family(), socket.SOCK_STREAM)
-    lookup = _RESOLVER.submit(socket.getaddrinfo, host, port, allowed_gai_family(), socket.SOCK_STREAM)
-    try:
-        return lookup.result(timeout)
-    except TimeoutError:
-        lookup.cancel()  # if it never started (every resolver thread stuck), it never will
-        raise TimeoutError(f"DNS lookup of {host} timed out after {timeout:g} s") from None
-
-
-class _GuardedConnectionMixin:
-    """Replaces urllib3's connect: resolve once, refuse if ANY answer is non-public,
-    connect to the vetted addresses only, then check the peer actually reached.
-    (host, port, timeout, socket_options come from urllib3's HTTPConnection.)"""
-
-    def _new_conn(self) -> socket.socket:  # type: ignore[misc]
-        host = str(getattr(self, "_dns_host", self.host)).strip("[]")
-        try:
-            infos = resolve(host, self.port, None if self.timeout is _DEFAULT_TIMEOUT else self.timeout)  # type: ignore[arg-type]
-        except socket.gaierror as e:
-            raise ux.NameResolutionError(self.host, self, e) from e  # type: ignore[arg-type]
-        except TimeoutError as e:
-            raise ux.ConnectTimeoutError(self, str(e)) from e
-        for info in infos:
-            if not is_public_address(str(info[4][0])):
-                raise BlockedAddressError(host, str(info[4][0]))
-        last_error: Exception | None = None
-        for family, socktype, proto, _, sockaddr in infos:
-            sock = socket.socket(family, socktype, proto)
-            try:
-                for opt in self.socket_options or ():
-                    sock.setsockopt(*opt)
-                if self.timeout is not _DEFAULT_TIMEOUT:
-                    sock.settimeout(self.timeout)  # type: ignore[arg-type]
-                sock.connect(sockaddr)
-                peer = str(sock.getpeername()[0])
-            except OSError as e:  # socket.timeout is TimeoutError, an OSError, on 3.10+
-                sock.close()
-                last_error = (ux.ConnectTimeoutError(self, f"connect to {host} timed out")
-                              if isinstance(e, TimeoutError)
-                              else ux.NewConnectionError(self, f"connect to {host} failed: {e}"))  # type: ignore[arg-type]
-                continue
-            if not is_public_address(peer):  # belt and braces: what we actually reached
-                sock.close()
-                raise BlockedAddressError(host, peer)
-            return sock
-        raise last_error or ux.NewConnectionError(self, f"{host}: no address")  # type: ignore[arg-type]
-
-
-class _GuardedHTTPConnection(_GuardedConnectionMixin, HTTPConnection):
-    pass
-
-
-class _GuardedHTTPSConnection(_GuardedConnectionMixin, HTTPSConnection):
-    pass  # TLS still verifies the certificate and sends SNI for self.host
-
-
-_GUARDED_POOLS = {
-    "http": type("_GuardedHTTPConnectionPool", (HTTPConnectionPool,), {"ConnectionCls": _GuardedHTTPConnection}),
-    "https": type("_GuardedHTTPSConnectionPool", (HTTPSConnectionPool,), {"ConnectionCls": _GuardedHTTPSConnection}),
-}
 
 
 def _failure(kind: str, message: str, status: int | None, url: str | None,
@@ -285,7 +190,7 @@ class Fetcher:
         self._pool = urllib3.PoolManager(num_pools=max(64, 4 * config.threads), maxsize=config.threads,
                                          block=False, retries=False, ca_certs=certifi.where())
         if not config.allow_private:
-            self._pool.pool_classes_by_scheme = _GUARDED_POOLS
+            self._pool.pool_classes_by_scheme = GUARDED_POOLS
         self._executor: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
 

@@ -1,0 +1,108 @@
+"""The SSRF guard and DNS lookups with a timeout, for :mod:`vlcurate.download.fetch`.
+
+urllib3 connection pools whose connect step (``_new_conn``) resolves a host once,
+refuses it if any answer is not a public address, connects to the very addresses it
+vetted (a second, rebinding DNS answer is never consulted) and checks the peer it
+reached. It runs for every new connection, every redirect hop included.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from concurrent.futures import ThreadPoolExecutor
+
+from urllib3 import exceptions as ux
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.util.connection import allowed_gai_family
+from urllib3.util.timeout import _DEFAULT_TIMEOUT
+
+
+class BlockedAddressError(Exception):
+    """The destination is not a public address. Deliberately not an OSError so
+    urllib3 lets it through unwrapped instead of turning it into a ProtocolError."""
+
+    def __init__(self, host: str, address: str) -> None:
+        super().__init__(f"{host} resolves to non-public address {address}")
+
+
+def is_public_address(address: str) -> bool:
+    """True if `address` (an IP literal, optionally with a %scope) is globally routable."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 is loopback in disguise
+    return ip.is_global and not (ip.is_private or ip.is_loopback or ip.is_link_local
+                                 or ip.is_multicast or ip.is_reserved or ip.is_unspecified)
+
+
+# getaddrinfo has no timeout of its own (the system resolver may wait 5 s per try and
+# server); lookups run here so a connection can give up on one after its connect
+# timeout. A lookup given up on finishes in the background and is discarded.
+_RESOLVER = ThreadPoolExecutor(64, thread_name_prefix="vlcurate-dns")
+
+
+def resolve(host: str, port: int, timeout: float | None) -> list:
+    """``socket.getaddrinfo`` for a TCP connection, giving up (``TimeoutError``) after
+    ``timeout`` seconds (None: wait as long as the system resolver does)."""
+    if timeout is None:
+        return socket.getaddrinfo(host, port, allowed_gai_family(), socket.SOCK_STREAM)
+    lookup = _RESOLVER.submit(socket.getaddrinfo, host, port, allowed_gai_family(), socket.SOCK_STREAM)
+    try:
+        return lookup.result(timeout)
+    except TimeoutError:
+        lookup.cancel()  # if it never started (every resolver thread stuck), it never will
+        raise TimeoutError(f"DNS lookup of {host} timed out after {timeout:g} s") from None
+
+
+class _GuardedConnectionMixin:
+    """Replaces urllib3's connect: resolve once, refuse if ANY answer is non-public,
+    connect to the vetted addresses only, then check the peer actually reached.
+    (host, port, timeout, socket_options come from urllib3's HTTPConnection.)"""
+
+    def _new_conn(self) -> socket.socket:  # type: ignore[misc]
+        host = str(getattr(self, "_dns_host", self.host)).strip("[]")
+        try:
+            infos = resolve(host, self.port, None if self.timeout is _DEFAULT_TIMEOUT else self.timeout)  # type: ignore[arg-type]
+        except socket.gaierror as e:
+            raise ux.NameResolutionError(self.host, self, e) from e  # type: ignore[arg-type]
+        except TimeoutError as e:
+            raise ux.ConnectTimeoutError(self, str(e)) from e
+        for info in infos:
+            if not is_public_address(str(info[4][0])):
+                raise BlockedAddressError(host, str(info[4][0]))
+        last_error: Exception | None = None
+        for family, socktype, proto, _, sockaddr in infos:
+            sock = socket.socket(family, socktype, proto)
+            try:
+                for opt in self.socket_options or ():
+                    sock.setsockopt(*opt)
+                if self.timeout is not _DEFAULT_TIMEOUT:
+                    sock.settimeout(self.timeout)  # type: ignore[arg-type]
+                sock.connect(sockaddr)
+                peer = str(sock.getpeername()[0])
+            except OSError as e:  # socket.timeout is TimeoutError, an OSError, on 3.10+
+                sock.close()
+                last_error = (ux.ConnectTimeoutError(self, f"connect to {host} timed out")
+                              if isinstance(e, TimeoutError)
+                              else ux.NewConnectionError(self, f"connect to {host} failed: {e}"))  # type: ignore[arg-type]
+                continue
+            if not is_public_address(peer):  # belt and braces: what we actually reached
+                sock.close()
+                raise BlockedAddressError(host, peer)
+            return sock
+        raise last_error or ux.NewConnectionError(self, f"{host}: no address")  # type: ignore[arg-type]
+
+
+class _GuardedHTTPConnection(_GuardedConnectionMixin, HTTPConnection):
+    pass
+
+
+class _GuardedHTTPSConnection(_GuardedConnectionMixin, HTTPSConnection):
+    pass  # TLS still verifies the certificate and sends SNI for self.host
+
+
+GUARDED_POOLS = {
+    "http": type("_GuardedHTTPConnectionPool", (HTTPConnectionPool,), {"ConnectionCls": _GuardedHTTPConnection}),
+    "https": type("_GuardedHTTPSConnectionPool", (HTTPSConnectionPool,), {"ConnectionCls": _GuardedHTTPSConnection}),
+}
