@@ -28,7 +28,8 @@ from typing import Any
 
 import yaml
 
-from vlcurate.download.readers import InputSpec
+from vlcurate.io.inputs import InputSpec
+from vlcurate.io import storage
 from vlcurate.pipelines.stage import stage_class
 from vlcurate.typed import ConfigError, convert, from_dict, local_path, relative_to, to_dict
 
@@ -49,8 +50,8 @@ class OutputSpec:
                 raise ValueError(f"{what} {value!r} must be letters, digits, '_', '-', '.'")
 
     @property
-    def version_dir(self) -> Path:
-        return Path(self.root) / self.name / self.version
+    def version_dir(self) -> str:
+        return storage.join(self.root, self.name, self.version)
 
 
 @dataclass(frozen=True)

@@ -1,57 +1,81 @@
 """``vlcurate validate``: re-check a whole version against its manifest.
 
-Checks every listed file (present, size, sha256, row count), files present but not
-listed, each Parquet file against its record schema, each tar for readability, that
-each samples tar holds exactly the parquet's ``ok`` keys, that sidecars only name
-keys of their shard, and that the stats files add up to the manifest's counts.
-Every problem names the file it is about.
+Checks every listed file (present, size, sha256 first, so a changed file is reported
+even when it still parses; then row count and, for Parquet, its record schema),
+files present but not listed, that each samples tar holds exactly the parquet's
+``ok`` keys and the files a sample needs, that sidecars only name keys of their
+shard, and that the stats markers add up to the manifest's counts. Every problem
+names the file it is about; damage of any kind is a listed problem, never a crash,
+and the checks carry on to the end.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tarfile
-from pathlib import Path
+from typing import Callable, TypeVar
 
-import pyarrow.parquet as pq
+import pyarrow as pa
 
-from vlcurate.io.atomic import sha256_file
+from vlcurate.io import storage
+from vlcurate.io.parquet import parquet_rows, read_parquet, read_parquet_schema
 from vlcurate.io.tar import tar_keys
 from vlcurate.schemas import get_schema, validate
-from vlcurate.versions import data_files, file_rows, load_manifest
+from vlcurate.versions import MANIFEST, data_files, load_manifest
 
 # Files a sample needs in its tar; features may add more.
 TAR_REQUIRED = ("jpg", "txt", "json")
+T = TypeVar("T")
 
 
-def _check_file(version_dir: Path, entry: dict) -> list[str]:
+class Unreadable(Exception):
+    """A file could not be read or parsed; the message says why."""
+
+
+def _read(rel: str, what: Callable[[], T]) -> T:
+    """``what()``, with any failure to read or parse the file turned into Unreadable.
+    Damaged files raise all kinds of errors from the libraries that parse them
+    (ArrowInvalid, OSError from thrift, TarError, EOFError, UnicodeDecodeError,
+    KeyError from a missing column...), so this is the one place that catches them."""
+    try:
+        return what()
+    except Exception as e:  # noqa: BLE001 - every parse failure is a finding about this file
+        raise Unreadable(f"{rel}: unreadable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no detail'})") from None
+
+
+def _file_rows(loc: str) -> int | None:
+    """Rows a data file holds: Parquet rows, tar samples; None for other files."""
+    if loc.endswith(".parquet"):
+        return parquet_rows(loc)
+    if loc.endswith(".tar"):
+        return len(tar_keys(loc))
+    return None
+
+
+def _check_file(version_dir: str, entry: dict) -> list[str]:
     rel = entry["path"]
-    path = version_dir / rel
-    if not path.is_file():
+    loc = storage.join(version_dir, rel)
+    if not storage.exists(loc):
         return [f"{rel}: missing"]
     problems = []
-    size = path.stat().st_size
-    if size != entry["bytes"]:
-        problems.append(f"{rel}: {size} bytes, manifest says {entry['bytes']}")
-    if sha256_file(path) != entry["sha256"]:
+    size = storage.size(loc)
+    if size != entry.get("bytes"):
+        problems.append(f"{rel}: {size} bytes, manifest says {entry.get('bytes')}")
+    if storage.sha256(loc) != entry.get("sha256"):
         problems.append(f"{rel}: sha256 differs from the manifest")
     try:
-        rows = file_rows(path)
-    except (tarfile.TarError, EOFError, OSError, ValueError) as e:
-        return problems + [f"{rel}: unreadable ({type(e).__name__}: {e})"]
-    if rows != entry.get("rows"):
-        problems.append(f"{rel}: {rows} rows, manifest says {entry.get('rows')}")
-    if path.suffix == ".parquet":
-        problems += _check_parquet(path, rel)
+        rows = _read(rel, lambda: _file_rows(loc))
+        if rows != entry.get("rows"):
+            problems.append(f"{rel}: {rows} rows, manifest says {entry.get('rows')}")
+        if rel.endswith(".parquet"):
+            problems += _check_parquet(loc, rel)
+    except Unreadable as e:
+        problems.append(str(e))
     return problems
 
 
-def _check_parquet(path: Path, rel: str) -> list[str]:
-    try:
-        table = pq.read_table(path)
-    except (OSError, ValueError) as e:
-        return [f"{rel}: unreadable parquet ({e})"]
+def _check_parquet(loc: str, rel: str) -> list[str]:
+    table = _read(rel, lambda: read_parquet(loc))
     kind = (table.schema.metadata or {}).get(b"vlcurate.record")
     if kind is None:
         return [f"{rel}: no vlcurate record kind in its schema metadata"]
@@ -62,82 +86,96 @@ def _check_parquet(path: Path, rel: str) -> list[str]:
     return [f"{rel}: {p}" for p in validate(table, kind.decode(), raise_error=False)]
 
 
-def _ok_keys(path: Path) -> set[str] | None:
+def _keys(loc: str, rel: str, columns: list[str]) -> pa.Table:
+    return _read(rel, lambda: read_parquet(loc, columns=columns))
+
+
+def _check_shard(version_dir: str, rel: str, listed: set[str]) -> list[str]:
+    """One samples parquet against its tar and its shard's sidecars."""
+    loc = storage.join(version_dir, rel)
     try:
-        t = pq.read_table(path, columns=["key", "status"])
-    except (OSError, ValueError, KeyError):
-        return None
-    return {k for k, s in zip(t.column("key").to_pylist(), t.column("status").to_pylist()) if s == "ok"}
-
-
-def _check_shards(version_dir: Path, listed: set[str]) -> list[str]:
+        if not storage.exists(loc):
+            return []  # reported as missing already
+        table = _keys(loc, rel, ["key", "status"])
+    except Unreadable:
+        return []  # reported by the file check
+    ok = {k for k, s in zip(table.column("key").to_pylist(), table.column("status").to_pylist()) if s == "ok"}
     problems = []
-    for rel in sorted(listed):
-        if not (rel.startswith("samples/") and rel.endswith(".parquet")):
-            continue
-        tar_rel = rel[: -len(".parquet")] + ".tar"
-        ok = _ok_keys(version_dir / rel)
-        if ok is None or not (version_dir / rel).is_file():
-            continue
-        if tar_rel not in listed or not (version_dir / tar_rel).is_file():
-            problems.append(f"{tar_rel}: missing for {rel}")
-            continue
+    tar_rel = rel[: -len(".parquet")] + ".tar"
+    if tar_rel not in listed:
+        problems.append(f"{tar_rel}: not in the manifest, though {rel} lists {len(ok)} ok samples")
+    elif storage.exists(storage.join(version_dir, tar_rel)):
         try:
-            keys = tar_keys(version_dir / tar_rel)
-        except (tarfile.TarError, EOFError, OSError) as e:
-            problems.append(f"{tar_rel}: unreadable ({type(e).__name__}: {e})")
-            continue
-        if set(keys) != ok:
-            only_tar, only_pq = sorted(set(keys) - ok), sorted(ok - set(keys))
-            problems.append(f"{tar_rel}: keys disagree with {rel} (only in tar: {only_tar[:3]}, only ok in parquet: {only_pq[:3]})")
-        for key, exts in keys.items():
-            missing = [e for e in TAR_REQUIRED if e not in exts]
-            if missing:
-                problems.append(f"{tar_rel}: sample {key} lacks {', '.join(missing)}")
-                break
-        shard = Path(rel).stem
-        for side in sorted(listed):
-            p = Path(side)
-            if p.stem == shard and p.suffix == ".parquet" and p.parent.name not in ("samples", "stats"):
-                problems += _check_sidecar(version_dir, side, set(pq.read_table(version_dir / rel, columns=["key"]).column("key").to_pylist()))
+            keys = _read(tar_rel, lambda: tar_keys(storage.join(version_dir, tar_rel)))
+        except Unreadable:
+            keys = None  # reported by the file check
+        if keys is not None:
+            if set(keys) != ok:
+                only_tar, only_pq = sorted(set(keys) - ok), sorted(ok - set(keys))
+                problems.append(f"{tar_rel}: keys disagree with {rel} "
+                                f"(only in tar: {only_tar[:3]}, only ok in parquet: {only_pq[:3]})")
+            for key, exts in keys.items():
+                missing = [e for e in TAR_REQUIRED if e not in exts]
+                if missing:
+                    problems.append(f"{tar_rel}: sample {key} lacks {', '.join(missing)}")
+                    break
+    shard_keys = set(table.column("key").to_pylist())
+    shard = rel.rsplit("/", 1)[-1]
+    for side in sorted(listed):
+        top, _, name = side.partition("/")
+        if name == shard and top not in ("samples", "stats"):
+            problems += _check_sidecar(version_dir, side, shard_keys)
     return problems
 
 
-def _check_sidecar(version_dir: Path, rel: str, shard_keys: set[str]) -> list[str]:
-    path = version_dir / rel
-    if not path.is_file() or "key" not in pq.read_schema(path).names:
-        return []
-    keys = set(pq.read_table(path, columns=["key"]).column("key").to_pylist())
+def _check_sidecar(version_dir: str, rel: str, shard_keys: set[str]) -> list[str]:
+    loc = storage.join(version_dir, rel)
+    try:
+        if not storage.exists(loc) or "key" not in _read(rel, lambda: read_parquet_schema(loc)).names:
+            return []
+        keys = set(_keys(loc, rel, ["key"]).column("key").to_pylist())
+    except Unreadable:
+        return []  # reported by the file check
     stray = sorted(keys - shard_keys)
     return [f"{rel}: keys not in the shard's samples: {stray[:3]}"] if stray else []
 
 
-def _check_counts(version_dir: Path, manifest: dict) -> list[str]:
+def _check_counts(version_dir: str, manifest: dict, present: list[str]) -> list[str]:
     problems = []
-    for stage in manifest["stages"]:
+    for stage in manifest.get("stages", []):
         total: dict[str, int] = {}
-        for f in (version_dir / "stats").glob(f"{stage['name']}-*.json"):
+        for rel in present:
+            if not (rel.startswith(f"stats/{stage['name']}-") and rel.endswith(".json")):
+                continue
             try:
-                for k, v in json.loads(f.read_text())["counts"].items():
-                    total[k] = total.get(k, 0) + v
-            except (ValueError, KeyError):
-                problems.append(f"stats/{f.name}: not a valid stats file")
-        if dict(sorted(total.items())) != stage["counts"]:
-            problems.append(f"manifest.json: stage {stage['name']} counts differ from its stats files")
+                counts = _read(rel, lambda: json.loads(storage.read_bytes(storage.join(version_dir, rel)))["counts"])
+                for k, v in counts.items():
+                    total[k] = total.get(k, 0) + int(v)
+            except (Unreadable, AttributeError, TypeError, ValueError):
+                problems.append(f"{rel}: not a valid stats file")
+        if dict(sorted(total.items())) != stage.get("counts"):
+            problems.append(f"{MANIFEST}: stage {stage['name']} counts differ from its stats files")
     return problems
 
 
 def validate_version(version_dir: str | os.PathLike) -> list[str]:
     """Every problem found in a version (empty list: valid). Raises UserError if there is no manifest."""
-    version_dir = Path(version_dir)
+    version_dir = os.fspath(version_dir)
     manifest = load_manifest(version_dir)
     problems: list[str] = []
-    listed = {f["path"] for f in manifest["files"]}
-    for entry in manifest["files"]:
+    try:
+        entries = [f for f in manifest["files"] if isinstance(f, dict) and isinstance(f.get("path"), str)]
+        if len(entries) != len(manifest["files"]):
+            problems.append(f"{MANIFEST}: {len(manifest['files']) - len(entries)} file entries without a path")
+    except (KeyError, TypeError):
+        return [f"{MANIFEST}: no list of files"]
+    listed = {f["path"] for f in entries}
+    for entry in entries:
         problems += _check_file(version_dir, entry)
-    for rel in data_files(version_dir):
-        if rel.as_posix() not in listed:
-            problems.append(f"{rel.as_posix()}: present but not in the manifest")
-    problems += _check_shards(version_dir, listed)
-    problems += _check_counts(version_dir, manifest)
-    return problems
+    present = data_files(version_dir)
+    problems += [f"{rel}: present but not in the manifest" for rel in present if rel not in listed]
+    for rel in sorted(listed):
+        if rel.startswith("samples/") and rel.endswith(".parquet"):
+            problems += _check_shard(version_dir, rel, listed)
+    problems += _check_counts(version_dir, manifest, present)
+    return list(dict.fromkeys(problems))  # one line per problem, in the order found

@@ -2,16 +2,20 @@
 
 A manifest records the resolved recipe and its hash, the parent version, the code and
 schema versions, the input files' checksums, each stage's summed counts and model
-provenance, and every file of the version with its sha256, size and row count.
-Once written, a version is immutable: its files are made read-only.
+provenance, and every file of the version with its sha256, size and row count. It is
+assembled from the shard stats markers (each records the files it vouches for, as
+their writers computed them), never by reading data files back; ``vlcurate validate``
+re-reads everything on demand. A version is complete exactly when its manifest
+exists; once written, a version is immutable (its files are made read-only where
+the storage can).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
-import stat
 import subprocess
 from dataclasses import asdict
 from pathlib import Path
@@ -19,9 +23,8 @@ from typing import Any
 
 from vlcurate import __version__
 from vlcurate.errors import UserError
-from vlcurate.io.atomic import is_tmp, sha256_file, write_bytes_atomic
-from vlcurate.io.parquet import parquet_rows, record_kind
-from vlcurate.io.tar import tar_keys
+from vlcurate.io import storage
+from vlcurate.io.stats import FileRecord, ShardStats, decode_stats
 from vlcurate.schemas import SCHEMA_VERSION
 
 MANIFEST = "manifest.json"
@@ -43,44 +46,12 @@ def code_version() -> str:
         return __version__
 
 
-def file_rows(path: Path) -> int | None:
-    """Rows a data file holds: Parquet rows, tar samples; None for other files."""
-    if path.suffix == ".parquet":
-        return parquet_rows(path)
-    if path.suffix == ".tar":
-        return len(tar_keys(path))
-    return None
+def data_files(version_dir: str | os.PathLike) -> list[str]:
+    """Every file of a version except the manifest itself, sorted, relative ('/'-separated)."""
+    return [f.path for f in storage.list_files(version_dir) if f.path != MANIFEST]
 
 
-def file_kind(path: Path) -> str:
-    if path.suffix == ".parquet":
-        return record_kind(path) or "parquet"
-    if path.suffix == ".tar":
-        return "webdataset"
-    if path.parent.name == "stats" and path.suffix == ".json":
-        return "shard_stats"
-    return path.suffix.lstrip(".") or "file"
-
-
-def data_files(version_dir: Path) -> list[Path]:
-    """Every file of a version except the manifest itself, sorted, relative."""
-    files = []
-    for dirpath, _, names in os.walk(version_dir):
-        for name in names:
-            p = Path(dirpath, name)
-            if p.name == MANIFEST and p.parent == version_dir:
-                continue
-            files.append(p.relative_to(version_dir))
-    return sorted(files)
-
-
-def describe_file(version_dir: Path, rel: Path) -> dict[str, Any]:
-    path = version_dir / rel
-    return {"path": rel.as_posix(), "kind": file_kind(path), "sha256": sha256_file(path),
-            "bytes": path.stat().st_size, "rows": file_rows(path)}
-
-
-def _sum_counts(stats: list) -> dict[str, int]:
+def _sum_counts(stats: list[ShardStats]) -> dict[str, int]:
     total: dict[str, int] = {}
     for s in stats:
         for k, v in s.counts.items():
@@ -88,11 +59,36 @@ def _sum_counts(stats: list) -> dict[str, int]:
     return dict(sorted(total.items()))
 
 
-def write_manifest(version_dir: Path, recipe, inputs: list[dict], stats: dict[str, list], infos: dict) -> dict:
-    """Write ``manifest.json`` for a finished build and make the version read-only."""
-    leftovers = [p for p in data_files(version_dir) if is_tmp(p)]
-    if leftovers:
-        raise RuntimeError(f"{version_dir}: temporary files left by a stage: {leftovers[:3]}")
+def read_markers(version_dir: str, stages: list[str], num_shards: int) -> tuple[dict[str, list[ShardStats]], list[FileRecord]]:
+    """Every stage's shard stats markers, and the record of every file they vouch for
+    (the markers themselves included), sorted by path. Reads only the markers."""
+    stats: dict[str, list[ShardStats]] = {}
+    records: list[FileRecord] = []
+    for name in stages:
+        stats[name] = []
+        for shard in range(num_shards):
+            rel = f"stats/{name}-{shard:05d}.json"
+            data = storage.read_bytes(storage.join(version_dir, rel))
+            marker = decode_stats(data, rel)
+            stats[name].append(marker)
+            records += marker.files
+            records.append(FileRecord(rel, "shard_stats", hashlib.sha256(data).hexdigest(), len(data)))
+    return stats, sorted(records, key=lambda r: r.path)
+
+
+def write_manifest(version_dir: str, recipe, inputs: list[dict], stats: dict[str, list[ShardStats]],
+                   records: list[FileRecord], infos: dict) -> dict:
+    """Write ``manifest.json`` for a finished build from its markers' records, and make
+    the version read-only. Lists the version's files (no reads) to refuse a file that
+    no marker vouches for, or a temporary file a stage left behind."""
+    listed = {r.path for r in records}
+    present = data_files(version_dir)
+    stray = [p for p in present if p not in listed]
+    if stray:
+        raise RuntimeError(f"{version_dir}: files no stage recorded (or temporary files left): {stray[:3]}")
+    missing = sorted(listed - set(present))
+    if missing:
+        raise RuntimeError(f"{version_dir}: files recorded by a stage but absent: {missing[:3]}")
     manifest = {
         "format": FORMAT,
         "name": recipe.output.name,
@@ -110,41 +106,50 @@ def write_manifest(version_dir: Path, recipe, inputs: list[dict], stats: dict[st
             for name, shard_stats in stats.items()
         ],
         "random_weights": any((info.weights or {}).get("random") for info in infos.values()),
-        "files": [describe_file(version_dir, rel) for rel in data_files(version_dir)],
+        "files": [asdict(r) for r in records],
     }
-    write_bytes_atomic(version_dir / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
-    for rel in data_files(version_dir) + [Path(MANIFEST)]:
-        p = version_dir / rel
-        p.chmod(p.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+    for rel in present:
+        storage.make_read_only(storage.join(version_dir, rel))
+    storage.write_bytes(storage.join(version_dir, MANIFEST), (json.dumps(manifest, indent=1) + "\n").encode())
+    storage.make_read_only(storage.join(version_dir, MANIFEST))
     return manifest
 
 
 def load_manifest(version_dir: str | os.PathLike) -> dict:
-    path = Path(version_dir) / MANIFEST
-    if not path.is_file():
-        raise UserError(f"version {version_dir}: no {MANIFEST} (not a version directory)")
+    path = storage.join(version_dir, MANIFEST)
+    if not storage.exists(path):
+        raise UserError(f"version {os.fspath(version_dir)}: no {MANIFEST} (not a version directory)")
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(storage.read_bytes(path))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"version {version_dir}: {MANIFEST} is not valid JSON ({e})") from None
+        raise UserError(f"version {os.fspath(version_dir)}: {MANIFEST} is not valid JSON ({e})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise UserError(f"version {version_dir}: {MANIFEST} is not a {FORMAT} manifest")
+        raise UserError(f"version {os.fspath(version_dir)}: {MANIFEST} is not a {FORMAT} manifest")
     return manifest
+
+
+def manifest_files(manifest: dict, directory: str, suffix: str = "") -> list[str]:
+    """Relative paths of the manifest's files in ``directory`` ending in ``suffix``, sorted."""
+    return sorted(f["path"] for f in manifest["files"]
+                  if f["path"].startswith(directory.rstrip("/") + "/") and f["path"].endswith(suffix))
 
 
 def list_versions(root: str | os.PathLike) -> list[dict[str, Any]]:
     """Every committed version under ``root`` (``ROOT/NAME/VERSION``), sorted by name/version."""
-    root = Path(root)
-    if not root.is_dir():
-        raise UserError(f"root {root}: no such directory")
+    if not storage.is_dir(root):
+        raise UserError(f"root {os.fspath(root)}: no such directory")
     rows = []
-    for manifest_path in sorted(root.glob(f"*/*/{MANIFEST}")):
-        m = load_manifest(manifest_path.parent)
+    for f in storage.list_files(root):
+        parts = f.path.split("/")
+        if len(parts) != 3 or parts[2] != MANIFEST:
+            continue
+        version_dir = storage.join(root, parts[0], parts[1])
+        m = load_manifest(version_dir)
         rows.append({
             "name": m["name"], "version": m["version"], "created_at": m["created_at"],
             "samples": _kept(m), "files": len(m["files"]),
             "bytes": sum(f["bytes"] for f in m["files"]), "parent": m.get("parent"),
-            "path": str(manifest_path.parent),
+            "path": version_dir,
         })
     return rows
 

@@ -35,7 +35,7 @@ def test_a_download_shard_does_not_import_torch(tmp_path):
         "from vlcurate.pipelines.stage import Layout, stage_class\n"
         "DownloadStage = stage_class('download')  # loads every built-in stage, as a worker does\n"
         "layout = Layout(Path(sys.argv[1]))\n"
-        "layout.input_shard(0).parent.mkdir(parents=True)\n"
+        "Path(layout.input_shard(0)).parent.mkdir(parents=True)\n"
         "pq.write_table(pa.table({'url': ['', 'ftp://x/y.jpg'], 'caption': ['a', 'b']}), layout.input_shard(0))\n"
         "stats = DownloadStage(DownloadConfig(), layout).run_shard(0)\n"
         "print(stats.counts['failed.invalid_url'], 'torch' in sys.modules, 'webdataset' in sys.modules)\n"

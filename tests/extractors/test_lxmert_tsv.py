@@ -15,8 +15,9 @@ import pytest
 
 from vlcurate.cli import main
 from vlcurate.extractors.lxmert_tsv import FIELDNAMES, export_lxmert_tsv, lxmert_rows, read_lxmert_tsv
-from vlcurate.filters.base import alive_samples
+from vlcurate.pipelines.samples import alive_samples
 from vlcurate.pipelines.stage import Layout
+from vlcurate.versions import load_manifest
 from vlcurate.schemas.regions import region_schema
 
 from tests.extractors.test_region_stage import _rewrite, writable_copy
@@ -35,7 +36,7 @@ def stored(version, shards=(0, 1)) -> dict[str, dict]:
 def test_the_tsv_of_a_demo_build_round_trips(region_version, tmp_path):
     out = tmp_path / "feats.tsv"
     result = export_lxmert_tsv(region_version, out)
-    layout = Layout(region_version)
+    layout = Layout.for_stages(region_version, [s["name"] for s in load_manifest(region_version)["stages"]])
     kept = [k for s in (0, 1) for k in alive_samples(layout, s, ["key"]).column("key").to_pylist()]
     regions = stored(region_version)
     expected = [k for k in regions if k in set(kept)]  # sidecar order, filters' survivors only

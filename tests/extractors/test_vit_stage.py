@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from pathlib import Path
 import torch
 from PIL import Image
 
@@ -17,7 +18,7 @@ from vlcurate.extractors.encoding import decode_image
 from vlcurate.extractors.vit_stage import VitFeaturesConfig, VitFeatureStage, load_clip
 from vlcurate.io.parquet import write_parquet
 from vlcurate.io.tar import TarSample, write_tar
-from vlcurate.pipelines.stage import Layout
+from vlcurate.pipelines.stage import Layout, StageEntry
 from vlcurate.schemas import get_schema, validate
 from vlcurate.schemas.features import feature_arrays, stacked_features, tensor_array
 from vlcurate.typed import ConfigError, from_dict
@@ -40,7 +41,7 @@ def jpeg(seed: int, size: tuple[int, int] = (80, 60), color: tuple[int, int, int
 def make_image_shard(layout: Layout, images: list[bytes | None], captions: list[str] | None = None,
                      shard: int = 0, dropped: tuple[int, ...] = ()) -> list[str]:
     """A samples parquet (every row ok) + tar; ``None`` = ok row with no image in the
-    tar; ``dropped`` rows get a drop decision from a fake earlier filter. Returns keys."""
+    tar; a fake earlier filter decides on every row and drops the ``dropped`` ones. Returns keys."""
     keys = [f"{shard:05d}_{i:06d}" for i in range(len(images))]
     captions = captions or [f"a picture number {i}" for i in range(len(images))]
     rows = [{"key": k, "url": f"http://h/{k}.jpg", "caption": c, "status": "ok", "error_kind": None,
@@ -50,13 +51,16 @@ def make_image_shard(layout: Layout, images: list[bytes | None], captions: list[
                   layout.samples_parquet(shard), "sample")
     write_tar(layout.samples_tar(shard), [TarSample(k, {"jpg": data, "txt": c.encode(), "json": b"{}"})
                                           for k, c, data in zip(keys, captions, images) if data is not None])
-    if dropped:
-        decisions = pa.table({"key": [keys[i] for i in dropped], "stage": ["fake"] * len(dropped),
-                              "keep": [False] * len(dropped), "reason": ["fake"] * len(dropped),
-                              "score": pa.nulls(len(dropped), pa.float64()),
-                              "detail": pa.nulls(len(dropped), pa.string())})
-        write_parquet(decisions, layout.sidecar("fake", shard), "decision")
+    n = len(keys)  # the fake filter saw every sample, as a real one does
+    decisions = pa.table({"key": keys, "stage": ["fake"] * n, "keep": [i not in dropped for i in range(n)],
+                          "reason": pa.array([("fake" if i in dropped else None) for i in range(n)], pa.string()),
+                          "score": pa.nulls(n, pa.float64()), "detail": pa.nulls(n, pa.string())})
+    write_parquet(decisions, layout.sidecar("fake", shard), "decision")
     return keys
+
+
+# a fake earlier filter (make_image_shard's drops), then the stage under test
+STAGES = (StageEntry("fake", "decision"), StageEntry("vit_features", "vit_features"))
 
 
 def vit_stage(layout: Layout, **cfg) -> VitFeatureStage:
@@ -73,7 +77,7 @@ def read_tokens(path) -> tuple[pa.Table, np.ndarray, np.ndarray]:
 
 
 def test_sidecar_has_one_row_per_alive_sample_and_equals_direct_encoding(tmp_path):
-    layout = Layout(tmp_path)
+    layout = Layout(tmp_path, STAGES)
     images = [jpeg(i, (60 + 10 * i, 50)) for i in range(7)]
     keys = make_image_shard(layout, images, dropped=(2,))
     stage = vit_stage(layout)
@@ -97,7 +101,7 @@ def test_sidecar_has_one_row_per_alive_sample_and_equals_direct_encoding(tmp_pat
 
 
 def test_per_sample_failures_are_rows_and_never_fail_the_shard(tmp_path, monkeypatch):
-    layout = Layout(tmp_path)
+    layout = Layout(tmp_path, STAGES)
     black = jpeg(0, color=(0, 0, 0))
     images = [jpeg(1), CORRUPT, jpeg(2), black, None, jpeg(3)]
     keys = make_image_shard(layout, images)
@@ -128,7 +132,7 @@ def test_per_sample_failures_are_rows_and_never_fail_the_shard(tmp_path, monkeyp
 
 
 def test_fp32_storage_info_without_loading_and_config_errors(tmp_path):
-    layout = Layout(tmp_path)
+    layout = Layout(tmp_path, STAGES)
     make_image_shard(layout, [jpeg(1), jpeg(2)])
     stage = vit_stage(layout, storage="fp32", include_cls=False)
     info = stage.info()
@@ -146,7 +150,7 @@ def test_fp32_storage_info_without_loading_and_config_errors(tmp_path):
 
 
 def test_a_shard_with_no_alive_samples_gets_an_empty_valid_sidecar(tmp_path):
-    layout = Layout(tmp_path)
+    layout = Layout(tmp_path, STAGES)
     make_image_shard(layout, [jpeg(1), jpeg(2)], dropped=(0, 1))
     assert vit_stage(layout).run_shard(0).rows == 0
     table = pq.read_table(layout.sidecar("vit_features", 0))
@@ -157,13 +161,13 @@ def test_same_bytes_whatever_decodes_the_images(tmp_path, monkeypatch, caplog):
     images = [jpeg(i) for i in range(5)] + [CORRUPT] + [jpeg(i) for i in range(5, 9)]
     files = []
     for i, how in enumerate([{"decode_threads": 1}, {"decode_threads": 4}, {"decode_processes": 2}]):
-        layout = Layout(tmp_path / str(i))
+        layout = Layout(tmp_path / str(i), STAGES)
         make_image_shard(layout, images)
         stage = vit_stage(layout, **how)
         assert stage.run_shard(0).counts == {"ok": 9, "failed.decode_error": 1}
-        files.append(layout.sidecar("vit_features", 0).read_bytes())
+        files.append(Path(layout.sidecar("vit_features", 0)).read_bytes())
     assert files[0] == files[1] == files[2]
-    daemon = Layout(tmp_path / "daemon")  # a daemonic process (a Dask worker) cannot have children
+    daemon = Layout(tmp_path / "daemon", STAGES)  # a daemonic process (a Dask worker) cannot have children
     make_image_shard(daemon, images)
     import multiprocessing
 
@@ -181,14 +185,14 @@ def test_same_bytes_whatever_decodes_the_images(tmp_path, monkeypatch, caplog):
         vit_stage(daemon, decode_processes=2).run_shard(0)  # falls back to threads
     assert "decode_processes=2 ignored" in caplog.text
     monkeypatch.undo()
-    assert daemon.sidecar("vit_features", 0).read_bytes() == files[0]
+    assert Path(daemon.sidecar("vit_features", 0)).read_bytes() == files[0]
     auto = vit_stage(layout)
     auto.setup()
     assert stage.decode_processes() == 2 and auto.decode_processes() == 0  # auto on a CPU: threads
 
 
 def test_split_transform_equals_the_models_preprocess(tmp_path):
-    stage = vit_stage(Layout(tmp_path))
+    stage = vit_stage(Layout(tmp_path, STAGES))
     stage.setup()
     images = [decode_image(jpeg(i, (90 - 20 * i, 50 + 30 * i))) for i in range(3)]
     assert stage.input.split  # open_clip's eval transform: PIL steps, ToTensor, Normalize
@@ -198,7 +202,7 @@ def test_split_transform_equals_the_models_preprocess(tmp_path):
 
 
 def test_model_is_loaded_once_per_process(tmp_path):
-    a, b = vit_stage(Layout(tmp_path)), vit_stage(Layout(tmp_path / "other"))
+    a, b = vit_stage(Layout(tmp_path, STAGES)), vit_stage(Layout(tmp_path / "other", STAGES))
     a.setup()
     b.setup()
     assert a.clip is b.clip is load_clip(a.config.clip_config())
@@ -213,7 +217,7 @@ def with_row_changed(table: pa.Table, column: str, row: int, change) -> pa.Table
 
 
 def test_schema_row_checks_catch_wrong_lengths_and_misplaced_features(tmp_path):
-    layout = Layout(tmp_path)
+    layout = Layout(tmp_path, STAGES)
     make_image_shard(layout, [jpeg(1), CORRUPT, jpeg(2)])
     vit_stage(layout).run_shard(0)
     table = pq.read_table(layout.sidecar("vit_features", 0))
@@ -259,7 +263,7 @@ def test_cuda_stage_matches_cpu_and_clip_score_reuses_on_cuda(tmp_path):
     images = [jpeg(i) for i in range(5)] + [CORRUPT]
     tables = {}
     for device in ("cpu", "cuda"):
-        layout = Layout(tmp_path / device)
+        layout = Layout(tmp_path / device, STAGES)
         make_image_shard(layout, images)
         stage = vit_stage(layout, device=device)
         assert stage.run_shard(0).counts == {"ok": 5, "failed.decode_error": 1}
@@ -276,7 +280,7 @@ def test_cuda_stage_matches_cpu_and_clip_score_reuses_on_cuda(tmp_path):
 def test_an_output_side_crash_fails_the_shard_and_leaves_no_sidecar(tmp_path, monkeypatch):
     import vlcurate.extractors.stage as stage_mod
 
-    layout = Layout(tmp_path)
+    layout = Layout(tmp_path, STAGES)
     make_image_shard(layout, [jpeg(i) for i in range(8)])
     stage = vit_stage(layout, batch_size=2)
 
@@ -287,5 +291,5 @@ def test_an_output_side_crash_fails_the_shard_and_leaves_no_sidecar(tmp_path, mo
     monkeypatch.setattr(stage_mod, "tensor_array", full_disk)
     with pytest.raises(OSError, match="No space left"):
         stage.run_shard(0)
-    assert not layout.sidecar("vit_features", 0).parent.exists() or \
-        list(layout.sidecar("vit_features", 0).parent.iterdir()) == []
+    assert not Path(layout.sidecar("vit_features", 0)).parent.exists() or \
+        list(Path(layout.sidecar("vit_features", 0)).parent.iterdir()) == []

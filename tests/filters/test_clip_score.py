@@ -47,9 +47,12 @@ def decisions(layout: Layout) -> dict[str, dict]:
     return {r["key"]: r for r in pq.read_table(layout.sidecar("clip_score", 0)).to_pylist()}
 
 
+STAGES = ["download", "vit_features", "clip_score"]
+
+
 @pytest.fixture
 def shard(tmp_path):
-    layout = Layout(tmp_path)
+    layout = Layout.for_stages(tmp_path, STAGES)
     images = [jpeg(i, (70, 50 + 5 * i)) for i in range(len(CAPTIONS))]
     return layout, images, make_image_shard(layout, images, CAPTIONS)
 
@@ -73,6 +76,7 @@ def test_reuses_stored_embeddings_without_running_the_image_tower(shard):
 
 def test_encodes_when_nothing_is_stored_and_scores_agree_with_reuse(shard, tmp_path):
     layout, images, keys = shard
+    layout = Layout.for_stages(layout.root, ["download", "clip_score"])  # no vit_features stage
     filt = clip_filter(layout)
     filt.setup()
     with TowerCalls(filt.clip) as tower:
@@ -81,7 +85,7 @@ def test_encodes_when_nothing_is_stored_and_scores_agree_with_reuse(shard, tmp_p
     assert stats.counts == {"kept": 4, "dropped.no_caption": 2, "embedding.encoded": 4}
     fresh = decisions(layout)
 
-    other = Layout(tmp_path / "reuse")
+    other = Layout.for_stages(tmp_path / "reuse", STAGES)
     make_image_shard(other, images, CAPTIONS)
     vit_stage(other).run_shard(0)
     clip_filter(other).run_shard(0)
@@ -92,7 +96,7 @@ def test_encodes_when_nothing_is_stored_and_scores_agree_with_reuse(shard, tmp_p
 
 
 def test_threshold_image_errors_and_a_different_model_is_not_reused(tmp_path):
-    layout = Layout(tmp_path)
+    layout = Layout.for_stages(tmp_path, STAGES)
     images = [jpeg(1), CORRUPT, jpeg(2), jpeg(3), jpeg(4)]
     keys = make_image_shard(layout, images, ["a cat", "a dog", "a car", "a tree", "a boat"])
     vit_stage(layout, seed=1).run_shard(0)  # other random weights: must not be reused

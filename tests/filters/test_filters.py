@@ -4,10 +4,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from vlcurate.filters.base import Decision, alive_samples
+from vlcurate.filters.base import Decision
 from vlcurate.filters.dedup import ExactDedup, ExactDedupConfig
 from vlcurate.filters.text import CaptionFilter, CaptionFilterConfig
+from vlcurate.io import storage
 from vlcurate.io.parquet import write_parquet
+from vlcurate.pipelines.keyed import findings_by_shard
+from vlcurate.pipelines.samples import alive_samples
 from vlcurate.pipelines.stage import Layout
 from vlcurate.schemas import get_schema
 
@@ -24,7 +27,7 @@ def write_shard(layout, shard, rows):
 
 
 def test_caption_filter_then_dedup_funnel(tmp_path):
-    layout = Layout(tmp_path)
+    layout = Layout.for_stages(tmp_path, ["download", "caption_filter", "exact_dedup"])
     write_shard(layout, 0, [("a red square", "h1", "ok"), ("", "h2", "ok"), ("x", "h3", "ok"),
                             ("a blue circle", "h1", "ok"), ("failed row", None, "failed")])
     write_shard(layout, 1, [("a red square again", "h1", "ok"), ("short", "h2", "ok"), ("a cat", "h4", "ok")])
@@ -35,11 +38,11 @@ def test_caption_filter_then_dedup_funnel(tmp_path):
     assert s1.counts == {"kept": 3}
 
     dedup = ExactDedup(ExactDedupConfig(), layout)
-    corpus = dedup.combine([dedup.collect(0), dedup.collect(1)])
+    found = findings_by_shard(dedup, [0, 1])
     # the copy of h1 in shard 0 and the one in shard 1 point at the first; h2 in shard 0 was
     # dropped by the caption filter, so shard 1's h2 is an original
-    assert corpus == {"00000_000003": "00000_000000", "00001_000000": "00000_000000"}
-    d0, d1 = dedup.run_shard(0, corpus), dedup.run_shard(1, corpus)
+    assert found == {0: [("00000_000003", "00000_000000")], 1: [("00001_000000", "00000_000000")]}
+    d0, d1 = dedup.run_shard(0, found[0]), dedup.run_shard(1, found[1])
     assert d0.counts == {"kept": 1, "dropped.duplicate": 1}
     assert d1.counts == {"kept": 2, "dropped.duplicate": 1}
     dropped = pq.read_table(layout.sidecar("exact_dedup", 1)).to_pylist()[0]
@@ -55,14 +58,14 @@ def test_drop_needs_reason():
 def test_a_filter_rerun_after_a_kill_ignores_its_own_earlier_decisions(tmp_path):
     """Killed after writing its decision file but before its stats file, a filter
     runs on the shard again; its new file must be the same, not miss its own drops."""
-    layout = Layout(tmp_path)
+    layout = Layout.for_stages(tmp_path, ["download", "caption_filter", "exact_dedup"])
     write_shard(layout, 0, [("a red square", "h1", "ok"), ("", "h2", "ok"), ("x", "h3", "ok")])
     caption = CaptionFilter(CaptionFilterConfig(min_chars=5), layout)
     first = caption.run_shard(0)
-    before = layout.sidecar("caption_filter", 0).read_bytes()
+    before = storage.read_bytes(layout.sidecar("caption_filter", 0))
     again = caption.run_shard(0)
     assert again.counts == first.counts == {"kept": 1, "dropped.no_caption": 1, "dropped.caption_too_short": 1}
-    assert layout.sidecar("caption_filter", 0).read_bytes() == before
+    assert storage.read_bytes(layout.sidecar("caption_filter", 0)) == before
     dedup = ExactDedup(ExactDedupConfig(), layout)
-    dedup.run_shard(0, {})
-    assert dedup.collect(0).column("key").to_pylist() == ["00000_000000"]
+    dedup.run_shard(0, [])
+    assert [key for _, key in dedup.signatures(0)] == ["00000_000000"]

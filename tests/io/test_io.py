@@ -2,19 +2,21 @@ import pyarrow as pa
 import pytest
 import webdataset as wds
 
+import hashlib
+
 from vlcurate.io import (
-    ShardStats, TarSample, atomic_open, read_parquet, read_stats, read_tar, sha256_file, tar_keys,
+    FileRecord, ShardStats, TarSample, read_parquet, read_stats, read_tar, storage, tar_keys,
     write_parquet, write_stats, write_tar,
 )
 from vlcurate.schemas import SchemaError
 from tests.schemas.test_schemas import sample_table
 
 
-def test_atomic_open_leaves_nothing_on_error(tmp_path):
+def test_open_write_leaves_nothing_on_error(tmp_path):
     target = tmp_path / "a.bin"
     target.write_bytes(b"old")
     with pytest.raises(RuntimeError):
-        with atomic_open(target) as f:
+        with storage.open_write(target) as f:
             f.write(b"partial")
             raise RuntimeError("boom")
     assert target.read_bytes() == b"old"
@@ -23,9 +25,9 @@ def test_atomic_open_leaves_nothing_on_error(tmp_path):
 
 def test_tar_round_trip_is_reproducible_and_webdataset_reads_it(tmp_path):
     samples = [TarSample(f"k{i}", {"jpg": bytes([i]) * 10, "txt": b"cap", "json": b"{}"}) for i in range(3)]
-    assert write_tar(tmp_path / "a.tar", samples) == 3
+    assert write_tar(tmp_path / "a.tar", samples).rows == 3
     write_tar(tmp_path / "b.tar", samples)
-    assert sha256_file(tmp_path / "a.tar") == sha256_file(tmp_path / "b.tar")
+    assert storage.sha256(tmp_path / "a.tar") == storage.sha256(tmp_path / "b.tar")
     assert tar_keys(tmp_path / "a.tar") == {f"k{i}": ["jpg", "json", "txt"] for i in range(3)}
     got = list(wds.WebDataset(str(tmp_path / "a.tar"), shardshuffle=False))
     assert [s["__key__"] for s in got] == ["k0", "k1", "k2"] and got[1]["jpg"] == bytes([1]) * 10
@@ -45,8 +47,21 @@ def test_parquet_validates_before_writing(tmp_path):
     assert not (tmp_path / "bad.parquet").exists()
 
 
+def test_writers_record_what_they_wrote(tmp_path):
+    """The record a writer returns (it goes into the stats marker, and from there into
+    the manifest) equals what reading the file back gives."""
+    samples = [TarSample(f"k{i}", {"jpg": bytes([i]) * 99, "txt": b"cap"}) for i in range(4)]
+    for record, loc in ((write_tar(tmp_path / "a.tar", samples), tmp_path / "a.tar"),
+                        (write_parquet(sample_table(), tmp_path / "s.parquet", "sample"), tmp_path / "s.parquet")):
+        data = loc.read_bytes()
+        assert record.sha256 == hashlib.sha256(data).hexdigest() and record.bytes == len(data)
+    assert write_tar(tmp_path / "a.tar", samples).rows == 4
+    assert write_parquet(sample_table(), tmp_path / "s.parquet", "sample").rows == 2
+
+
 def test_stats_round_trip(tmp_path):
-    s = ShardStats("download", 3, 10, {"ok": 8, "failed": 2})
+    s = ShardStats("download", 3, 10, {"ok": 8, "failed": 2},
+                   [FileRecord("samples/00003.tar", "webdataset", "ab" * 32, 1234, 8)])
     write_stats(s, tmp_path / "s.json")
     assert read_stats(tmp_path / "s.json") == s
     with pytest.raises(SchemaError, match="negative"):

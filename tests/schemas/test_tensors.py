@@ -85,5 +85,5 @@ def test_stream_writer_commits_only_complete_files(tmp_path):
     assert list(other.parent.iterdir()) == []  # no partial file, no temporary left
 
     with ParquetStreamWriter(tmp_path / "e.parquet", "vit_features") as writer:
-        assert writer.commit(empty=good.slice(0, 0)) == 0
+        assert writer.commit(empty=good.slice(0, 0)).rows == 0
     assert pq.read_table(tmp_path / "e.parquet").num_rows == 0

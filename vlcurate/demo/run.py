@@ -6,11 +6,12 @@ import sys
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import yaml
 
 from vlcurate.demo.corpus import make_corpus
 from vlcurate.demo.server import serve
+from vlcurate.io import storage
+from vlcurate.io.parquet import write_work_parquet
 from vlcurate.pipelines.build import BuildResult, build
 from vlcurate.recipe import load_recipe
 from vlcurate.report import summary_table
@@ -47,7 +48,7 @@ def demo_recipe(input_path: Path, out: Path, version: str, workers: int) -> dict
 
 def next_version(out: Path) -> str:
     n = 1
-    while (out / DEMO_NAME / f"v{n}").exists():
+    while storage.exists(storage.join(out, DEMO_NAME, f"v{n}")):
         n += 1
     return f"v{n}"
 
@@ -58,12 +59,12 @@ def run_demo(out: Path, workers: int = 2, version: str | None = None) -> BuildRe
     version = version or next_version(out)
     with serve(corpus.files) as server:
         work = out / f".{DEMO_NAME}-input"
-        work.mkdir(parents=True, exist_ok=True)
         rows = [{**r, "url": server.base_url + r["url"]} for r in corpus.rows]
         input_path = work / "urls.parquet"
-        pq.write_table(pa.Table.from_pylist(rows), input_path)
+        write_work_parquet(pa.Table.from_pylist(rows), input_path)
         recipe_path = work / f"recipe-{version}.yaml"
-        recipe_path.write_text(yaml.safe_dump(demo_recipe(input_path, out, version, workers), sort_keys=False))
+        recipe = yaml.safe_dump(demo_recipe(input_path, out, version, workers), sort_keys=False)
+        storage.write_bytes(recipe_path, recipe.encode())
         print(f"demo: serving {len(corpus.files)} files on {server.base_url}; recipe {recipe_path}", file=sys.stderr)
         result = build(load_recipe(recipe_path))
     problems = validate_version(result.version_dir)

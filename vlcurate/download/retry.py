@@ -19,18 +19,20 @@ It is an ordinary build of a recipe derived from the parent's manifest:
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from vlcurate.download.fetch import is_retryable
 from vlcurate.errors import UserError
 from vlcurate.recipe import Recipe, recipe_from_dict
 from vlcurate.typed import ConfigError
-from vlcurate.versions import load_manifest
+from vlcurate.io import storage
+from vlcurate.io.parquet import read_parquet
+from vlcurate.versions import load_manifest, manifest_files
 
 _RETRY_SUFFIX = re.compile(r"-retry\d+$")
 
@@ -44,20 +46,20 @@ class RetryPlan:
     rows: int  # all parent rows
 
 
-def next_retry_version(name_dir: Path, parent_version: str) -> str:
+def next_retry_version(name_dir: str, parent_version: str) -> str:
     """The first ``<base>-retryN`` (N = 1, 2, ...) with no version directory in ``name_dir``."""
     base = _RETRY_SUFFIX.sub("", parent_version)
     n = 1
-    while (name_dir / f"{base}-retry{n}").exists():
+    while storage.exists(storage.join(name_dir, f"{base}-retry{n}")):
         n += 1
     return f"{base}-retry{n}"
 
 
-def count_retryable(version_dir: Path) -> tuple[int, int]:
+def count_retryable(version_dir: str, manifest: dict) -> tuple[int, int]:
     """(rows that failed with a retryable error, all rows) of a version."""
     retryable = total = 0
-    for path in sorted((version_dir / "samples").glob("*.parquet")):
-        table = pq.read_table(path)
+    for rel in manifest_files(manifest, "samples", ".parquet"):
+        table = read_parquet(storage.join(version_dir, rel))
         total += table.num_rows
         failed = table.filter(pc.equal(table.column("status"), "failed"))
         statuses = (failed.column("http_status").to_pylist() if "http_status" in failed.schema.names
@@ -70,7 +72,7 @@ def count_retryable(version_dir: Path) -> tuple[int, int]:
 def plan_retry(version_dir: str | Path, version: str | None = None, workers: int | None = None,
                runner: str | None = None, runner_options: tuple[str, ...] = ()) -> RetryPlan:
     """The retry build of ``version_dir``; UserError (one line) when it cannot be one."""
-    parent = Path(version_dir).resolve()
+    parent = os.fspath(version_dir) if storage.is_remote(version_dir) else str(Path(version_dir).resolve())
     manifest = load_manifest(parent)  # UserError when not a version directory
     where = f"version {parent}"
     try:
@@ -83,8 +85,8 @@ def plan_retry(version_dir: str | Path, version: str | None = None, workers: int
         raise UserError(f"{where}: manifest has no usable recipe") from None
     if first != "download":
         raise UserError(f"{where}: its first stage is {first!r}, not download; nothing to retry")
-    if not any((parent / "samples").glob("*.parquet")):
-        raise UserError(f"{where}: no sample shards under {parent / 'samples'}")
+    if not manifest_files(manifest, "samples", ".parquet"):
+        raise UserError(f"{where}: no sample shards under {storage.join(parent, 'samples')}")
     stages[0] = {"download": {**stages[0]["download"], "reuse": str(parent)}}
     run = dict(body.get("runner") or {})
     if workers is not None:
@@ -92,12 +94,12 @@ def plan_retry(version_dir: str | Path, version: str | None = None, workers: int
     if runner is not None:
         run["name"] = runner
     run["options"] = [*run.get("options", []), *runner_options]
-    name_dir = parent.parent
+    name_dir = storage.parent(parent)
     data = {
-        "input": {"paths": [str(parent / "samples")], "format": "parquet", "url_col": "url",
+        "input": {"paths": [storage.join(parent, "samples")], "format": "parquet", "url_col": "url",
                   "caption_col": "caption", "extra_cols": extra_cols},
-        "output": {"root": str(name_dir.parent), "name": name_dir.name,
-                   "version": version or next_retry_version(name_dir, parent.name), "parent": str(parent)},
+        "output": {"root": storage.parent(name_dir), "name": storage.basename(name_dir),
+                   "version": version or next_retry_version(name_dir, storage.basename(parent)), "parent": parent},
         "samples_per_shard": samples_per_shard,
         "stages": stages,
         "runner": run,
@@ -106,9 +108,9 @@ def plan_retry(version_dir: str | Path, version: str | None = None, workers: int
         recipe = recipe_from_dict(data, Path.cwd(), where=f"{where} (retry recipe)")
     except ConfigError as e:
         raise UserError(str(e)) from None
-    if recipe.output.version_dir.exists():
+    if storage.exists(recipe.output.version_dir):
         raise UserError(f"output {recipe.output.version_dir}: version already exists "
                         "(versions are immutable; pick a new --version)")
-    retryable, rows = count_retryable(parent)
+    retryable, rows = count_retryable(parent, manifest)
     return RetryPlan(recipe, retryable, rows)
 

@@ -11,15 +11,14 @@ parent's tar, and any other failure keeps the parent's row as it was.
 
 from __future__ import annotations
 
-import tarfile
 from collections.abc import Collection
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
-
 from vlcurate.download.fetch import is_retryable
+from vlcurate.io import storage
+from vlcurate.io.parquet import read_parquet
+from vlcurate.io.tar import iter_tar_files
 from vlcurate.pipelines.stage import Layout
 from vlcurate.schemas import get_schema
 
@@ -32,19 +31,18 @@ class ReuseMismatch(ValueError):
 class ParentShard:
     """One shard of the parent version: its sample rows and where its tar is."""
 
-    version_dir: Path
+    version_dir: str
     shard: int
     rows: list[dict[str, Any]]  # the fixed sample columns of every parent row, in row order
 
     @classmethod
-    def load(cls, version_dir: str | Path, shard: int, keys: list[str], urls: list[str]) -> ParentShard:
+    def load(cls, version_dir: str, shard: int, keys: list[str], urls: list[str]) -> ParentShard:
         """Read the parent's rows of ``shard`` and check they are this shard's rows:
         same count, and row by row the same key and URL (else :class:`ReuseMismatch`)."""
-        layout = Layout(Path(version_dir))
-        path = layout.samples_parquet(shard)
-        if not path.is_file():
-            raise ReuseMismatch(f"reuse {version_dir}: no shard {path.name} (different sharding?)")
-        table = pq.read_table(path)
+        path = Layout(version_dir).samples_parquet(shard)
+        if not storage.exists(path):
+            raise ReuseMismatch(f"reuse {version_dir}: no shard {storage.basename(path)} (different sharding?)")
+        table = read_parquet(path)
         names = [n for n in get_schema("sample").schema.names if n in table.schema.names]
         rows = table.select(names).to_pylist()
         if len(rows) != len(keys):
@@ -54,7 +52,7 @@ class ParentShard:
             if row["key"] != key or row["url"] != (url or ""):
                 raise ReuseMismatch(f"reuse {version_dir}: shard {shard} row {i} is {row['key']} "
                                     f"{row['url']!r}, the input has {key} {url!r}")
-        return cls(Path(version_dir), shard, rows)
+        return cls(version_dir, shard, rows)
 
     def refetch(self, i: int) -> bool:
         """True if row ``i`` failed with an error worth fetching again."""
@@ -67,13 +65,10 @@ class ParentShard:
     def files(self, keys: Collection[str]) -> dict[str, dict[str, bytes]]:
         """Every stored file of the samples ``keys`` from the parent's tar, by key
         then extension, exactly as stored. A missing key is a damaged parent."""
-        wanted, found = set(keys), {}
-        with tarfile.open(Layout(self.version_dir).samples_tar(self.shard), mode="r:") as tf:
-            for member in tf:
-                key, _, ext = member.name.partition(".")
-                if member.isfile() and key in wanted:
-                    payload = tf.extractfile(member)
-                    found.setdefault(key, {})[ext] = payload.read() if payload else b""
+        wanted: set[str] = set(keys)
+        found: dict[str, dict[str, bytes]] = {}
+        for key, ext, payload in iter_tar_files(Layout(self.version_dir).samples_tar(self.shard), None, wanted):
+            found.setdefault(key, {})[ext] = payload
         missing = wanted - found.keys()
         if missing:
             raise ReuseMismatch(f"reuse {self.version_dir}: shard {self.shard} tar lacks ok samples "

@@ -19,16 +19,15 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from vlcurate.download.fetch import Fetcher, FetchConfig
 from vlcurate.download.images import ImageConfig, ImageProcessor, ProcessedImage
 from vlcurate.download.reuse import ParentShard
-from vlcurate.io.parquet import write_parquet
+from vlcurate.io import storage
+from vlcurate.io.parquet import read_parquet, write_parquet
 from vlcurate.io.stats import ShardStats
 from vlcurate.io.tar import TarSample, encode_json, write_tar
 from vlcurate.pipelines.stage import Stage, register_stage
@@ -54,7 +53,7 @@ class DownloadConfig(FetchConfig, ImageConfig):
     def __post_init__(self) -> None:
         if self.decode_slots < 0:
             raise ValueError("DownloadConfig: decode_slots >= 0")
-        if self.reuse is not None and not (Path(self.reuse) / "manifest.json").is_file():
+        if self.reuse is not None and not storage.exists(storage.join(self.reuse, "manifest.json")):
             raise ValueError(f"DownloadConfig: reuse {self.reuse}: not a version directory (no manifest.json)")
         super().__post_init__()
 
@@ -103,10 +102,10 @@ class DownloadStage(Stage):
             image = self.processor(fetched.data)
         return _Outcome(image.error_kind, image.error_message, image, fetched.http_status)
 
-    def run_shard(self, shard: int, corpus: Any = None) -> ShardStats:
+    def run_shard(self, shard: int, findings: list | None = None) -> ShardStats:
         if not hasattr(self, "pool"):
             self.setup()
-        source = pq.read_table(self.layout.input_shard(shard))
+        source = read_parquet(self.layout.input_shard(shard))
         urls = source.column("url").to_pylist()
         captions = source.column("caption").to_pylist()
         extra_names = [n for n in source.schema.names if n not in ("url", "caption")]
@@ -142,8 +141,8 @@ class DownloadStage(Stage):
         table = pa.table(rows, schema=get_schema("sample").schema)
         for name in extra_names:
             table = table.append_column(source.schema.field(name), source.column(name))
-        write_tar(self.layout.samples_tar(shard), samples)
-        write_parquet(table, self.layout.samples_parquet(shard), "sample")
+        stats.add_file(write_tar(self.layout.samples_tar(shard), samples))
+        stats.add_file(write_parquet(table, self.layout.samples_parquet(shard), "sample"))
         return stats
 
     def _fresh_row(self, key: str, url: str | None, caption: str | None, out: _Outcome,

@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 
 from vlcurate.errors import UserError
+from vlcurate.io import storage
+from vlcurate.extractors.devices import resolve_device
 
 try:  # open_clip is only needed to build models; keep import errors for load time.
     import open_clip
@@ -106,12 +108,6 @@ class ImageFeatures:
     embedding: torch.Tensor
 
 
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def _resolve_source(config: ClipConfig) -> tuple[str, str | None, bool | None]:
     """Map ``config`` to open_clip's ``(model_name, pretrained, quick_gelu)``.
 
@@ -131,19 +127,21 @@ def _resolve_source(config: ClipConfig) -> tuple[str, str | None, bool | None]:
             raise UserError(f"cannot fetch weights {weights!r} (needs network or a warm HF cache): "
                             f"{type(err).__name__}") from err
         return weights, None, quick_gelu
-    path = Path(weights[len(_SCHEMAS[0]):] if weights.startswith(_SCHEMAS[0]) else weights).expanduser()
-    is_pathlike = weights.startswith(_SCHEMAS[0]) or os.sep in weights or path.suffix in _WEIGHT_SUFFIXES
-    if path.is_dir():
-        if not (path / "open_clip_config.json").is_file():
+    raw = weights[len(_SCHEMAS[0]):] if weights.startswith(_SCHEMAS[0]) else weights
+    path = raw if storage.is_remote(raw) else os.path.expanduser(raw)
+    is_pathlike = weights.startswith(_SCHEMAS[0]) or os.sep in weights or Path(path).suffix in _WEIGHT_SUFFIXES
+    if storage.is_dir(path):
+        names = [f.path for f in storage.list_files(path)]
+        if "open_clip_config.json" not in names:
             raise UserError(f"weights directory {path} has no open_clip_config.json")
         # open_clip only warns when the directory holds no checkpoint; we refuse, so
         # a typo can never silently produce random weights.
-        if not any(any(path.glob(f"*{s}")) for s in (".safetensors", ".bin", ".pth")):
+        if not any(n.endswith(s) for n in names for s in (".safetensors", ".bin", ".pth")):
             raise UserError(f"weights directory {path} has no .safetensors/.bin/.pth checkpoint")
-        return f"local-dir:{path}", None, quick_gelu
-    if path.is_file():
+        return f"local-dir:{storage.local_copy(path)}", None, quick_gelu
+    if storage.exists(path):
         _check_model_name(config.model)
-        return config.model, str(path), quick_gelu
+        return config.model, str(storage.local_copy(path)), quick_gelu
     if is_pathlike:
         kind = "directory" if weights.startswith(_SCHEMAS[0]) else "file"
         raise UserError(f"weights {kind} not found: {path}")
@@ -191,7 +189,7 @@ class ClipModel:
         self.config = config
         model_name, pretrained, quick_gelu = _resolve_source(config)
         self.weights_are_random = config.weights is None
-        self.device = _resolve_device(config.device)
+        self.device = torch.device(resolve_device(config.device))
         kwargs: dict[str, Any] = {} if quick_gelu is None else {"quick_gelu": quick_gelu}
         # Seed a forked RNG so random init is reproducible without touching the
         # caller's global RNG state; init happens on CPU, so it is device-independent.

@@ -29,20 +29,20 @@ from __future__ import annotations
 
 import base64
 import csv
+import io
 import os
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from vlcurate.errors import UserError
-from vlcurate.filters.base import alive_samples
-from vlcurate.io.atomic import atomic_path
+from vlcurate.io import storage
+from vlcurate.io.parquet import read_parquet
+from vlcurate.pipelines.samples import alive_samples
 from vlcurate.pipelines.stage import Layout
 from vlcurate.schemas import validate
 from vlcurate.schemas.features import feature_arrays
@@ -61,15 +61,15 @@ _PER_REGION_2D = ("boxes", "features")
 class ExportResult:
     """What an export wrote and left out."""
 
-    path: Path
+    path: str
     rows: int  # lines written
     failed: int  # sidecar rows without regions (status failed)
     dropped: int  # ok rows of samples a filter dropped (not written unless include_dropped)
     shards: int
 
 
-def region_sidecars(version_dir: Path, stage: str) -> list[Path]:
-    """The region sidecars of ``stage`` in a version, by shard; UserError if none."""
+def region_sidecars(version_dir: str, stage: str) -> tuple[Layout, list[str]]:
+    """The version's layout and the region sidecars of ``stage``, by shard; UserError if none."""
     manifest = load_manifest(version_dir)
     stages = [s["name"] for s in manifest["stages"]]
     if stage not in stages:
@@ -80,7 +80,8 @@ def region_sidecars(version_dir: Path, stage: str) -> list[Path]:
     if not files or kinds:
         raise UserError(f"version {version_dir}: {stage}/ holds {', '.join(map(str, kinds)) or 'no'} records, "
                         f"not {REGION_FEATURES}")
-    return [version_dir / f["path"] for f in sorted(files, key=lambda f: f["path"])]
+    layout = Layout.for_stages(version_dir, stages)
+    return layout, [f["path"] for f in sorted(files, key=lambda f: f["path"])]
 
 
 def _b64(values: np.ndarray, dtype: str) -> str:
@@ -113,10 +114,10 @@ def lxmert_rows(table: pa.Table, dim: int) -> Iterator[dict[str, Any]]:
             yield row
 
 
-def _selected(path: Path, version_dir: Path, include_dropped: bool) -> tuple[pa.Table, int, int, int]:
+def _selected(layout: Layout, rel: str, include_dropped: bool) -> tuple[pa.Table, int, int, int]:
     """(ok rows to export, D, failed rows, dropped rows) of one sidecar."""
-    table = pq.read_table(path)
-    rel = path.relative_to(version_dir)
+    version_dir = layout.root
+    table = read_parquet(storage.join(version_dir, rel))
     problems = validate(table, REGION_FEATURES, raise_error=False)
     dim = declared_dim(table.schema)
     if problems or dim is None:
@@ -126,7 +127,7 @@ def _selected(path: Path, version_dir: Path, include_dropped: bool) -> tuple[pa.
     failed = table.num_rows - ok.num_rows
     if include_dropped:
         return ok, dim[0], failed, 0
-    alive = alive_samples(Layout(version_dir), int(path.stem), ["key"]).column("key")
+    alive = alive_samples(layout, int(rel.rsplit("/", 1)[-1].split(".")[0]), ["key"]).column("key")
     kept = ok.filter(pc.is_in(ok.column("key"), value_set=alive.combine_chunks()))
     return kept, dim[0], failed, ok.num_rows - kept.num_rows
 
@@ -138,20 +139,23 @@ def export_lxmert_tsv(version_dir: str | os.PathLike, out: str | os.PathLike, st
     Raises :class:`UserError` when ``version_dir`` is not a version, has no region
     sidecars under ``stage``, holds an invalid sidecar, or ``out`` is a directory.
     """
-    version_dir, out = Path(version_dir), Path(out)
-    sidecars = region_sidecars(version_dir, stage)
-    if out.is_dir():
+    version_dir, out = os.fspath(version_dir), os.fspath(out)
+    layout, sidecars = region_sidecars(version_dir, stage)
+    if storage.is_dir(out):
         raise UserError(f"output {out}: is a directory (name the .tsv file to write)")
     rows = failed = dropped = 0
-    with atomic_path(out) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+    with storage.open_write(out) as raw:
+        f = io.TextIOWrapper(raw, newline="", encoding="utf-8")
         # The csv defaults (excel dialect, \r\n) are what generate_tsv.py wrote.
         writer = csv.DictWriter(f, FIELDNAMES, delimiter="\t")
-        for path in sidecars:
-            table, dim, n_failed, n_dropped = _selected(path, version_dir, include_dropped)
+        for rel in sidecars:
+            table, dim, n_failed, n_dropped = _selected(layout, rel, include_dropped)
             failed, dropped = failed + n_failed, dropped + n_dropped
             for row in lxmert_rows(table, dim):
                 writer.writerow(row)
                 rows += 1
+        f.flush()
+        f.detach()  # the storage layer closes (and commits) the file itself
     return ExportResult(out, rows, failed, dropped, len(sidecars))
 
 
@@ -167,7 +171,7 @@ def read_lxmert_tsv(path: str | os.PathLike, topk: int | None = None) -> list[di
     """
     csv.field_size_limit(sys.maxsize)
     data: list[dict[str, Any]] = []
-    with open(path, newline="") as f:
+    with storage.open_read(path) as raw, io.TextIOWrapper(raw, newline="") as f:
         for item in csv.DictReader(f, FIELDNAMES, delimiter="\t"):
             for key in ("img_h", "img_w", "num_boxes"):
                 item[key] = int(item[key])

@@ -58,7 +58,8 @@ import pyarrow as pa
 
 from vlcurate.extractors.encoding import Encoded, SampleFailure
 from vlcurate.extractors.stage import FeatureStage
-from vlcurate.io.atomic import sha256_file
+from vlcurate.extractors.devices import resolve_device
+from vlcurate.io import storage
 from vlcurate.pipelines.stage import StageInfo, register_stage
 from vlcurate.schemas.features import FEATURE_BASE_FIELDS, MODEL_META
 from vlcurate.schemas.regions import REGION_FEATURES, region_metadata, region_schema
@@ -79,7 +80,7 @@ def resolve_region_config(name: str) -> "RegionConfig":
     from vlcurate.extractors.regions.config import RegionConfig, get_config
 
     if name.endswith(".json"):
-        if not Path(name).expanduser().is_file():
+        if not storage.exists(os.path.expanduser(name)):
             raise ValueError(f"config {name}: no such file")
         return RegionConfig.from_json(Path(name).expanduser())
     return get_config(name)
@@ -107,7 +108,7 @@ class RegionFeaturesConfig:
     def __post_init__(self) -> None:
         # Checked while the recipe is parsed, not in a worker mid-build.
         resolve_region_config(self.config)
-        if self.weights is not None and not Path(self.weights).expanduser().is_file():
+        if self.weights is not None and not storage.exists(os.path.expanduser(self.weights)):
             raise ValueError(f"weights {self.weights}: no such file (a local detectron2 .pkl or torch .pth)")
         if not 0 <= self.min_boxes <= self.max_boxes or self.max_boxes < 1:
             raise ValueError(f"need 0 <= min_boxes <= max_boxes and max_boxes >= 1, got "
@@ -123,24 +124,15 @@ class RegionFeaturesConfig:
             raise ValueError(f"device {self.device!r}: use auto, cpu, cuda or cuda:N")
 
 
-_WEIGHTS_SHA: dict[tuple[str, int, int], str] = {}
+_WEIGHTS_SHA: dict[tuple[str, int], str] = {}
 
 
 def weights_sha256(path: str) -> str:
-    """sha256 of a weights file, computed once per process per (path, size, mtime)."""
-    st = os.stat(path)
-    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    """sha256 of a weights file, computed once per process per (path, size)."""
+    key = (path if storage.is_remote(path) else str(Path(path).resolve()), storage.size(path))
     if key not in _WEIGHTS_SHA:
-        _WEIGHTS_SHA[key] = sha256_file(path)
+        _WEIGHTS_SHA[key] = storage.sha256(path)
     return _WEIGHTS_SHA[key]
-
-
-def resolve_device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
 
 
 _EXTRACTORS: dict[tuple[RegionFeaturesConfig, str], "RegionFeatureExtractor"] = {}

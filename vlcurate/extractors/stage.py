@@ -1,6 +1,7 @@
 """Batched frozen-model inference over a shard: the base of every feature stage.
 
-A :class:`FeatureStage` reads the shard's surviving samples (:func:`alive_samples`)
+A :class:`FeatureStage` reads the shard's surviving samples
+(:func:`~vlcurate.pipelines.samples.alive_samples`)
 and runs three things at once, joined by bounded queues
 (:func:`~vlcurate.extractors.encoding.run_encoder`):
 
@@ -50,9 +51,9 @@ import pyarrow as pa
 from PIL import Image
 
 from vlcurate.extractors.encoding import BatchEncoder, EncodeTimings, Encoded, SampleFailure, run_encoder
-from vlcurate.filters.base import alive_samples
 from vlcurate.io.parquet import ParquetStreamWriter
 from vlcurate.io.stats import ShardStats
+from vlcurate.pipelines.samples import alive_samples
 from vlcurate.pipelines.stage import Stage
 from vlcurate.schemas.features import declared_features, tensor_array
 
@@ -190,12 +191,12 @@ class FeatureStage(Stage):
         """Extra schema metadata for the sidecar (declared shapes, model provenance)."""
         return {}
 
-    def run_shard(self, shard: int, corpus: Any = None) -> ShardStats:
+    def run_shard(self, shard: int, findings: list | None = None) -> ShardStats:
         if not getattr(self, "_loaded", False):
             self.setup()
-        keys = alive_samples(self.layout, shard, ["key"], exclude=self.name).column("key").to_pylist()
+        keys = alive_samples(self.layout, shard, ["key"], before=self.name).column("key").to_pylist()
         self.last_timings = EncodeTimings()
-        stats = ShardStats(self.name, shard, len(keys))
+        stats = self.new_stats(shard, len(keys))
         metadata = self.sidecar_metadata()
         tensors = declared_features(pa.schema([], metadata=metadata)) or {}
         with ParquetStreamWriter(self.layout.sidecar(self.name, shard), self.record_kind, metadata) as writer:
@@ -204,5 +205,5 @@ class FeatureStage(Stage):
                         BatchEncoder(self.start_batch, self.finish_batch), self.config.batch_size, sink,
                         self.last_timings, getattr(self.config, "decode_threads", 0), self.decode_processes())
             sink.close()
-            writer.commit(empty=sink.table([]))
+            stats.add_file(writer.commit(empty=sink.table([])))
         return stats

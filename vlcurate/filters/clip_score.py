@@ -7,9 +7,9 @@ Every scored sample's score is in the decision row's ``score`` column, kept or n
 a sample without a caption is dropped as ``no_caption`` and one whose image cannot be
 decoded or encoded as ``image_error`` (the failure in ``detail``), both unscored.
 
-No image is encoded twice by the same model: before encoding, the filter looks for a
-``vit_features`` sidecar of this shard (a feature stage that ran earlier in the
-recipe; stages run on a shard in recipe order) whose ``vlcurate.model`` metadata has
+No image is encoded twice by the same model: before encoding, the filter asks the
+layout for this shard's ``vit_features`` sidecars (feature stages that ran earlier in
+the recipe; stages run on a shard in recipe order) and takes one whose ``vlcurate.model`` metadata has
 the same identity (model, weights, quick_gelu, and seed when the weights are random;
 see :meth:`ClipModelConfig.identity`). The ``embedding`` of its ``ok`` rows is reused;
 only samples it lacks or failed on are encoded here (and no images at all when it
@@ -27,12 +27,12 @@ from typing import Any
 
 import numpy as np
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from vlcurate.extractors.encoding import Encoded, SampleFailure, encode_images
-from vlcurate.extractors.vit_stage import ClipImageInput, ClipModelConfig, load_clip
+from vlcurate.extractors.clip_models import ClipImageInput, ClipModelConfig, load_clip
 from vlcurate.filters.base import Decision, FilterStage
-from vlcurate.io.stats import ShardStats
+from vlcurate.io.parquet import read_parquet, read_parquet_schema
+from vlcurate.pipelines.samples import SampleRow
 from vlcurate.pipelines.stage import Layout, StageInfo, register_stage
 from vlcurate.schemas.features import MODEL_META, stacked_features
 
@@ -50,18 +50,20 @@ class ClipScoreConfig(ClipModelConfig):
                              f"{self.batch_size} and {self.decode_threads}")
 
 
-def stored_embeddings(layout: Layout, shard: int, identity: dict[str, Any]) -> dict[str, np.ndarray]:
+def stored_embeddings(layout: Layout, shard: int, identity: dict[str, Any],
+                      before: str | None = None) -> dict[str, np.ndarray]:
     """``{key: embedding}`` of the ok rows of this shard's ``vit_features`` sidecars
-    written by a model with ``identity`` (empty when there is none)."""
+    (of stages before ``before``) written by a model with ``identity`` (empty when
+    there is none)."""
     found: dict[str, np.ndarray] = {}
-    for path in sorted(layout.root.glob(f"*/{shard:05d}.parquet")):
-        meta = pq.read_schema(path).metadata or {}
-        if meta.get(b"vlcurate.record") != b"vit_features" or MODEL_META not in meta:
+    for loc in layout.sidecars(shard, "vit_features", before=before):
+        meta = read_parquet_schema(loc).metadata or {}
+        if MODEL_META not in meta:
             continue
         model = json.loads(meta[MODEL_META])
         if {k: model.get(k) for k in identity} != identity:
             continue
-        table = pq.read_table(path, columns=["key", "status", "embedding"])
+        table = read_parquet(loc, columns=["key", "status", "embedding"])
         table = table.filter(pc.equal(table.column("status"), "ok"))
         if table.num_rows == 0:
             continue
@@ -92,7 +94,7 @@ class ClipScoreFilter(FilterStage):
 
     def image_embeddings(self, shard: int, keys: list[str]) -> dict[str, np.ndarray | SampleFailure]:
         """Embeddings of ``keys``: reused from a matching sidecar, else encoded here."""
-        stored = stored_embeddings(self.layout, shard, self.config.identity())
+        stored = stored_embeddings(self.layout, shard, self.config.identity(), before=self.name)
         result: dict[str, np.ndarray | SampleFailure] = {k: stored[k] for k in keys if k in stored}
         todo = [k for k in keys if k not in result]
         if todo:
@@ -100,7 +102,9 @@ class ClipScoreFilter(FilterStage):
                                     self._encode, self.config.batch_size,
                                     decode_threads=self.config.decode_threads)
             result.update((k, r if isinstance(r, SampleFailure) else r["embedding"]) for k, r in encoded)
-        self._counts = {"embedding.reused": len(keys) - len(todo), "embedding.encoded": len(todo)}
+        for name, n in (("embedding.reused", len(keys) - len(todo)), ("embedding.encoded", len(todo))):
+            if n:
+                self.count(name, n)
         return result
 
     def _text_embeddings(self, captions: list[str]) -> np.ndarray:
@@ -108,7 +112,7 @@ class ClipScoreFilter(FilterStage):
         parts = [self.clip.encode_texts(captions[i:i + n]).cpu().numpy() for i in range(0, len(captions), n)]
         return np.concatenate(parts) if parts else np.zeros((0, self.clip.embed_dim), np.float32)
 
-    def decide_shard(self, shard: int, rows: list[dict[str, Any]], corpus: Any) -> list[Decision]:
+    def decide_shard(self, shard: int, rows: list[SampleRow]) -> list[Decision]:
         if not hasattr(self, "clip"):
             self.setup()
         captions = {r["key"]: (r.get("caption") or "").strip() for r in rows}
@@ -137,11 +141,3 @@ class ClipScoreFilter(FilterStage):
             else:
                 decisions.append(Decision(False, "low_clip_score", score=scores[key]))
         return decisions
-
-    def run_shard(self, shard: int, corpus: Any = None) -> ShardStats:
-        self._counts = {}
-        stats = super().run_shard(shard, corpus)
-        for name, n in self._counts.items():
-            if n:
-                stats.add(name, n)
-        return stats

@@ -1,49 +1,46 @@
-"""Exact duplicate removal across the whole corpus (a global step).
+"""Exact duplicate removal across the whole corpus, as a keyed corpus-wide step.
 
-Every shard contributes (key, sha256) of its surviving samples; the combined value
-maps each later copy's key to the first key with the same hash in (shard, row)
-order, so the result does not depend on which worker finished first. Only
-duplicates are kept in it, so the file every shard reads stays small. Later copies
-are dropped as ``duplicate``, with the key they duplicate in ``detail``.
+Every surviving sample's value in ``column`` (sha256 of the stored image by default)
+is a group key; each group is resolved on its own: its smallest sample key is the
+representative and every other member is dropped as ``duplicate``, with the
+representative's key in ``detail``. Keys are ``<shard>_<row>``, so the smallest key
+is the first copy in input order, whichever worker finished first.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Iterable, Iterator, Literal
 
-import pyarrow as pa
-
-from vlcurate.filters.base import KEEP, Decision, FilterStage, alive_samples
+from vlcurate.filters.base import KEEP, Decision, FilterStage
+from vlcurate.pipelines.keyed import KeyedStage, shard_of
+from vlcurate.pipelines.samples import SampleRow, alive_samples
 from vlcurate.pipelines.stage import register_stage
 
 
 @dataclass(frozen=True)
 class ExactDedupConfig:
-    column: str = "sha256"  # sha256 of the stored image; "url" dedups by URL, "phash" by perceptual hash
+    # sha256 of the stored image; "url" dedups by URL, "phash" by identical perceptual hash
+    column: Literal["sha256", "url", "phash"] = "sha256"
 
 
 @register_stage
-class ExactDedup(FilterStage):
+class ExactDedup(FilterStage, KeyedStage):
     name = "exact_dedup"
     Config = ExactDedupConfig
-    needs_corpus = True
 
-    def collect(self, shard: int) -> pa.Table:
-        return alive_samples(self.layout, shard, ["key", self.config.column], exclude=self.name)
+    def signatures(self, shard: int) -> Iterator[tuple[str, str]]:
+        table = alive_samples(self.layout, shard, ["key", self.config.column], before=self.name)
+        for key, value in zip(table.column("key").to_pylist(), table.column(self.config.column).to_pylist()):
+            if value is not None:
+                yield value, key
 
-    def combine(self, tables: list[pa.Table]) -> dict[str, str]:
-        first: dict[str, str] = {}
-        duplicates: dict[str, str] = {}
-        for table in tables:  # already in shard order; rows in key order within a shard
-            for key, value in zip(table.column("key").to_pylist(), table.column(self.config.column).to_pylist()):
-                if value is None:
-                    continue
-                original = first.setdefault(value, key)
-                if original != key:
-                    duplicates[key] = original
-        return duplicates
+    def resolve(self, value: str, keys: Iterable[str]) -> Iterator[tuple[int, tuple[str, str]]]:
+        first, *copies = sorted(keys)
+        for key in copies:
+            yield shard_of(key), (key, first)
 
-    def decide(self, row: dict[str, Any], corpus: dict[str, str]) -> Decision:
-        original = corpus.get(row["key"])
-        return KEEP if original is None else Decision(False, "duplicate", detail=original)
+    def decide_shard(self, shard: int, rows: list[SampleRow]) -> list[Decision]:
+        originals = dict(self.findings())  # (copy key, representative key) pairs
+        return [KEEP if row["key"] not in originals else Decision(False, "duplicate", detail=originals[row["key"]])
+                for row in rows]

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from vlcurate.filters.base import KEEP, Decision, FilterStage
+from vlcurate.pipelines.samples import SampleRow
 from vlcurate.pipelines.stage import register_stage
 
 
@@ -23,7 +23,7 @@ class CaptionFilter(FilterStage):
     name = "caption_filter"
     Config = CaptionFilterConfig
 
-    def decide(self, row: dict[str, Any], corpus: Any) -> Decision:
+    def decide(self, row: SampleRow) -> Decision:
         caption = (row.get("caption") or "").strip()
         cfg = self.config
         if not caption:

@@ -1,25 +1,26 @@
-"""Shard writers and readers (WebDataset tar, Parquet), atomic commits, checksums."""
+"""The storage layer (:mod:`vlcurate.io.storage`) and the shard writers and readers on
+it: WebDataset tar and Parquet shards, stats markers. Nothing outside this package
+opens, lists, renames or deletes the files of a version by path."""
 
-from vlcurate.io.atomic import atomic_open, atomic_path, sha256_file, write_bytes_atomic
-from vlcurate.io.parquet import parquet_rows, read_parquet, record_kind, write_parquet
-from vlcurate.io.stats import ShardStats, read_stats, write_stats
+from vlcurate.io import storage
+from vlcurate.io.parquet import parquet_rows, read_parquet, read_parquet_schema, record_kind, write_parquet
+from vlcurate.io.stats import FileRecord, ShardStats, read_stats, write_stats
 from vlcurate.io.tar import TarSample, encode_json, iter_tar_files, read_tar, tar_keys, write_tar
 
 __all__ = [
+    "FileRecord",
     "ShardStats",
     "TarSample",
-    "atomic_open",
-    "atomic_path",
     "encode_json",
     "iter_tar_files",
     "parquet_rows",
     "read_parquet",
+    "read_parquet_schema",
     "read_stats",
     "read_tar",
+    "storage",
     "record_kind",
-    "sha256_file",
     "tar_keys",
-    "write_bytes_atomic",
     "write_parquet",
     "write_stats",
     "write_tar",

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-from pathlib import Path
 from typing import Mapping
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vlcurate.io.atomic import atomic_path
+from vlcurate.io import storage
+from vlcurate.io.stats import FileRecord
 from vlcurate.schemas import get_schema, validate
 from vlcurate.schemas.features import declared_features
 
@@ -60,16 +61,24 @@ def conform(table: pa.Table, kind: str, metadata: Mapping[str, str] | None = Non
 
 
 def write_parquet(table: pa.Table, path: str | os.PathLike, kind: str,
-                  metadata: Mapping[str, str] | None = None, row_group_size: int | None = None) -> int:
-    """Validate ``table`` as record kind ``kind`` and commit it atomically. Returns rows.
+                  metadata: Mapping[str, str] | None = None, row_group_size: int | None = None) -> FileRecord:
+    """Validate ``table`` as record kind ``kind`` and commit it atomically; return the
+    file's record (sha256, bytes and rows, computed while writing).
 
     ``metadata``: see :func:`conform`. ``row_group_size``: rows per row group
     (default: pyarrow's, i.e. one group for any shard we write).
     """
     table = conform(table, kind, metadata)
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, row_group_size=row_group_size, **_writer_options(table.schema))
-    return table.num_rows
+    with storage.open_write(path) as raw:
+        sink = storage.HashingWriter(raw)
+        pq.write_table(table, sink, row_group_size=row_group_size, **_writer_options(table.schema))
+    return FileRecord(os.fspath(path), kind, sink.sha256, sink.bytes, table.num_rows)
+
+
+def write_work_parquet(table: pa.Table, path: str | os.PathLike) -> None:
+    """Commit a build's own work file (an input shard): any table, no record kind."""
+    with storage.open_write(path) as f:
+        pq.write_table(table, f)
 
 
 class ParquetStreamWriter:
@@ -83,24 +92,24 @@ class ParquetStreamWriter:
     """
 
     def __init__(self, path: str | os.PathLike, kind: str, metadata: Mapping[str, str] | None = None):
-        self.path, self.kind, self.metadata = Path(path), kind, metadata
+        self.path, self.kind, self.metadata = os.fspath(path), kind, metadata
         self.rows = 0
-        self._atomic = atomic_path(self.path)
+        self._atomic: contextlib.AbstractContextManager | None = storage.open_write(self.path)
         self._writer: pq.ParquetWriter | None = None
-        self._tmp: Path | None = None
+        self._sink: storage.HashingWriter | None = None
 
     def __enter__(self) -> "ParquetStreamWriter":
-        self._tmp = self._atomic.__enter__()
+        self._sink = storage.HashingWriter(self._atomic.__enter__())
         return self
 
     def write(self, table: pa.Table) -> None:
         table = conform(table, self.kind, self.metadata)
         if self._writer is None:
-            self._writer = pq.ParquetWriter(self._tmp, table.schema, **_writer_options(table.schema))
+            self._writer = pq.ParquetWriter(self._sink, table.schema, **_writer_options(table.schema))
         self._writer.write_table(table, row_group_size=max(table.num_rows, 1))
         self.rows += table.num_rows
 
-    def commit(self, empty: pa.Table) -> int:
+    def commit(self, empty: pa.Table) -> FileRecord:
         """Close and commit; ``empty`` is written when no table was (a valid 0-row file)."""
         if self._writer is None:
             self.write(empty)
@@ -108,7 +117,7 @@ class ParquetStreamWriter:
         self._writer = None
         self._atomic.__exit__(None, None, None)
         self._atomic = None
-        return self.rows
+        return FileRecord(self.path, self.kind, self._sink.sha256, self._sink.bytes, self.rows)
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if self._atomic is None:  # committed
@@ -120,21 +129,28 @@ class ParquetStreamWriter:
         self._atomic.__exit__(exc_type, exc, tb)  # removes the temporary file
 
 
-def read_parquet(path: str | os.PathLike, kind: str | None = None) -> pa.Table:
-    """Read a shard; validate it when ``kind`` is given."""
-    table = pq.read_table(Path(path))
+def read_parquet(path: str | os.PathLike, kind: str | None = None, columns: list[str] | None = None) -> pa.Table:
+    """Read a Parquet file (``columns`` only, when given); validate it when ``kind`` is given."""
+    with storage.open_read(path) as f:
+        table = pq.read_table(f, columns=columns)
     if kind is not None:
         validate(table, kind)
     return table
 
 
+def read_parquet_schema(path: str | os.PathLike) -> pa.Schema:
+    """The schema (with its metadata) from the footer, without reading the data."""
+    with storage.open_read(path) as f:
+        return pq.read_schema(f)
+
+
 def parquet_rows(path: str | os.PathLike) -> int:
     """Row count from the footer, without reading the data."""
-    return pq.ParquetFile(path).metadata.num_rows
+    with storage.open_read(path) as f:
+        return pq.ParquetFile(f).metadata.num_rows
 
 
 def record_kind(path: str | os.PathLike) -> str | None:
     """The record kind a vlcurate Parquet file says it holds (schema metadata)."""
-    meta = pq.read_schema(path).metadata or {}
-    kind = meta.get(b"vlcurate.record")
+    kind = (read_parquet_schema(path).metadata or {}).get(b"vlcurate.record")
     return kind.decode() if kind else None

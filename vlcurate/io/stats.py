@@ -1,20 +1,41 @@
 """Per-shard, per-stage stats files: the completion marker of a stage on a shard.
 
-A stage writes its stats file last; a shard whose stats file exists is complete for
-that stage and is skipped on resume. The contents are deterministic (no timings), so
-they can be checksummed in the manifest.
+A stage writes its stats file last, after every file it vouches for; a shard whose
+stats file exists is complete for that stage and is skipped on resume. Besides the
+counts, the marker records each file the stage wrote for the shard with the sha256,
+size and row count its writer computed while writing, so the manifest is assembled
+from the markers without reading any data file back. The contents are deterministic
+(no timings), so they can be checksummed in the manifest.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import pyarrow as pa
 
-from vlcurate.io.atomic import write_bytes_atomic
+from vlcurate.io import storage
 from vlcurate.schemas import validate
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """A committed file as its writer saw it. ``path`` is the location it was written
+    to; in a stats marker it is relative to the version directory."""
+
+    path: str
+    kind: str  # a record kind for Parquet, "webdataset" for tars, "shard_stats"
+    sha256: str
+    bytes: int
+    rows: int | None = None
+
+    def relative_to(self, root: str) -> "FileRecord":
+        prefix = storage.join(root, "")
+        if not self.path.startswith(prefix):
+            raise ValueError(f"{self.path}: not inside {root}")
+        return FileRecord(self.path[len(prefix):].replace(os.sep, "/"), self.kind, self.sha256, self.bytes, self.rows)
 
 
 @dataclass
@@ -23,9 +44,13 @@ class ShardStats:
     shard: int
     rows: int
     counts: dict[str, int] = field(default_factory=dict)
+    files: list[FileRecord] = field(default_factory=list)
 
     def add(self, name: str, n: int = 1) -> None:
         self.counts[name] = self.counts.get(name, 0) + n
+
+    def add_file(self, record: FileRecord) -> None:
+        self.files.append(record)
 
     def to_table(self) -> pa.Table:
         return pa.table(
@@ -38,15 +63,37 @@ class ShardStats:
         )
 
 
-def write_stats(stats: ShardStats, path: str | os.PathLike) -> None:
+def encode_stats(stats: ShardStats) -> bytes:
     validate(stats.to_table(), "shard_stats")
     body = {"stage": stats.stage, "shard": stats.shard, "rows": stats.rows, "counts": dict(sorted(stats.counts.items()))}
-    write_bytes_atomic(path, (json.dumps(body, indent=1) + "\n").encode())
+    if stats.files:
+        body["files"] = [asdict(f) for f in sorted(stats.files, key=lambda f: f.path)]
+    return (json.dumps(body, indent=1) + "\n").encode()
 
 
-def read_stats(path: str | os.PathLike) -> ShardStats:
-    with open(path) as f:
-        body = json.load(f)
-    stats = ShardStats(body["stage"], int(body["shard"]), int(body["rows"]), dict(body["counts"]))
+def write_stats(stats: ShardStats, loc: str | os.PathLike) -> FileRecord:
+    """Commit the marker; returns its own record (for the manifest)."""
+    data = encode_stats(stats)
+    storage.write_bytes(loc, data)
+    return FileRecord(os.fspath(loc), "shard_stats", _sha256(data), len(data))
+
+
+def decode_stats(data: bytes, where: str) -> ShardStats:
+    try:
+        body = json.loads(data)
+        stats = ShardStats(body["stage"], int(body["shard"]), int(body["rows"]), dict(body["counts"]),
+                           [FileRecord(**f) for f in body.get("files", [])])
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{where}: not a valid stats file ({type(e).__name__}: {e})") from None
     validate(stats.to_table(), "shard_stats")
     return stats
+
+
+def read_stats(loc: str | os.PathLike) -> ShardStats:
+    return decode_stats(storage.read_bytes(loc), os.fspath(loc))
+
+
+def _sha256(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()

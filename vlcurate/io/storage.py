@@ -260,6 +260,30 @@ def local_path(loc: str | os.PathLike) -> Path | None:
     return backend_for(loc).local_path(_loc(loc))
 
 
+_LOCAL_COPIES: dict[str, Path] = {}
+
+
+def local_copy(loc: str | os.PathLike) -> Path:
+    """A path on this machine holding ``loc`` (a file, or a directory's files), for
+    libraries that only open paths (model loaders). Local locations are returned as
+    they are; a remote one is copied once per process into a temporary directory."""
+    local = local_path(loc)
+    if local is not None:
+        return local
+    key = os.fspath(loc)
+    if key not in _LOCAL_COPIES:
+        import tempfile
+
+        target = Path(tempfile.mkdtemp(prefix="vlcurate-copy-")) / basename(key)
+        files = [] if exists(key) and not is_dir(key) else list_files(key)
+        for f in files or [FileInfo("", size(key))]:
+            dest = target / f.path if f.path else target
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(read_bytes(join(key, f.path) if f.path else key))
+        _LOCAL_COPIES[key] = target
+    return _LOCAL_COPIES[key]
+
+
 def is_tmp(loc: str | os.PathLike) -> bool:
     """A temporary file of an unfinished local write (never committed, never read)."""
     return TMP_MARK in basename(loc)

@@ -14,10 +14,10 @@ import json
 import os
 import tarfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Collection, Iterable, Iterator
 
-from vlcurate.io.atomic import atomic_path
+from vlcurate.io import storage
+from vlcurate.io.stats import FileRecord
 
 # Reproducible tar members: every byte of the archive depends only on the samples.
 _FIXED_MTIME = 0.0
@@ -37,13 +37,14 @@ def encode_json(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-def write_tar(path: str | os.PathLike, samples: Iterable[TarSample]) -> int:
-    """Write samples to a tar shard atomically. Returns the number of samples.
+def write_tar(path: str | os.PathLike, samples: Iterable[TarSample]) -> FileRecord:
+    """Write samples to a tar shard atomically; return its record (``rows``: samples).
 
     Byte for byte what ``webdataset.TarWriter(f, encoder=False, mtime=0)`` writes."""
     n = 0
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f, tarfile.open(fileobj=f, mode="w|") as sink:
+    with storage.open_write(path) as raw:
+        f = storage.HashingWriter(raw)
+        with tarfile.open(fileobj=f, mode="w|") as sink:
             for sample in samples:
                 if "." in sample.key or "/" in sample.key:
                     raise ValueError(f"sample key {sample.key!r} contains '.' or '/'")
@@ -54,7 +55,7 @@ def write_tar(path: str | os.PathLike, samples: Iterable[TarSample]) -> int:
                     info.uname = info.gname = _OWNER
                     sink.addfile(info, io.BytesIO(payload))
                 n += 1
-    return n
+    return FileRecord(os.fspath(path), "webdataset", f.sha256, f.bytes, n)
 
 
 def tar_keys(path: str | os.PathLike) -> dict[str, list[str]]:
@@ -63,7 +64,7 @@ def tar_keys(path: str | os.PathLike) -> dict[str, list[str]]:
     Raises ``tarfile.TarError`` (or ``EOFError``) on a damaged archive.
     """
     keys: dict[str, list[str]] = {}
-    with tarfile.open(Path(path), mode="r:") as tf:
+    with storage.open_read(path) as raw, tarfile.open(fileobj=raw, mode="r|") as tf:
         for member in tf:
             if not member.isfile():
                 continue
@@ -78,12 +79,13 @@ def tar_keys(path: str | os.PathLike) -> dict[str, list[str]]:
 
 def read_tar(path: str | os.PathLike) -> list[dict[str, Any]]:
     """All samples of a shard as webdataset dicts (``__key__`` + raw bytes per extension)."""
-    import webdataset as wds
+    samples: dict[str, dict[str, Any]] = {}
+    for key, ext, payload in iter_tar_files(path, exts=None):
+        samples.setdefault(key, {"__key__": key})[ext] = payload
+    return list(samples.values())
 
-    return list(wds.WebDataset(str(path), shardshuffle=False))
 
-
-def iter_tar_files(path: str | os.PathLike, exts: Collection[str],
+def iter_tar_files(path: str | os.PathLike, exts: Collection[str] | None,
                    keys: Collection[str] | None = None) -> Iterator[tuple[str, str, bytes]]:
     """Stream ``(key, ext, payload)`` for the members of a tar shard whose extension is
     in ``exts`` (and whose key is in ``keys``, when given), in archive order.
@@ -92,13 +94,13 @@ def iter_tar_files(path: str | os.PathLike, exts: Collection[str],
     a shard of thousands of images without loading it whole. Raises
     ``tarfile.TarError`` (or ``EOFError``) on a damaged archive.
     """
-    wanted = set(exts)
-    with tarfile.open(Path(path), mode="r:") as tf:
+    wanted = None if exts is None else set(exts)
+    with storage.open_read(path) as raw, tarfile.open(fileobj=raw, mode="r|") as tf:
         for member in tf:
             if not member.isfile():
                 continue
             key, _, ext = member.name.partition(".")
-            if ext not in wanted or (keys is not None and key not in keys):
+            if (wanted is not None and ext not in wanted) or (keys is not None and key not in keys):
                 continue
             data = tf.extractfile(member)
             payload = data.read() if data is not None else b""

@@ -4,15 +4,20 @@ The graph does not know which runner executes it:
 
     Create(shard ids) -> Reshuffle -> RunStage(stage 1) -> RunStage(stage 2) -> ...
 
-A stage that needs the corpus first collects a small table from every shard; one
-step combines them into a JSON file that the stage then reads on every shard. Shard files go to the version's directory, which every worker must
-see (local disk for the local runner, a shared or mounted filesystem elsewhere).
+A keyed stage (:class:`~vlcurate.pipelines.keyed.KeyedStage`) inserts its
+corpus-wide step before its run:
+
+    shards -> Signatures -> GroupByKey -> Resolve -> (shard, finding)
+           \\______________________ CoGroupByKey by shard ______/ -> RunStage
+
+so each shard gets back only the findings about its own samples, and no worker holds
+more than one shard's rows plus one group. Every file goes through the storage layer
+(:mod:`vlcurate.io.storage`), so workers need no shared disk beyond what the
+version's root location gives them.
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any, Iterator
 
 import apache_beam as beam
@@ -20,9 +25,10 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.utils.shared import Shared
 
-from vlcurate.io.atomic import write_bytes_atomic
-from vlcurate.io.stats import read_stats, write_stats
-from vlcurate.pipelines.stage import WORK_DIR, Layout, Stage, stage_class
+from vlcurate.io import storage
+from vlcurate.io.stats import ShardStats, read_stats, write_stats
+from vlcurate.pipelines.keyed import KeyedStage
+from vlcurate.pipelines.stage import Layout, Stage, stage_class
 
 METRICS_NAMESPACE = "vlcurate"
 LOCAL = "local"
@@ -35,45 +41,61 @@ class _Holder:
         self.stage = stage
 
 
-def make_stage(name: str, config: Any, layout: Layout) -> Stage:
-    return stage_class(name)(config, layout)
+class _StageFn(beam.DoFn):
+    """A DoFn that builds its stage from the class itself (pickled with the DoFn), so
+    a worker needs no registry lookup: a stage registered by a third-party package or
+    a script runs wherever its class can be unpickled."""
+
+    def __init__(self, name: str, cls: type[Stage], config: Any, layout: Layout):
+        self.name, self.cls, self.config, self.layout = name, cls, config, layout
+
+    def make_stage(self) -> Stage:
+        return self.cls(self.config, self.layout)
 
 
-class RunStage(beam.DoFn):
-    """Run ``stage`` on each incoming shard id; pass the id on when the shard is done.
+def run_stage_on_shard(stage: Stage, shard: int, findings: list | None = None) -> ShardStats | None:
+    """Run ``stage`` on ``shard`` unless its stats marker exists (resume: None); then
+    commit the marker, with the records of the files the stage wrote made relative to
+    the version."""
+    marker = stage.layout.stats(stage.name, shard)
+    if storage.exists(marker):
+        return None
+    stats = stage.run_shard(shard, findings) if isinstance(stage, KeyedStage) else stage.run_shard(shard)
+    stats.files = [f.relative_to(stage.layout.root) for f in stats.files]
+    write_stats(stats, marker)
+    return stats
 
-    - resume: a shard whose stats file exists is skipped;
-    - atomic: stages commit each file by rename, the stats file last;
-    - one stage object (and model) per process, shared across DoFn instances;
-    - a corpus-wide stage reads its combined value from ``corpus_file`` (written once
-      by :class:`_CombineToFile`), so no runner-specific side-input machinery is needed.
+
+class RunStage(_StageFn):
+    """Run ``stage`` on each incoming shard id (or ``(shard, findings)`` for a keyed
+    stage); pass the id on when the shard is done.
+
+    - resume: a shard whose stats marker exists is skipped;
+    - atomic: stages commit each file whole, the stats marker last;
+    - one stage object (and model) per process, shared across DoFn instances.
     """
 
-    def __init__(self, name: str, config: Any, layout: Layout, corpus_file: str | None = None):
-        self.name, self.config, self.layout, self.corpus_file = name, config, layout, corpus_file
+    def __init__(self, name: str, cls: type[Stage], config: Any, layout: Layout):
+        super().__init__(name, cls, config, layout)
         self._shared = Shared()
         self.stage: Stage | None = None
-        self._corpus: Any = None
 
     def setup(self) -> None:
         def load() -> _Holder:
-            stage = make_stage(self.name, self.config, self.layout)
+            stage = self.make_stage()
             stage.setup()
             return _Holder(stage)
 
         self._holder = self._shared.acquire(load, tag=f"{self.name}:{self.layout.root}")
         self.stage = self._holder.stage
 
-    def process(self, shard: int) -> Iterator[int]:
+    def process(self, element) -> Iterator[int]:
         assert self.stage is not None
-        path = self.layout.stats(self.name, shard)
-        if path.exists():
+        shard, findings = element if isinstance(element, tuple) else (element, None)
+        stats = run_stage_on_shard(self.stage, shard, findings)
+        if stats is None:
             Metrics.counter(METRICS_NAMESPACE, f"{self.name}.shards_skipped").inc()
         else:
-            if self.corpus_file and self._corpus is None:
-                self._corpus = json.loads(Path(self.corpus_file).read_text())
-            stats = self.stage.run_shard(shard, self._corpus)
-            write_stats(stats, path)
             Metrics.counter(METRICS_NAMESPACE, f"{self.name}.shards_done").inc()
             Metrics.counter(METRICS_NAMESPACE, f"{self.name}.rows").inc(stats.rows)
             for key, value in stats.counts.items():
@@ -81,33 +103,42 @@ class RunStage(beam.DoFn):
         yield shard
 
 
-class _Collect(beam.DoFn):
-    def __init__(self, name: str, config: Any, layout: Layout):
-        self.name, self.config, self.layout = name, config, layout
-
+class _Signatures(_StageFn):
     def setup(self) -> None:
-        self.stage = make_stage(self.name, self.config, self.layout)  # no model needed
+        self.stage = self.make_stage()  # no model needed
 
     def process(self, shard: int):
-        yield (shard, self.stage.collect(shard))
+        yield from self.stage.signatures(shard)
 
 
-class _CombineToFile(beam.DoFn):
-    """All shards' collected tables -> the stage's combined value, as a JSON file;
-    then every shard id again, for the stage to run on."""
+class _Resolve(_StageFn):
+    def setup(self) -> None:
+        self.stage = self.make_stage()
 
-    def __init__(self, name: str, config: Any, layout: Layout, num_shards: int):
-        self.name, self.config, self.layout, self.num_shards = name, config, layout, num_shards
-
-    def process(self, pairs: list):
-        tables = [t for _, t in sorted(pairs, key=lambda p: p[0])]  # shard order: deterministic
-        value = make_stage(self.name, self.config, self.layout).combine(tables)
-        write_bytes_atomic(corpus_file(self.layout, self.name), json.dumps(value, sort_keys=True).encode())
-        yield from range(self.num_shards)
+    def process(self, group):
+        key, values = group
+        yield from self.stage.resolve(key, values)
 
 
-def corpus_file(layout: Layout, name: str) -> Path:
-    return layout.root / WORK_DIR / f"corpus-{name}.json"
+def _with_findings(joined) -> tuple[int, list]:
+    shard, parts = joined
+    # Sorted: the order findings arrive in depends on the runner, the stage's input must not.
+    return shard, sorted(parts["findings"])
+
+
+def keyed_step(shards, name: str, cls: type[KeyedStage], config: Any, layout: Layout):
+    """``shards`` -> ``(shard, its findings)`` for the keyed stage ``cls`` named ``name``."""
+    findings = (
+        shards
+        | f"{name}/Signatures" >> beam.ParDo(_Signatures(name, cls, config, layout))
+        | f"{name}/Group" >> beam.GroupByKey()
+        | f"{name}/Resolve" >> beam.ParDo(_Resolve(name, cls, config, layout))
+    )
+    return (
+        {"shard": shards | f"{name}/ByShard" >> beam.Map(lambda s: (s, None)), "findings": findings}
+        | f"{name}/Join" >> beam.CoGroupByKey()
+        | f"{name}/Findings" >> beam.Map(_with_findings)
+    )
 
 
 def build_graph(p: beam.Pipeline, stages: list[tuple[str, Any]], layout: Layout, num_shards: int):
@@ -117,17 +148,9 @@ def build_graph(p: beam.Pipeline, stages: list[tuple[str, Any]], layout: Layout,
         | "Distribute" >> beam.Reshuffle()
     )
     for name, config in stages:
-        corpus = None
-        if stage_class(name).needs_corpus:
-            corpus = str(corpus_file(layout, name))
-            shards = (
-                shards
-                | f"{name}/Collect" >> beam.ParDo(_Collect(name, config, layout))
-                | f"{name}/Gather" >> beam.combiners.ToList()
-                | f"{name}/Combine" >> beam.ParDo(_CombineToFile(name, config, layout, num_shards))
-                | f"{name}/Redistribute" >> beam.Reshuffle()
-            )
-        shards = shards | f"{name}/Run" >> beam.ParDo(RunStage(name, config, layout, corpus))
+        cls = stage_class(name)
+        work = keyed_step(shards, name, cls, config, layout) if issubclass(cls, KeyedStage) else shards
+        shards = work | f"{name}/Run" >> beam.ParDo(RunStage(name, cls, config, layout))
     return shards
 
 
@@ -149,6 +172,18 @@ def resolve_runner(name: str) -> str | None:
     return resolved
 
 
+def runner_defaults(runner: str, options: tuple[str, ...]) -> list[str]:
+    """Options a runner needs so that a shard is its unit of work, unless the user set
+    them. Beam's DaskRunner puts 128 elements in a partition by default, so a build of
+    fewer than 128 shards ran in one task on one worker, and that task held every
+    shard's keyed records at once: one shard per partition keeps a worker's memory to
+    one shard (measured: benchmarks/README.md, Corpus-wide steps)."""
+    if _RUNNER_ALIASES.get(runner.lower(), runner).endswith("DaskRunner") and not any(
+            o.startswith(("--dask_npartitions", "--dask_partition_size")) for o in options):
+        return ["--dask_partition_size=1"]
+    return []
+
+
 def make_pipeline(runner: str, workers: int, options: tuple[str, ...]) -> beam.Pipeline:
     """A pipeline on the named runner. ``local`` pins the FnApiRunner (never Prism, which
     downloads a binary at run time); everything else is Beam's own runner lookup."""
@@ -159,9 +194,10 @@ def make_pipeline(runner: str, workers: int, options: tuple[str, ...]) -> beam.P
         if workers > 1:
             flags += [f"--direct_num_workers={workers}", "--direct_running_mode=multi_processing"]
         return beam.Pipeline(runner=FnApiRunner(), options=PipelineOptions(flags))
-    return beam.Pipeline(options=PipelineOptions([f"--runner={resolve_runner(runner)}", *options]))
+    flags = [f"--runner={resolve_runner(runner)}", *runner_defaults(runner, options), *options]
+    return beam.Pipeline(options=PipelineOptions(flags))
 
 
 def run_stats(layout: Layout, stages: list[str], num_shards: int) -> dict[str, list]:
-    """Every stage's shard stats, read back from the version directory."""
+    """Every stage's shard stats markers, read back from the version."""
     return {name: [read_stats(layout.stats(name, s)) for s in range(num_shards)] for name in stages}

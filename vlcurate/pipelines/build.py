@@ -9,8 +9,8 @@ same recipe again resumes it, skipping every shard a stage already finished.
 from __future__ import annotations
 
 import json
-import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,42 +18,42 @@ from typing import Callable
 
 import pyarrow as pa
 
-from vlcurate.download.readers import InputError, list_input_files, read_inputs
+from vlcurate.io.inputs import InputError, list_input_files, read_inputs
 from vlcurate.errors import UserError
-import pyarrow.parquet as pq
-
-from vlcurate.io.atomic import TMP_MARK, atomic_path, sha256_file, write_bytes_atomic
-from vlcurate.pipelines.beam import build_graph, resolve_runner, make_pipeline, run_stats
+from vlcurate.io import storage
+from vlcurate.io.parquet import write_work_parquet
+from vlcurate.pipelines.beam import build_graph, resolve_runner, make_pipeline
 from vlcurate.pipelines.progress import Progress, worker_output_to
 from vlcurate.pipelines.stage import WORK_DIR, Layout, stage_class
 from vlcurate.recipe import Recipe
-from vlcurate.versions import write_manifest
+from vlcurate.versions import MANIFEST, read_markers, write_manifest
+
 
 @dataclass(frozen=True)
 class BuildResult:
-    version_dir: Path
+    version_dir: Path | str  # a local Path, or the URL of a version on an object store
     manifest: dict
     seconds: float
 
 
-def building_dir(recipe: Recipe) -> Path:
+def building_dir(recipe: Recipe) -> str:
     out = recipe.output
-    return Path(out.root) / out.name / f".{out.version}.building"
+    return storage.join(out.root, out.name, f".{out.version}.building")
 
 
 def check_buildable(recipe: Recipe) -> None:
     """Every check that needs no work: runs before anything is written."""
     target = recipe.output.version_dir
-    if target.exists():
+    if storage.exists(storage.join(target, MANIFEST)) or storage.exists(target):
         raise UserError(f"output {target}: version already exists (versions are immutable; pick a new version)")
     if resolve_runner(recipe.runner.name) is None:
         raise UserError(f"runner {recipe.runner.name!r}: unknown (use 'local' or a Beam runner name such as DataflowRunner, DaskRunner, FlinkRunner, PortableRunner)")
     if recipe.runner.workers < 1:
         raise UserError(f"runner.workers: must be at least 1, got {recipe.runner.workers}")
-    if recipe.output.parent and not (Path(recipe.output.parent) / "manifest.json").is_file():
+    if recipe.output.parent and not storage.exists(storage.join(recipe.output.parent, MANIFEST)):
         raise UserError(f"output.parent {recipe.output.parent}: not a version directory (no manifest.json)")
     first = recipe.stages[0].name
-    if not getattr(stage_class(first), "reads_input", False):
+    if not stage_class(first).reads_input:
         raise UserError(f"stages[0] {first!r}: the first stage must read the input list (e.g. download)")
 
 
@@ -61,30 +61,37 @@ def _shard_inputs(recipe: Recipe, table: pa.Table, layout: Layout) -> int:
     n = recipe.samples_per_shard
     num_shards = max(1, -(-table.num_rows // n))
     for shard in range(num_shards):
-        path = layout.input_shard(shard)
-        if not path.exists():
-            with atomic_path(path) as tmp:
-                pq.write_table(table.slice(shard * n, n), tmp)
+        loc = layout.input_shard(shard)
+        if not storage.exists(loc):
+            write_work_parquet(table.slice(shard * n, n), loc)
     return num_shards
 
 
-def _claim_building_dir(recipe: Recipe) -> Path:
+def _claim_building_dir(recipe: Recipe) -> str:
     root = building_dir(recipe)
-    marker = root / WORK_DIR / "recipe.json"
+    marker = storage.join(root, WORK_DIR, "recipe.json")
     body = json.dumps({"recipe_hash": recipe.hash(), "recipe": recipe.resolved()}, indent=1, sort_keys=True)
-    if marker.exists():
-        prior = json.loads(marker.read_text())["recipe_hash"]
+    if storage.exists(marker):
+        prior = json.loads(storage.read_bytes(marker))["recipe_hash"]
         if prior != recipe.hash():
             raise UserError(
                 f"output {root}: an unfinished build of a different recipe is there (hash {prior[:12]}); "
                 "remove that directory or build under another version"
             )
         # Temporary files of the killed build: never committed, so never needed.
-        for path in list(root.rglob(f"*{TMP_MARK}*")):
-            path.unlink()
+        for f in storage.list_files(root):
+            if storage.is_tmp(f.path):
+                storage.delete(storage.join(root, f.path))
     else:
-        write_bytes_atomic(marker, body.encode())
+        storage.write_bytes(marker, body.encode())
     return root
+
+
+def _log_path(root: str) -> Path:
+    """Where Beam's worker output goes: the build's work directory on local disk, a
+    temporary directory of this machine otherwise."""
+    local = storage.local_path(root)
+    return (local / WORK_DIR if local else Path(tempfile.mkdtemp(prefix="vlcurate-"))) / "beam.log"
 
 
 def _log_to_stderr(line: str) -> None:
@@ -103,23 +110,23 @@ def build(recipe: Recipe, log: Callable[[str], None] = _log_to_stderr) -> BuildR
         raise UserError(f"input {', '.join(recipe.input.paths)}: no rows")
     started = time.monotonic()
     root = _claim_building_dir(recipe)
-    layout = Layout(root)
-    resumed = any((root / "stats").glob("*.json"))
-    num_shards = _shard_inputs(recipe, table, layout)
     stages = [(s.name, s.config) for s in recipe.stages]
+    layout = Layout.for_stages(root, [n for n, _ in stages])
+    resumed = bool(storage.list_files(storage.join(root, "stats")))
+    num_shards = _shard_inputs(recipe, table, layout)
     log(f"{'resuming' if resumed else 'building'} {recipe.output.name}/{recipe.output.version}: "
         f"{table.num_rows} rows in {num_shards} shards, stages {', '.join(n for n, _ in stages)}, "
         f"runner {recipe.runner.name}")
     pipeline = make_pipeline(recipe.runner.name, recipe.runner.workers, recipe.runner.options)
     build_graph(pipeline, stages, layout, num_shards)
-    with worker_output_to(root / WORK_DIR / "beam.log"), \
+    with worker_output_to(_log_path(root)), \
             Progress(layout, [n for n, _ in stages], num_shards, recipe.samples_per_shard, table.num_rows, log):
         pipeline.run().wait_until_finish()
-    stats = run_stats(layout, [n for n, _ in stages], num_shards)
+    stats, records = read_markers(root, [n for n, _ in stages], num_shards)
     infos = {s.name: stage_class(s.name)(s.config, layout).info() for s in recipe.stages}
-    inputs = [{"path": str(f), "sha256": sha256_file(f), "bytes": f.stat().st_size} for f in files]
-    shutil.rmtree(root / WORK_DIR)
-    manifest = write_manifest(root, recipe, inputs, stats, infos)
+    inputs = [{"path": str(f), "sha256": storage.sha256(f), "bytes": storage.size(f)} for f in files]
+    storage.delete_tree(storage.join(root, WORK_DIR))
+    manifest = write_manifest(root, recipe, inputs, stats, records, infos)
     final = recipe.output.version_dir
-    root.rename(final)
-    return BuildResult(final, manifest, time.monotonic() - started)
+    storage.move_tree(root, final)
+    return BuildResult(storage.local_path(final) or final, manifest, time.monotonic() - started)

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
+from vlcurate.io import storage
 from vlcurate.pipelines.stage import Layout
 
 
@@ -28,8 +29,7 @@ class Progress:
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
     def _done(self) -> dict[str, int]:
-        stats_dir = self.layout.root / "stats"
-        names = [p.name for p in stats_dir.glob("*.json")] if stats_dir.exists() else []
+        names = [f.path for f in storage.list_files(storage.join(self.layout.root, "stats"))]
         return {s: sum(n.startswith(f"{s}-") for n in names) for s in self.stages}
 
     def _line(self, start_done: dict[str, int], elapsed: float) -> str:

@@ -1,51 +1,90 @@
 """The stage contract: plain Python that maps one shard to its output files.
 
 A stage reads what earlier stages wrote for a shard and writes its own files there,
-each atomically; it returns a :class:`ShardStats`. It knows nothing about Beam: the
-generic DoFn in :mod:`vlcurate.pipelines.beam` runs any stage, and tests call
-``run_shard`` directly.
+each atomically through the storage layer; it returns a :class:`ShardStats` that
+records the counts and every file it wrote. It knows nothing about Beam: the generic
+DoFn in :mod:`vlcurate.pipelines.beam` runs any stage, and tests call ``run_shard``
+directly.
 
-A stage that needs the whole corpus (exact dedup across shards, a near-duplicate
-index) sets ``needs_corpus`` and implements ``collect`` (a small table per shard) and
-``combine`` (those tables, in shard order, into one JSON-ready value); ``run_shard``
-then gets that value.
+A stage whose decisions depend on other shards (exact or near-duplicate removal, a
+global score quantile) is a :class:`~vlcurate.pipelines.keyed.KeyedStage`: it emits
+small keyed records per shard, each key is resolved on its own, and ``run_shard``
+receives only the findings about the shard's own samples.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Iterable
 
-import pyarrow as pa
-
+from vlcurate.io import storage
 from vlcurate.io.stats import ShardStats
 
 WORK_DIR = "_work"
+STAGES_ENTRY_POINTS = "vlcurate.stages"  # third-party packages register stages here
+
+
+@dataclass(frozen=True)
+class StageEntry:
+    """A stage of a build as the layout knows it: its name (the directory of its
+    sidecars) and the record kind of those sidecars (None: it writes none)."""
+
+    name: str
+    record_kind: str | None
 
 
 @dataclass(frozen=True)
 class Layout:
-    """Where each file of a version lives, relative to the version directory."""
+    """Where each file of a version lives. ``root`` is a location (local path or URL);
+    every method returns a location. ``stages`` are the build's stages in recipe order,
+    so a stage finds earlier stages' files by asking, never by listing the version."""
 
-    root: Path
+    root: str
+    stages: tuple[StageEntry, ...] = ()
 
-    def input_shard(self, shard: int) -> Path:
-        return self.root / WORK_DIR / f"input-{shard:05d}.parquet"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", os.fspath(self.root))
 
-    def samples_tar(self, shard: int) -> Path:
-        return self.root / "samples" / f"{shard:05d}.tar"
+    @classmethod
+    def for_stages(cls, root: str | os.PathLike, names: Iterable[str]) -> "Layout":
+        """A layout for stages named like registered stage classes."""
+        return cls(os.fspath(root), tuple(StageEntry(n, stage_class(n).record_kind) for n in names))
 
-    def samples_parquet(self, shard: int) -> Path:
-        return self.root / "samples" / f"{shard:05d}.parquet"
+    def input_shard(self, shard: int) -> str:
+        return storage.join(self.root, WORK_DIR, f"input-{shard:05d}.parquet")
 
-    def sidecar(self, stage: str, shard: int, ext: str = "parquet") -> Path:
-        return self.root / stage / f"{shard:05d}.{ext}"
+    def samples_tar(self, shard: int) -> str:
+        return storage.join(self.root, "samples", f"{shard:05d}.tar")
 
-    def stats(self, stage: str, shard: int) -> Path:
-        return self.root / "stats" / f"{stage}-{shard:05d}.json"
+    def samples_parquet(self, shard: int) -> str:
+        return storage.join(self.root, "samples", f"{shard:05d}.parquet")
+
+    def sidecar(self, stage: str, shard: int, ext: str = "parquet") -> str:
+        return storage.join(self.root, stage, f"{shard:05d}.{ext}")
+
+    def stats(self, stage: str, shard: int) -> str:
+        return storage.join(self.root, "stats", f"{stage}-{shard:05d}.json")
+
+    def sidecars(self, shard: int, record_kind: str, before: str | None = None) -> list[str]:
+        """The shard's sidecars of ``record_kind``, in recipe order, from the stages that
+        run before stage ``before`` (all stages when None)."""
+        found = []
+        for entry in self.stages:
+            if entry.name == before:
+                break
+            if entry.record_kind == record_kind:
+                found.append(self.sidecar(entry.name, shard))
+        return found
+
+    def relative(self, loc: str) -> str:
+        prefix = storage.join(self.root, "")
+        if not loc.startswith(prefix):
+            raise ValueError(f"{loc}: not inside {self.root}")
+        return loc[len(prefix):].replace(os.sep, "/")
 
 
 @dataclass(frozen=True)
@@ -56,15 +95,18 @@ class StageInfo:
 
 
 class Stage(ABC):
-    """One job of a build. Subclasses set ``name`` and ``Config`` (a frozen dataclass)."""
+    """One job of a build. Subclasses set ``name`` and ``Config`` (a frozen dataclass),
+    and ``record_kind`` when they write a sidecar per shard (``<name>/<shard>.parquet``)."""
 
     name: ClassVar[str]
     Config: ClassVar[type]
-    needs_corpus: ClassVar[bool] = False
+    record_kind: ClassVar[str | None] = None
+    reads_input: ClassVar[bool] = False  # True only for a first stage (it reads the input list)
 
     def __init__(self, config: Any, layout: Layout):
         self.config = config
         self.layout = layout
+        self._current = threading.local()
 
     def setup(self) -> None:
         """Load models and other per-process resources (called once per process)."""
@@ -73,18 +115,26 @@ class Stage(ABC):
         """Provenance for the manifest, known without running the stage."""
         return StageInfo()
 
-    def collect(self, shard: int) -> pa.Table:  # pragma: no cover - only for needs_corpus stages
-        raise NotImplementedError
-
-    def combine(self, tables: list[pa.Table]) -> Any:  # pragma: no cover
-        raise NotImplementedError
-
     @abstractmethod
-    def run_shard(self, shard: int, corpus: Any = None) -> ShardStats:
-        """Process one shard; write every output file atomically; return its stats."""
+    def run_shard(self, shard: int, findings: list | None = None) -> ShardStats:
+        """Process one shard; write every output file atomically; return its stats
+        (counts, and the record of every file written). ``findings``: only for a
+        :class:`~vlcurate.pipelines.keyed.KeyedStage`, what its groups found about
+        this shard's samples."""
 
-    def is_done(self, shard: int) -> bool:
-        return self.layout.stats(self.name, shard).exists()
+    def count(self, name: str, n: int = 1) -> None:
+        """Add ``n`` to counter ``name`` of the shard being processed on this thread
+        (it ends up in the shard's stats, Beam's metrics and the manifest's funnel)."""
+        stats: ShardStats | None = getattr(self._current, "stats", None)
+        if stats is None:
+            raise RuntimeError(f"{type(self).__name__}.count called outside a shard")
+        stats.add(name, n)
+
+    def new_stats(self, shard: int, rows: int) -> ShardStats:
+        """The shard's stats object; :meth:`count` adds to it until the next call."""
+        stats = ShardStats(self.name, shard, rows)
+        self._current.stats = stats
+        return stats
 
 
 _STAGES: dict[str, type[Stage]] = {}
@@ -98,7 +148,7 @@ def register_stage(cls: type[Stage]) -> type[Stage]:
 
 
 def stage_class(name: str) -> type[Stage]:
-    _load_builtin_stages()
+    _load_stages()
     try:
         return _STAGES[name]
     except KeyError:
@@ -106,10 +156,25 @@ def stage_class(name: str) -> type[Stage]:
 
 
 def known_stages() -> list[str]:
-    _load_builtin_stages()
+    _load_stages()
     return sorted(_STAGES)
 
 
-def _load_builtin_stages() -> None:
-    # Imported lazily so that importing the contract never pulls in torch.
+_LOADED = False
+
+
+def _load_stages() -> None:
+    """The built-in stages, then any registered by other packages under the
+    ``vlcurate.stages`` entry point group (each entry names a module whose import
+    registers its stages). Imported lazily so that importing the contract never pulls
+    in torch."""
+    global _LOADED
+    if _LOADED:
+        return
+    _LOADED = True
+    from importlib.metadata import entry_points
+
     from vlcurate.pipelines import stages  # noqa: F401
+
+    for ep in entry_points(group=STAGES_ENTRY_POINTS):
+        ep.load()

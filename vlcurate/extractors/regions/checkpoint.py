@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from vlcurate.errors import UserError
+from vlcurate.io import storage
 
 _TORCH_SUFFIXES = {".pth", ".pt", ".bin"}
 _ZIP_MAGIC = b"PK\x03\x04"
@@ -109,12 +110,12 @@ def _unwrap(data: Any, path: Path) -> Mapping[str, Any]:
 
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """Every named tensor in a checkpoint file, as CPU tensors, without executing code from it."""
-    path = Path(path)
+    path = os.fspath(path)
     try:
-        with open(path, "rb") as f:
+        with storage.open_read(path) as f:
             is_zip = f.read(4) == _ZIP_MAGIC
             f.seek(0)
-            if path.suffix in _TORCH_SUFFIXES or is_zip:
+            if os.path.splitext(path)[1] in _TORCH_SUFFIXES or is_zip:
                 try:
                     data = torch.load(f, map_location="cpu", weights_only=True)
                 except (pickle.UnpicklingError, RuntimeError) as e:
@@ -193,7 +194,7 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike[str], strict: bool
     FrozenBN ``running_mean``/``running_var`` absent from old files default to 0/1,
     as detectron2 does; they are reported in ``defaulted``.
     """
-    path = Path(path)
+    path = os.fspath(path)
     state = read_checkpoint(path)
     checked = _check_extras(model, state, path)
     expected = model.state_dict()
@@ -228,9 +229,6 @@ def save_detectron2_checkpoint(model: nn.Module, path: str | os.PathLike[str]) -
     (without it, it applies Caffe2 name heuristics). Written to a temporary file and
     renamed, so a crash never leaves a truncated checkpoint under ``path``.
     """
-    path = Path(path)
     state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
+    with storage.open_write(path) as f:
         pickle.dump({"model": state, "__author__": "vlcurate"}, f, protocol=4)
-    os.replace(tmp, path)

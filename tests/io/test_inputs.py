@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from vlcurate.download.readers import InputError, InputSpec, list_input_files, read_inputs
+from vlcurate.io.inputs import InputError, InputSpec, list_input_files, read_inputs
 
 ROWS = [
     {"url": "http://a.example/1.jpg", "caption": "a cat, sitting", "width": 10},

@@ -1,0 +1,121 @@
+"""Keyed corpus-wide steps: exact dedup decides the same on every runner and worker
+count, with each copy pointing at the smallest key of its group, and the manifest is
+assembled from the stats markers without reading a data file back."""
+
+from collections import defaultdict
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from tests.conftest import make_recipe
+from vlcurate.io import storage
+from vlcurate.pipelines.build import build
+from vlcurate.recipe import load_recipe
+
+STAGES = [{"download": {"image_size": 64, "allow_private": True}},
+          {"caption_filter": {"min_chars": 5}},
+          {"exact_dedup": {"column": "sha256"}}]
+
+
+def expected_dedup(version: Path) -> dict[str, str]:
+    """Computed here from the sample rows and the caption filter's decisions, without
+    the stage's code: every sha256 group's later keys -> its smallest key."""
+    dropped = set()
+    for path in sorted((version / "caption_filter").glob("*.parquet")):
+        t = pq.read_table(path).to_pylist()
+        dropped |= {r["key"] for r in t if not r["keep"]}
+    groups = defaultdict(list)
+    for path in sorted((version / "samples").glob("*.parquet")):
+        for r in pq.read_table(path).to_pylist():
+            if r["status"] == "ok" and r["key"] not in dropped:
+                groups[r["sha256"]].append(r["key"])
+    return {k: min(keys) for keys in groups.values() for k in keys if k != min(keys)}
+
+
+def dedup_decisions(version: Path) -> dict[str, str]:
+    rows = [r for p in sorted((version / "exact_dedup").glob("*.parquet")) for r in pq.read_table(p).to_pylist()]
+    assert all(r["reason"] == "duplicate" for r in rows if not r["keep"])
+    return {r["key"]: r["detail"] for r in rows if not r["keep"]}
+
+
+def checksums(manifest):
+    return {f["path"]: f["sha256"] for f in manifest["files"] if f["path"].startswith(("exact_dedup/", "samples/"))}
+
+
+def test_demo_dedup_points_every_copy_at_the_smallest_key(demo_version):
+    found = dedup_decisions(demo_version)
+    assert len(found) == 14
+    assert found == expected_dedup(demo_version)
+
+
+@pytest.mark.slow
+def test_twenty_shards_same_decisions_on_one_and_two_workers_and_dask(tmp_path, demo_urls):
+    distributed = pytest.importorskip("distributed")
+    builds = {}
+    for workers in (1, 2):
+        recipe = make_recipe(tmp_path, demo_urls, root=f"w{workers}", samples_per_shard=12, stages=STAGES,
+                             runner={"name": "local", "workers": workers})
+        builds[f"local-{workers}"] = build(load_recipe(recipe), log=lambda s: None)
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                       dashboard_address=None, host="127.0.0.1")
+    client = distributed.Client(cluster)
+    try:
+        recipe = make_recipe(tmp_path, demo_urls, root="dask", samples_per_shard=12, stages=STAGES, runner={
+            "name": "DaskRunner", "options": [f"--dask_client_address={cluster.scheduler_address}"]})
+        builds["dask"] = build(load_recipe(recipe), log=lambda s: None)
+    finally:
+        client.close()
+        cluster.close()
+    first = Path(builds["local-1"].version_dir)
+    assert builds["local-1"].manifest["stages"][0]["shards"] == 20
+    decisions = dedup_decisions(first)
+    assert len(decisions) == 14 and decisions == expected_dedup(first)
+    # copies across shards: a representative in another shard than some of its copies
+    assert any(k.split("_")[0] != v.split("_")[0] for k, v in decisions.items())
+    for name, result in builds.items():
+        assert dedup_decisions(Path(result.version_dir)) == decisions, name
+        assert checksums(result.manifest) == checksums(builds["local-1"].manifest), name
+
+
+def test_manifest_is_assembled_without_reading_data_files(tmp_path, demo_urls, monkeypatch):
+    """Every read through the storage layer while the manifest is written is a stats
+    marker; and what the markers say equals the files on disk."""
+    import vlcurate.versions as versions
+
+    reads: list[str] = []
+    real_write_manifest, real_open_read = versions.write_manifest, storage.open_read
+
+    def counting_open_read(loc):
+        reads.append(str(loc))
+        return real_open_read(loc)
+
+    def write_manifest(*args, **kwargs):
+        monkeypatch.setattr(storage, "open_read", counting_open_read)
+        try:
+            return real_write_manifest(*args, **kwargs)
+        finally:
+            monkeypatch.setattr(storage, "open_read", real_open_read)
+
+    def read_markers(*args, **kwargs):
+        monkeypatch.setattr(storage, "open_read", counting_open_read)
+        try:
+            return real_read_markers(*args, **kwargs)
+        finally:
+            monkeypatch.setattr(storage, "open_read", real_open_read)
+
+    real_read_markers = versions.read_markers
+    import vlcurate.pipelines.build as build_module
+
+    monkeypatch.setattr(build_module, "write_manifest", write_manifest)
+    monkeypatch.setattr(build_module, "read_markers", read_markers)
+    recipe = make_recipe(tmp_path, demo_urls, samples_per_shard=60, stages=STAGES)
+    result = build(load_recipe(recipe), log=lambda s: None)
+    assert reads and all("/stats/" in r and r.endswith(".json") for r in reads), reads
+    assert len(reads) == 3 * 4  # one marker per stage and shard
+    version = Path(result.version_dir)
+    for entry in result.manifest["files"]:
+        data = (version / entry["path"]).read_bytes()
+        assert (storage.sha256(version / entry["path"]), len(data)) == (entry["sha256"], entry["bytes"])
+    rows = {e["path"]: e["rows"] for e in result.manifest["files"]}
+    assert rows["samples/00000.parquet"] == 60 == pq.ParquetFile(version / "samples/00000.parquet").metadata.num_rows
