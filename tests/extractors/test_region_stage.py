@@ -151,9 +151,9 @@ def test_config_is_checked_when_parsed_and_provenance_needs_no_model(tmp_path):
     for bad, message in [({"config": "butd-huge"}, "unknown region config 'butd-huge'"),
                          ({"config": str(tmp_path / "nope.json")}, "nope.json: no such file"),
                          ({"weights": str(tmp_path / "w.pkl")}, "w.pkl: no such file"),
-                         ({"min_boxes": 50}, "min_boxes <= max_boxes"),
+                         ({"min_boxes": 50}, r"\.min_boxes: must be <= max_boxes \(36\), got 50"),
                          ({"device": "gpu"}, "device 'gpu'"),
-                         ({"decode_threads": -1}, "decode_threads >= 0"),
+                         ({"decode_threads": -1}, r"region_features\.decode_threads: must be >= 0, got -1"),
                          ({"storage": "int8"}, "storage: expected one of 'fp16', 'fp32'")]:
         with pytest.raises(ConfigError, match=message):
             from_dict(RegionFeaturesConfig, bad, where)
