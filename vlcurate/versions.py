@@ -22,6 +22,7 @@ from vlcurate.errors import UserError
 from vlcurate.io.atomic import is_tmp, sha256_file, write_bytes_atomic
 from vlcurate.io.parquet import parquet_rows, record_kind
 from vlcurate.io.tar import tar_keys
+from vlcurate.report import is_filter
 from vlcurate.schemas import SCHEMA_VERSION
 
 MANIFEST = "manifest.json"
@@ -142,34 +143,63 @@ def list_versions(root: str | os.PathLike) -> list[dict[str, Any]]:
         m = load_manifest(manifest_path.parent)
         rows.append({
             "name": m["name"], "version": m["version"], "created_at": m["created_at"],
-            "samples": _kept(m), "files": len(m["files"]),
+            "samples": _downloaded(m), "kept": _kept(m), "files": len(m["files"]),
             "bytes": sum(f["bytes"] for f in m["files"]), "parent": m.get("parent"),
             "path": str(manifest_path.parent),
         })
+    if not rows:
+        hint = (" (it is a version directory itself)" if (root / MANIFEST).is_file() else
+                " (it is a NAME directory)" if any(root.glob(f"*/{MANIFEST}")) else "")
+        raise UserError(f"root {root}: no versions under it{hint}; pass the root that holds NAME/VERSION")
     return rows
 
 
-def _kept(manifest: dict) -> int | None:
+def _downloaded(manifest: dict) -> int | None:
+    """The first stage's ok rows: samples that were fetched and stored."""
     for stage in manifest["stages"]:
         if "ok" in stage["counts"]:
             return stage["counts"]["ok"]
     return None
 
 
+def _kept(manifest: dict) -> int | None:
+    """Samples every filter kept: the last filter's ``kept`` count; with no filter,
+    the downloaded samples (a feature stage's failures do not drop a sample)."""
+    filters = [s for s in manifest["stages"] if is_filter(s["counts"])]
+    return filters[-1]["counts"].get("kept", 0) if filters else _downloaded(manifest)
+
+
+def summary(version_dir: str | os.PathLike) -> dict[str, Any]:
+    """What :func:`show` prints, as JSON-ready data (the manifest has the rest)."""
+    m = load_manifest(version_dir)
+    return {
+        "name": m["name"], "version": m["version"], "path": str(version_dir),
+        "created_at": m["created_at"], "code_version": m["code_version"],
+        "schema_version": m["schema_version"], "recipe_hash": m["recipe_hash"], "parent": m.get("parent"),
+        "files": len(m["files"]), "bytes": sum(f["bytes"] for f in m["files"]),
+        "samples": _downloaded(m), "kept": _kept(m), "random_weights": bool(m.get("random_weights")),
+        "stages": [{"name": s["name"], "rows": s["rows"], "shards": s["shards"], "counts": s["counts"]}
+                   for s in m["stages"]],
+    }
+
+
 def show(version_dir: str | os.PathLike) -> str:
     """Human-readable summary of one version."""
-    m = load_manifest(version_dir)
+    s = summary(version_dir)
     lines = [
-        f"{m['name']}/{m['version']}  ({version_dir})",
-        f"  created      {m['created_at']}",
-        f"  code         {m['code_version']}   schema {m['schema_version']}",
-        f"  recipe hash  {m['recipe_hash'][:16]}",
-        f"  parent       {m.get('parent') or '-'}",
-        f"  files        {len(m['files'])}, {sum(f['bytes'] for f in m['files']):,} bytes",
+        f"{s['name']}/{s['version']}  ({version_dir})",
+        f"  created      {s['created_at']}",
+        f"  code         {s['code_version']}   schema {s['schema_version']}",
+        f"  recipe hash  {s['recipe_hash'][:16]}",
+        f"  parent       {s['parent'] or '-'}",
+        f"  files        {s['files']}, {s['bytes']:,} bytes",
+        f"  samples      {s['samples'] if s['samples'] is not None else '-'} downloaded, "
+        f"{s['kept'] if s['kept'] is not None else '-'} kept",
     ]
-    if m.get("random_weights"):
+    if s["random_weights"]:
         lines.append("  WEIGHTS      random (test/demo configuration; features are not meaningful)")
-    for s in m["stages"]:
-        counts = ", ".join(f"{k}={v}" for k, v in s["counts"].items())
-        lines.append(f"  stage {s['name']:<14} {s['rows']} rows in {s['shards']} shards: {counts}")
+    for st in s["stages"]:
+        counts = ", ".join(f"{k}={v}" for k, v in st["counts"].items())
+        shards = "shard" if st["shards"] == 1 else "shards"
+        lines.append(f"  stage {st['name']:<14} {st['rows']} rows in {st['shards']} {shards}: {counts}")
     return "\n".join(lines)

@@ -31,6 +31,7 @@ import base64
 import csv
 import os
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -139,9 +140,8 @@ def export_lxmert_tsv(version_dir: str | os.PathLike, out: str | os.PathLike, st
     sidecars under ``stage``, holds an invalid sidecar, or ``out`` is a directory.
     """
     version_dir, out = Path(version_dir), Path(out)
+    _check_output(out)
     sidecars = region_sidecars(version_dir, stage)
-    if out.is_dir():
-        raise UserError(f"output {out}: is a directory (name the .tsv file to write)")
     rows = failed = dropped = 0
     with atomic_path(out) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         # The csv defaults (excel dialect, \r\n) are what generate_tsv.py wrote.
@@ -153,6 +153,22 @@ def export_lxmert_tsv(version_dir: str | os.PathLike, out: str | os.PathLike, st
                 writer.writerow(row)
                 rows += 1
     return ExportResult(out, rows, failed, dropped, len(sidecars))
+
+
+def _check_output(out: Path) -> None:
+    """UserError (one line) unless a file can be written at ``out``, changing nothing:
+    checked by creating and removing an empty file in the nearest existing directory
+    on the way, the only test that also holds for root and for /proc."""
+    if out.is_dir():
+        raise UserError(f"output {out}: is a directory (name the .tsv file to write)")
+    existing = next(p for p in out.parents if p.exists())
+    if not existing.is_dir():
+        raise UserError(f"output {out}: {existing} is not a directory")
+    try:
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".vlcurate-", suffix=".probe"):
+            pass
+    except OSError as e:
+        raise UserError(f"output {out}: cannot write in {existing} ({e.strerror or e})") from None
 
 
 def read_lxmert_tsv(path: str | os.PathLike, topk: int | None = None) -> list[dict[str, Any]]:

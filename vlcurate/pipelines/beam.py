@@ -12,6 +12,7 @@ see (local disk for the local runner, a shared or mounted filesystem elsewhere).
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -20,6 +21,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.utils.shared import Shared
 
+from vlcurate.errors import UserError
 from vlcurate.io.atomic import write_bytes_atomic
 from vlcurate.io.stats import read_stats, write_stats
 from vlcurate.pipelines.stage import WORK_DIR, Layout, Stage, stage_class
@@ -35,8 +37,17 @@ class _Holder:
         self.stage = stage
 
 
-def make_stage(name: str, config: Any, layout: Layout) -> Stage:
-    return stage_class(name)(config, layout)
+@dataclass(frozen=True)
+class StageRun:
+    """What a worker needs to make one stage: its kind, its name in the version, its config."""
+
+    kind: str
+    name: str
+    config: Any
+
+
+def make_stage(run: StageRun, layout: Layout) -> Stage:
+    return stage_class(run.kind)(run.config, layout, run.name)
 
 
 class RunStage(beam.DoFn):
@@ -49,15 +60,15 @@ class RunStage(beam.DoFn):
       by :class:`_CombineToFile`), so no runner-specific side-input machinery is needed.
     """
 
-    def __init__(self, name: str, config: Any, layout: Layout, corpus_file: str | None = None):
-        self.name, self.config, self.layout, self.corpus_file = name, config, layout, corpus_file
+    def __init__(self, run: StageRun, layout: Layout, corpus_file: str | None = None):
+        self.run, self.name, self.layout, self.corpus_file = run, run.name, layout, corpus_file
         self._shared = Shared()
         self.stage: Stage | None = None
         self._corpus: Any = None
 
     def setup(self) -> None:
         def load() -> _Holder:
-            stage = make_stage(self.name, self.config, self.layout)
+            stage = make_stage(self.run, self.layout)
             stage.setup()
             return _Holder(stage)
 
@@ -82,11 +93,11 @@ class RunStage(beam.DoFn):
 
 
 class _Collect(beam.DoFn):
-    def __init__(self, name: str, config: Any, layout: Layout):
-        self.name, self.config, self.layout = name, config, layout
+    def __init__(self, run: StageRun, layout: Layout):
+        self.run, self.layout = run, layout
 
     def setup(self) -> None:
-        self.stage = make_stage(self.name, self.config, self.layout)  # no model needed
+        self.stage = make_stage(self.run, self.layout)  # no model needed
 
     def process(self, shard: int):
         yield (shard, self.stage.collect(shard))
@@ -96,13 +107,13 @@ class _CombineToFile(beam.DoFn):
     """All shards' collected tables -> the stage's combined value, as a JSON file;
     then every shard id again, for the stage to run on."""
 
-    def __init__(self, name: str, config: Any, layout: Layout, num_shards: int):
-        self.name, self.config, self.layout, self.num_shards = name, config, layout, num_shards
+    def __init__(self, run: StageRun, layout: Layout, num_shards: int):
+        self.run, self.layout, self.num_shards = run, layout, num_shards
 
     def process(self, pairs: list):
         tables = [t for _, t in sorted(pairs, key=lambda p: p[0])]  # shard order: deterministic
-        value = make_stage(self.name, self.config, self.layout).combine(tables)
-        write_bytes_atomic(corpus_file(self.layout, self.name), json.dumps(value, sort_keys=True).encode())
+        value = make_stage(self.run, self.layout).combine(tables)
+        write_bytes_atomic(corpus_file(self.layout, self.run.name), json.dumps(value, sort_keys=True).encode())
         yield from range(self.num_shards)
 
 
@@ -110,24 +121,24 @@ def corpus_file(layout: Layout, name: str) -> Path:
     return layout.root / WORK_DIR / f"corpus-{name}.json"
 
 
-def build_graph(p: beam.Pipeline, stages: list[tuple[str, Any]], layout: Layout, num_shards: int):
+def build_graph(p: beam.Pipeline, stages: list[StageRun], layout: Layout, num_shards: int):
     shards = (
         p
         | "Shards" >> beam.Create(list(range(num_shards)))
         | "Distribute" >> beam.Reshuffle()
     )
-    for name, config in stages:
-        corpus = None
-        if stage_class(name).needs_corpus:
+    for run in stages:
+        name, corpus = run.name, None
+        if stage_class(run.kind).needs_corpus:
             corpus = str(corpus_file(layout, name))
             shards = (
                 shards
-                | f"{name}/Collect" >> beam.ParDo(_Collect(name, config, layout))
+                | f"{name}/Collect" >> beam.ParDo(_Collect(run, layout))
                 | f"{name}/Gather" >> beam.combiners.ToList()
-                | f"{name}/Combine" >> beam.ParDo(_CombineToFile(name, config, layout, num_shards))
+                | f"{name}/Combine" >> beam.ParDo(_CombineToFile(run, layout, num_shards))
                 | f"{name}/Redistribute" >> beam.Reshuffle()
             )
-        shards = shards | f"{name}/Run" >> beam.ParDo(RunStage(name, config, layout, corpus))
+        shards = shards | f"{name}/Run" >> beam.ParDo(RunStage(run, layout, corpus))
     return shards
 
 
@@ -147,6 +158,32 @@ def resolve_runner(name: str) -> str | None:
     except (ValueError, ImportError, AttributeError):
         return None
     return resolved
+
+
+def check_pipeline_options(options: tuple[str, ...]) -> None:
+    """UserError naming the first option that no Beam options class (of Beam or of a
+    runner loaded so far: call after :func:`resolve_runner`) knows, with the closest
+    known one. Beam itself only logs and drops such options, so a misspelt
+    ``--dask_client_address`` would quietly start a local cluster instead."""
+    import difflib
+
+    from apache_beam.options.pipeline_options import _BeamArgumentParser
+
+    parser = _BeamArgumentParser(allow_abbrev=False)
+    classes = {str(cls): cls for cls in PipelineOptions.__subclasses__()}  # what Beam's own parse uses
+    for cls in classes.values():
+        cls._add_argparse_args(parser)  # noqa: SLF001 - Beam's documented extension point
+    _, unknown = parser.parse_known_args(list(options))
+    if not unknown:
+        return
+    arg = unknown[0]
+    name = arg.split("=", 1)[0]
+    if not name.startswith("--"):
+        raise UserError(f"pipeline option {arg!r}: not an option (pass --name=value after '--')")
+    known = [opt for action in parser._actions for opt in action.option_strings if opt.startswith("--")]
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
+    hint = f"did you mean {close[0]}?" if close else "not a Beam or runner option"
+    raise UserError(f"pipeline option {name}: unknown ({hint})")
 
 
 def make_pipeline(runner: str, workers: int, options: tuple[str, ...]) -> beam.Pipeline:

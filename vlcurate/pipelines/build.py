@@ -8,9 +8,12 @@ same recipe again resumes it, skipping every shard a stage already finished.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +26,11 @@ from vlcurate.errors import UserError
 import pyarrow.parquet as pq
 
 from vlcurate.io.atomic import TMP_MARK, atomic_path, sha256_file, write_bytes_atomic
-from vlcurate.pipelines.beam import build_graph, resolve_runner, make_pipeline, run_stats
+from vlcurate.pipelines.beam import StageRun, build_graph, check_pipeline_options, make_pipeline, resolve_runner, run_stats
 from vlcurate.pipelines.progress import Progress, worker_output_to
 from vlcurate.pipelines.stage import WORK_DIR, Layout, stage_class
 from vlcurate.recipe import Recipe
+from vlcurate.report import plural
 from vlcurate.versions import write_manifest
 
 @dataclass(frozen=True)
@@ -49,17 +53,19 @@ def check_buildable(recipe: Recipe) -> None:
     if resolve_runner(recipe.runner.name) is None:
         raise UserError(f"runner {recipe.runner.name!r}: unknown (use 'local' or a Beam runner name such as DataflowRunner, DaskRunner, FlinkRunner, PortableRunner)")
     if recipe.runner.workers < 1:
-        raise UserError(f"runner.workers: must be at least 1, got {recipe.runner.workers}")
+        raise UserError(f"runner.workers: must be >= 1, got {recipe.runner.workers}")
+    check_pipeline_options(recipe.runner.options)
     if recipe.output.parent and not (Path(recipe.output.parent) / "manifest.json").is_file():
         raise UserError(f"output.parent {recipe.output.parent}: not a version directory (no manifest.json)")
-    first = recipe.stages[0].name
-    if not getattr(stage_class(first), "reads_input", False):
-        raise UserError(f"stages[0] {first!r}: the first stage must read the input list (e.g. download)")
+
+
+def _num_shards(recipe: Recipe, table: pa.Table) -> int:
+    return max(1, -(-table.num_rows // recipe.samples_per_shard))
 
 
 def _shard_inputs(recipe: Recipe, table: pa.Table, layout: Layout) -> int:
     n = recipe.samples_per_shard
-    num_shards = max(1, -(-table.num_rows // n))
+    num_shards = _num_shards(recipe, table)
     for shard in range(num_shards):
         path = layout.input_shard(shard)
         if not path.exists():
@@ -68,7 +74,13 @@ def _shard_inputs(recipe: Recipe, table: pa.Table, layout: Layout) -> int:
     return num_shards
 
 
-def _claim_building_dir(recipe: Recipe) -> Path:
+@dataclass(frozen=True)
+class _Claim:
+    root: Path  # the .VERSION.building directory
+    created: tuple[Path, ...]  # directories this build made, deepest first (root included)
+
+
+def _claim_building_dir(recipe: Recipe) -> _Claim:
     root = building_dir(recipe)
     marker = root / WORK_DIR / "recipe.json"
     body = json.dumps({"recipe_hash": recipe.hash(), "recipe": recipe.resolved()}, indent=1, sort_keys=True)
@@ -82,9 +94,26 @@ def _claim_building_dir(recipe: Recipe) -> Path:
         # Temporary files of the killed build: never committed, so never needed.
         for path in list(root.rglob(f"*{TMP_MARK}*")):
             path.unlink()
-    else:
-        write_bytes_atomic(marker, body.encode())
-    return root
+        return _Claim(root, ())
+    created = tuple(d for d in (root, *root.parents) if not d.exists())
+    write_bytes_atomic(marker, body.encode())
+    return _Claim(root, created)
+
+
+def _release(claim: _Claim, log: Callable[[str], None]) -> None:
+    """Undo a claim that no stage-shard got past: the directories this build made go,
+    so the same version can be built again with a fixed recipe. The worker log is
+    moved out first (it says what failed)."""
+    beam_log = claim.root / WORK_DIR / "beam.log"
+    if beam_log.is_file() and beam_log.stat().st_size:
+        fd, kept = tempfile.mkstemp(prefix="vlcurate-beam-", suffix=".log")
+        os.close(fd)
+        shutil.move(str(beam_log), kept)
+        log(f"worker logs: {kept}")
+    shutil.rmtree(claim.root, ignore_errors=True)
+    for directory in claim.created[1:]:
+        with contextlib.suppress(OSError):  # not empty: something else lives there now
+            directory.rmdir()
 
 
 def _log_to_stderr(line: str) -> None:
@@ -102,21 +131,31 @@ def build(recipe: Recipe, log: Callable[[str], None] = _log_to_stderr) -> BuildR
     if table.num_rows == 0:
         raise UserError(f"input {', '.join(recipe.input.paths)}: no rows")
     started = time.monotonic()
-    root = _claim_building_dir(recipe)
-    layout = Layout(root)
-    resumed = any((root / "stats").glob("*.json"))
-    num_shards = _shard_inputs(recipe, table, layout)
-    stages = [(s.name, s.config) for s in recipe.stages]
-    log(f"{'resuming' if resumed else 'building'} {recipe.output.name}/{recipe.output.version}: "
-        f"{table.num_rows} rows in {num_shards} shards, stages {', '.join(n for n, _ in stages)}, "
-        f"runner {recipe.runner.name}")
+    stages = [StageRun(s.kind, s.name, s.config) for s in recipe.stages]
+    names = [s.name for s in stages]
+    layout = Layout(building_dir(recipe))
+    # The graph is made before anything is written: a graph error leaves nothing behind.
     pipeline = make_pipeline(recipe.runner.name, recipe.runner.workers, recipe.runner.options)
-    build_graph(pipeline, stages, layout, num_shards)
-    with worker_output_to(root / WORK_DIR / "beam.log"), \
-            Progress(layout, [n for n, _ in stages], num_shards, recipe.samples_per_shard, table.num_rows, log):
-        pipeline.run().wait_until_finish()
-    stats = run_stats(layout, [n for n, _ in stages], num_shards)
-    infos = {s.name: stage_class(s.name)(s.config, layout).info() for s in recipe.stages}
+    build_graph(pipeline, stages, layout, _num_shards(recipe, table))
+    claim = _claim_building_dir(recipe)
+    root = claim.root
+    try:
+        resumed = any((root / "stats").glob("*.json"))
+        num_shards = _shard_inputs(recipe, table, layout)
+        log(f"{'resuming' if resumed else 'building'} {recipe.output.name}/{recipe.output.version}: "
+            f"{plural(table.num_rows, 'row')} in {plural(num_shards, 'shard')}, stages {', '.join(names)}, "
+            f"runner {recipe.runner.name}")
+        with worker_output_to(root / WORK_DIR / "beam.log"), \
+                Progress(layout, names, num_shards, recipe.samples_per_shard, table.num_rows, log):
+            pipeline.run().wait_until_finish()
+    except BaseException:
+        if claim.created and not any((root / "stats").glob("*.json")):
+            _release(claim, log)
+        elif (root / WORK_DIR / "beam.log").is_file():
+            log(f"worker logs: {root / WORK_DIR / 'beam.log'}")
+        raise
+    stats = run_stats(layout, names, num_shards)
+    infos = {s.name: stage_class(s.kind)(s.config, layout, s.name).info() for s in recipe.stages}
     inputs = [{"path": str(f), "sha256": sha256_file(f), "bytes": f.stat().st_size} for f in files]
     shutil.rmtree(root / WORK_DIR)
     manifest = write_manifest(root, recipe, inputs, stats, infos)

@@ -62,9 +62,11 @@ class Stage(ABC):
     Config: ClassVar[type]
     needs_corpus: ClassVar[bool] = False
 
-    def __init__(self, config: Any, layout: Layout):
+    def __init__(self, config: Any, layout: Layout, name: str | None = None):
         self.config = config
         self.layout = layout
+        if name is not None:  # a recipe that runs this kind twice names each one
+            self.name = name
 
     def setup(self) -> None:
         """Load models and other per-process resources (called once per process)."""
