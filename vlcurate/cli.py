@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,8 +20,6 @@ from vlcurate.typed import ConfigError
 # Offline by default: no albumentations update check, no wandb, no hub lookups at import.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
-# dask.distributed logs every cluster start and worker at INFO; read when dask is imported.
-os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
 
 
 class _DropImportNoise(logging.Filter):
@@ -227,6 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
     logging.getLogger().addFilter(_DropImportNoise())
+    # A DaskRunner run without --dask_client_address starts a local cluster, whose
+    # dashboard moves to a free port when 8787 is taken, with a three-line warning.
+    warnings.filterwarnings("ignore", message=r"Port \d+ is already in use", category=UserWarning)
     try:
         return args.func(args)
     except (UserError, ConfigError) as e:

@@ -199,6 +199,19 @@ def make_pipeline(runner: str, workers: int, options: tuple[str, ...]) -> beam.P
     return beam.Pipeline(options=PipelineOptions([f"--runner={resolve_runner(runner)}", *options]))
 
 
+def run_to_completion(pipeline: beam.Pipeline) -> None:
+    """Run and wait. A client the runner opened and left open (Beam's DaskRunner keeps
+    a ``distributed.Client`` on its result) is closed here: left open, it tries to
+    reconnect once the cluster goes away and prints tracebacks at interpreter exit."""
+    result = pipeline.run()
+    try:
+        result.wait_until_finish()
+    finally:
+        client = getattr(result, "client", None)
+        if callable(getattr(client, "close", None)):
+            client.close()
+
+
 def run_stats(layout: Layout, stages: list[str], num_shards: int) -> dict[str, list]:
     """Every stage's shard stats, read back from the version directory."""
     return {name: [read_stats(layout.stats(name, s)) for s in range(num_shards)] for name in stages}

@@ -26,7 +26,8 @@ from vlcurate.errors import UserError
 import pyarrow.parquet as pq
 
 from vlcurate.io.atomic import TMP_MARK, atomic_path, sha256_file, write_bytes_atomic
-from vlcurate.pipelines.beam import StageRun, build_graph, check_pipeline_options, make_pipeline, resolve_runner, run_stats
+from vlcurate.pipelines.beam import (StageRun, build_graph, check_pipeline_options, make_pipeline, resolve_runner,
+                                     run_stats, run_to_completion)
 from vlcurate.pipelines.progress import Progress, worker_output_to
 from vlcurate.pipelines.stage import WORK_DIR, Layout, stage_class
 from vlcurate.recipe import Recipe
@@ -147,7 +148,7 @@ def build(recipe: Recipe, log: Callable[[str], None] = _log_to_stderr) -> BuildR
             f"runner {recipe.runner.name}")
         with worker_output_to(root / WORK_DIR / "beam.log"), \
                 Progress(layout, names, num_shards, recipe.samples_per_shard, table.num_rows, log):
-            pipeline.run().wait_until_finish()
+            run_to_completion(pipeline)
     except BaseException:
         if claim.created and not any((root / "stats").glob("*.json")):
             _release(claim, log)
