@@ -69,6 +69,7 @@ def test_a_stage_kind_twice_gets_numbered_names(tmp_path, urls, capsys):
     for stage in ("exact_dedup", "exact_dedup_2", "short_captions"):
         assert (version / stage / "00000.parquet").is_file() and (version / "stats" / f"{stage}-00000.json").is_file()
     assert "stages download, exact_dedup, exact_dedup_2, short_captions" in err
+    assert main(["validate", str(version)]) == 0, capsys.readouterr().out
 
 
 def test_a_repeated_stage_name_is_an_error(tmp_path, urls, capsys):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -25,6 +24,7 @@ from vlcurate.download.readers import InputError, list_input_files, read_inputs
 from vlcurate.errors import UserError
 import pyarrow.parquet as pq
 
+from vlcurate.io import storage
 from vlcurate.io.atomic import TMP_MARK, atomic_path, sha256_file, write_bytes_atomic
 from vlcurate.pipelines.beam import (StageRun, build_graph, check_pipeline_options, make_pipeline, resolve_runner,
                                      run_stats, run_to_completion)
@@ -106,13 +106,12 @@ def _release(claim: _Claim, log: Callable[[str], None]) -> None:
     so the same version can be built again with a fixed recipe. The worker log is
     moved out first (it says what failed)."""
     beam_log = claim.root / WORK_DIR / "beam.log"
-    if beam_log.is_file() and beam_log.stat().st_size:
-        fd, kept = tempfile.mkstemp(prefix="vlcurate-beam-", suffix=".log")
-        os.close(fd)
-        shutil.move(str(beam_log), kept)
-        log(f"worker logs: {kept}")
-    shutil.rmtree(claim.root, ignore_errors=True)
-    for directory in claim.created[1:]:
+    if storage.exists(beam_log) and storage.size(beam_log):
+        with tempfile.NamedTemporaryFile(prefix="vlcurate-beam-", suffix=".log", delete=False) as kept:
+            kept.write(storage.read_bytes(beam_log))
+        log(f"worker logs: {kept.name}")
+    storage.delete_tree(claim.root)
+    for directory in claim.created[1:]:  # empty parents: local directories only
         with contextlib.suppress(OSError):  # not empty: something else lives there now
             directory.rmdir()
 
