@@ -55,6 +55,14 @@ def demo_urls(demo_corpus, demo_server, tmp_path_factory) -> Path:
     return path
 
 
+def tree(root: Path) -> list[str]:
+    """Every path under ``root``, hidden ones included (``.v1.building``), with a
+    trailing '/' on directories: what "nothing written" compares."""
+    if not root.exists():
+        return []
+    return sorted(str(p.relative_to(root)) + ("/" if p.is_dir() else "") for p in root.rglob("*"))
+
+
 def make_recipe(tmp_path: Path, urls: Path, version: str = "v1", root: str = "out", **overrides) -> Path:
     """Write a small demo-like recipe to tmp_path and return its path."""
     from vlcurate.demo.run import demo_recipe

@@ -4,7 +4,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import make_recipe
+from tests.conftest import make_recipe, tree
 from vlcurate.cli import main
 
 
@@ -21,8 +21,9 @@ def assert_one_line_error(code, err, *fragments):
         assert f in err, err
 
 
-def no_versions(root):
-    return not root.exists() or not any(p.name[0] != "." for p in root.glob("*/*"))
+def unchanged(root, before):
+    """Nothing written, hidden entries (a claimed ``.v1.building``) included."""
+    return tree(root) == before
 
 
 def test_missing_recipe(tmp_path, capsys):
@@ -36,21 +37,25 @@ def test_malformed_recipe(tmp_path, capsys):
 
 def test_wrong_type_in_recipe(tmp_path, demo_urls, capsys):
     recipe = make_recipe(tmp_path, demo_urls, samples_per_shard="many")
+    before = tree(tmp_path)
     assert_one_line_error(*run(capsys, "build", str(recipe)), "samples_per_shard: expected int")
-    assert no_versions(tmp_path / "out")
+    assert unchanged(tmp_path, before)
 
 
 def test_missing_input_file(tmp_path, capsys):
     recipe = make_recipe(tmp_path, tmp_path / "absent.parquet")
+    before = tree(tmp_path)
     assert_one_line_error(*run(capsys, "build", str(recipe)), "absent.parquet")
-    assert no_versions(tmp_path / "out")
+    assert unchanged(tmp_path, before)
 
 
 def test_input_without_url_column(tmp_path, capsys):
     path = tmp_path / "urls.parquet"
     pq.write_table(pa.table({"link": ["http://127.0.0.1/a.jpg"], "caption": ["a"]}), path)
-    assert_one_line_error(*run(capsys, "build", str(make_recipe(tmp_path, path))), "urls.parquet", "url")
-    assert no_versions(tmp_path / "out")
+    recipe = make_recipe(tmp_path, path)
+    before = tree(tmp_path)
+    assert_one_line_error(*run(capsys, "build", str(recipe)), "urls.parquet", "url")
+    assert unchanged(tmp_path, before)
 
 
 def test_existing_version(tmp_path, demo_urls, capsys):

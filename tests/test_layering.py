@@ -10,9 +10,9 @@ import vlcurate
 PACKAGE = Path(vlcurate.__file__).parent
 LEVEL = {"errors": 0, "typed": 0, "schemas": 0, "io": 1,
          # the core: the stage contract, versions, recipes and the launcher use each other
-         "pipelines": 2, "versions": 2, "recipe": 2, "validate": 2,
+         "pipelines": 2, "versions": 2, "recipe": 2, "validate": 2, "report": 2,
          # stage packages: none imports another's stage modules
-         "download": 3, "extractors": 3, "filters": 3, "interleave": 3, "export": 3, "report": 3,
+         "download": 3, "extractors": 3, "filters": 3, "interleave": 3, "export": 3,
          "demo": 4, "cli": 5}
 CORE = 2
 # The one module below the stage packages that names them: the registry of built-in

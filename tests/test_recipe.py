@@ -35,7 +35,7 @@ def _base(demo_urls):
         (lambda b: b["stages"].append({"nope": {}}), r"stages\[1\]: unknown stage 'nope'"),
         (lambda b: b.pop("output"), r"\.output: required key is missing"),
         (lambda b: b["output"].update(version="a/b"), r"version 'a/b' must be"),
-        (lambda b: b.update(samples_per_shard=0), r"samples_per_shard: must be at least 1"),
+        (lambda b: b.update(samples_per_shard=0), r"samples_per_shard: must be >= 1, got 0"),
     ],
 )
 def test_bad_recipes_name_the_key(tmp_path, demo_urls, mutate, message):

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,6 +20,14 @@ from vlcurate.typed import ConfigError
 # Offline by default: no albumentations update check, no wandb, no hub lookups at import.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
+
+
+class _DropImportNoise(logging.Filter):
+    """Beam warns on the root logger at import that its BigQuery client is missing
+    (``apitools not found``), which no vlcurate job uses."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("apitools not found")
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
@@ -37,7 +46,19 @@ def _cmd_build(args: argparse.Namespace) -> int:
     result = build(replace(recipe, runner=runner))
     print(summary_table(result.manifest, result.seconds))
     print(f"version written: {result.version_dir}")
-    return 0
+    return _nothing_succeeded_exit(result)
+
+
+def _nothing_succeeded_exit(result) -> int:
+    """1 (with a warning naming the dominant error kind) when no row succeeded; the
+    version stays for inspection."""
+    from vlcurate.report import nothing_succeeded
+
+    warning = nothing_succeeded(result.manifest)
+    if warning is None:
+        return 0
+    print(f"vlcurate: warning: {warning} (version kept for inspection: {result.version_dir})", file=sys.stderr)
+    return 1
 
 
 def _cmd_download(args: argparse.Namespace) -> int:
@@ -50,7 +71,7 @@ def _cmd_download(args: argparse.Namespace) -> int:
               f"({plan.rows} rows); no version written", file=sys.stderr)
         return 0
     from vlcurate.pipelines.build import build  # imports Beam: after the cheap checks
-    from vlcurate.report import summary_table
+    from vlcurate.report import plural, summary_table
 
     out = plan.recipe.output
     print(f"retrying {plan.retryable} of {plan.rows} rows (retryable failures) of {out.parent} "
@@ -58,7 +79,16 @@ def _cmd_download(args: argparse.Namespace) -> int:
     result = build(plan.recipe)
     print(summary_table(result.manifest, result.seconds))
     print(f"version written: {result.version_dir}")
-    return 0
+    counts = result.manifest["stages"][0]["counts"]
+    refetched, recovered = counts.get("refetched", 0), counts.get("recovered", 0)
+    print(f"refetched {plural(refetched, 'row')}: {recovered} of {refetched} recovered"
+          + ("" if recovered == refetched else
+             f"; {refetched - recovered} failed again (their first error is in first_error_kind)"))
+    if recovered == 0:
+        print(f"vlcurate: warning: 0 of {refetched} recovered; version kept for inspection: "
+              f"{result.version_dir}", file=sys.stderr)
+        return 1
+    return _nothing_succeeded_exit(result)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -69,12 +99,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
+    from vlcurate.report import plural
     from vlcurate.validate import validate_version
 
     problems = validate_version(args.version_dir)
     for p in problems:
         print(p)
-    print(f"{args.version_dir}: {'valid' if not problems else f'{len(problems)} problems'}")
+    print(f"{args.version_dir}: {'valid' if not problems else plural(len(problems), 'problem')}")
     return 1 if problems else 0
 
 
@@ -85,17 +116,20 @@ def _cmd_versions_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
-    print(f"{'name':<16}{'version':<12}{'samples':>9}{'files':>7}{'bytes':>14}  created")
+    print(f"{'name':<16}{'version':<12}{'samples':>9}{'kept':>9}{'files':>7}{'bytes':>14}  created")
     for r in rows:
-        print(f"{r['name']:<16}{r['version']:<12}{r['samples'] or '-':>9}{r['files']:>7}{r['bytes']:>14,}  {r['created_at']}")
+        samples = "-" if r["samples"] is None else r["samples"]
+        kept = "-" if r["kept"] is None else r["kept"]
+        print(f"{r['name']:<16}{r['version']:<12}{samples:>9}{kept:>9}{r['files']:>7}{r['bytes']:>14,}  "
+              f"{r['created_at']}")
     return 0
 
 
 def _cmd_versions_show(args: argparse.Namespace) -> int:
-    from vlcurate.versions import load_manifest, show
+    from vlcurate.versions import show, summary
 
     if args.json:
-        print(json.dumps(load_manifest(args.version_dir), indent=1))
+        print(json.dumps(summary(args.version_dir), indent=1))
     else:
         print(show(args.version_dir))
     return 0
@@ -103,32 +137,48 @@ def _cmd_versions_show(args: argparse.Namespace) -> int:
 
 def _cmd_export_lxmert_tsv(args: argparse.Namespace) -> int:
     from vlcurate.extractors.lxmert_tsv import export_lxmert_tsv
+    from vlcurate.report import plural
 
     r = export_lxmert_tsv(args.version_dir, args.out, stage=args.stage, include_dropped=args.include_dropped)
-    print(f"wrote {r.rows} images to {r.path} from {r.shards} {args.stage} shards "
+    print(f"wrote {plural(r.rows, 'image')} to {r.path} from {plural(r.shards, args.stage + ' shard')} "
           f"(left out: {r.failed} failed, {r.dropped} dropped by filters)")
     return 0
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def make_parser() -> argparse.ArgumentParser:
+    from vlcurate import __version__
+    from vlcurate.download.fetch import RETRYABLE_HTTP_STATUSES
+
     parser = argparse.ArgumentParser(prog="vlcurate", description="Curate and featurize image-text corpora as versioned, reproducible datasets.")
+    parser.add_argument("--version", action="version", version=f"vlcurate {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("build", help="build a dataset version from a recipe (YAML)",
                        epilog="Beam pipeline options go after '--', e.g. -- --project=p --region=r")
     p.add_argument("recipe")
     p.add_argument("--runner", help="override runner.name: local, DataflowRunner, DaskRunner, ...")
-    p.add_argument("--workers", type=int, help="override runner.workers (local runner processes)")
+    p.add_argument("--workers", type=_positive_int, help="override runner.workers (local runner processes)")
     p.set_defaults(func=_cmd_build)
 
     p = sub.add_parser("download", help="download jobs on an existing version: re-fetch its retryable failures",
                        epilog="Builds ROOT/NAME/<version>-retryN beside VERSION_DIR (parent = VERSION_DIR): rows "
-                              "that failed with a retryable error (timeouts, connection errors, HTTP 408/429/5xx) "
-                              "are fetched again; every other row is copied as it was; later stages re-run.")
+                              "that failed with a retryable error (timeouts, connection and transfer errors, HTTP "
+                              f"{', '.join(map(str, sorted(RETRYABLE_HTTP_STATUSES)))}) are fetched again; every "
+                              "other row is copied as it was; later stages re-run. Exits 1 when no row is recovered.")
     p.add_argument("--retry-failed", metavar="VERSION_DIR", required=True,
                    help="the version whose retryable failures to fetch again")
     p.add_argument("--version", help="name of the new version (default: next free <version>-retryN)")
-    p.add_argument("--workers", type=int, help="override runner.workers (local runner processes)")
+    p.add_argument("--workers", type=_positive_int, help="override runner.workers (local runner processes)")
     p.add_argument("--runner", help="override runner.name: local, DataflowRunner, DaskRunner, ...")
     p.set_defaults(func=_cmd_download)
 
@@ -173,6 +223,10 @@ def main(argv: list[str] | None = None) -> int:
     args.beam_options = beam_options
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    logging.getLogger().addFilter(_DropImportNoise())
+    # A DaskRunner run without --dask_client_address starts a local cluster, whose
+    # dashboard moves to a free port when 8787 is taken, with a three-line warning.
+    warnings.filterwarnings("ignore", message=r"Port \d+ is already in use", category=UserWarning)
     try:
         return args.func(args)
     except (UserError, ConfigError) as e:

@@ -31,7 +31,7 @@ import yaml
 from vlcurate.io.inputs import InputSpec
 from vlcurate.io import storage
 from vlcurate.pipelines.stage import stage_class
-from vlcurate.typed import ConfigError, convert, from_dict, local_path, relative_to, to_dict
+from vlcurate.typed import ConfigError, bounded, check_bounds, convert, from_dict, local_path, relative_to, to_dict
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -61,14 +61,32 @@ class RunnerSpec:
     configured by the pass-through ``options`` (``--flag=value`` strings)."""
 
     name: str = "local"
-    workers: int = 1
+    workers: int = bounded(1, ge=1)
     options: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        check_bounds(self)
 
 
 @dataclass(frozen=True)
 class StageSpec:
-    name: str
+    """One stage of a recipe: ``kind`` is the registered stage (``exact_dedup``),
+    ``name`` this stage's name in the version (its directory, stats files, manifest
+    entry and graph labels), so the same kind can run twice."""
+
+    kind: str
     config: Any
+    name: str = ""  # default: the kind
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            object.__setattr__(self, "name", self.kind)
+
+    def resolved(self) -> dict[str, Any]:
+        settings = to_dict(self.config)
+        if self.name != self.kind:
+            settings = {"name": self.name, **settings}
+        return {self.kind: settings}
 
 
 @dataclass(frozen=True)
@@ -85,7 +103,7 @@ class Recipe:
             "input": to_dict(self.input),
             "output": to_dict(self.output),
             "samples_per_shard": self.samples_per_shard,
-            "stages": [{s.name: to_dict(s.config)} for s in self.stages],
+            "stages": [s.resolved() for s in self.stages],
             "runner": to_dict(self.runner),
         }
 
@@ -99,20 +117,43 @@ class Recipe:
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
+# A stage name becomes a directory and a stats file prefix ("NAME-00000.json").
+_STAGE_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+_RESERVED_NAMES = {"samples", "stats"}
+
+
 def _parse_stages(data: Any, base_dir: Path, where: str) -> tuple[StageSpec, ...]:
+    """Stages in order. A kind listed again gets ``KIND_2``, ``KIND_3``, ... unless
+    its settings give an explicit ``name:``."""
     if not isinstance(data, list) or not data:
         raise ConfigError(f"{where}: expected a non-empty list of stages")
-    specs = []
+    specs: list[StageSpec] = []
+    seen: dict[str, int] = {}  # name -> index of the stage that has it
     for i, item in enumerate(data):
         if not isinstance(item, dict) or len(item) != 1:
             raise ConfigError(f"{where}[{i}]: expected one mapping 'stage_name: {{settings}}', got {item!r}")
-        (name, settings), = item.items()
+        (kind, settings), = item.items()
         try:
-            cls = stage_class(name)
+            cls = stage_class(kind)
         except KeyError as e:
             raise ConfigError(f"{where}[{i}]: {e.args[0]}") from None
-        specs.append(StageSpec(name, from_dict(cls.Config, relative_to(cls.Config, settings, base_dir),
-                                               f"{where}[{i}].{name}")))
+        settings = dict(settings) if isinstance(settings, dict) else settings
+        name = settings.pop("name", None) if isinstance(settings, dict) else None
+        if name is None:
+            count = sum(s.kind == kind for s in specs) + 1
+            name = kind if count == 1 else f"{kind}_{count}"
+        elif not isinstance(name, str) or not _STAGE_NAME_RE.match(name) or name in _RESERVED_NAMES:
+            raise ConfigError(f"{where}[{i}].{kind}.name: must be a letter then letters, digits or '_' "
+                              f"(not {', '.join(sorted(_RESERVED_NAMES))}), got {name!r}")
+        if name in seen:
+            raise ConfigError(f"{where}[{i}].{kind}: stage name {name!r} is already used by {where}[{seen[name]}]; "
+                              f"give one of them another 'name:'")
+        seen[name] = i
+        config = from_dict(cls.Config, relative_to(cls.Config, settings, base_dir), f"{where}[{i}].{kind}")
+        specs.append(StageSpec(kind, config, name))
+    if not getattr(stage_class(specs[0].kind), "reads_input", False):
+        raise ConfigError(f"{where}[0]: the first stage must read the input list (download), "
+                          f"got {specs[0].kind!r}")
     return tuple(specs)
 
 
@@ -130,7 +171,7 @@ def recipe_from_dict(data: Any, base_dir: Path, where: str = "recipe") -> Recipe
     out = from_dict(OutputSpec, relative_to(OutputSpec, data["output"], base_dir), f"{where}.output")
     sps = convert(data.get("samples_per_shard", 1000), int, f"{where}.samples_per_shard")
     if sps < 1:
-        raise ConfigError(f"{where}.samples_per_shard: must be at least 1, got {sps}")
+        raise ConfigError(f"{where}.samples_per_shard: must be >= 1, got {sps}")
     runner = from_dict(RunnerSpec, data.get("runner"), f"{where}.runner")
     return Recipe(inp, out, _parse_stages(data["stages"], base_dir, f"{where}.stages"), sps, runner)
 
@@ -142,6 +183,10 @@ def load_recipe(path: str | Path) -> Recipe:
         raise ConfigError(f"recipe {path}: no such file")
     try:
         data = yaml.safe_load(path.read_text())
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"recipe {path}: not valid YAML{at}: {e.problem or e.context}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         first = str(e).strip().splitlines()[0]
         raise ConfigError(f"recipe {path}: not valid YAML ({first})") from None

@@ -19,6 +19,40 @@ class ConfigError(ValueError):
     """A configuration value is missing, unknown or of the wrong type."""
 
 
+class FieldError(ValueError):
+    """A config's own check (``__post_init__``) failed on one field: :func:`from_dict`
+    reports it at that field's key path (``...download.image_size: must be >= 1, got -64``)."""
+
+    def __init__(self, field: str, problem: str):
+        self.field, self.problem = field, problem
+        super().__init__(f"{field}: {problem}")
+
+
+_BOUNDS = "vlcurate.bounds"
+
+
+def bounded(default: Any, *, ge: float | None = None, gt: float | None = None,
+            le: float | None = None) -> Any:
+    """A numeric dataclass field with a range, checked by :func:`check_bounds`."""
+    return dataclasses.field(default=default, metadata={_BOUNDS: (ge, gt, le)})
+
+
+def check_bounds(obj: Any) -> None:
+    """FieldError for the first :func:`bounded` field of ``obj`` out of its range
+    (call from ``__post_init__``)."""
+    for f in dataclasses.fields(obj):
+        if _BOUNDS not in f.metadata:
+            continue
+        ge, gt, le = f.metadata[_BOUNDS]
+        value = getattr(obj, f.name)
+        if value is None:
+            continue
+        for ok, rule in ((ge is None or value >= ge, f">= {ge}"), (gt is None or value > gt, f"> {gt}"),
+                         (le is None or value <= le, f"<= {le}")):
+            if not ok:
+                raise FieldError(f.name, f"must be {rule}, got {value!r}")
+
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
@@ -132,6 +166,8 @@ def from_dict(cls: type[T], data: Any, where: str = "config") -> T:
             raise ConfigError(f"{where}.{name}: required key is missing")
     try:
         return cls(**kwargs)
+    except FieldError as e:
+        raise ConfigError(f"{where}.{e.field}: {e.problem}") from None
     except (TypeError, ValueError) as e:  # __post_init__ checks
         raise ConfigError(f"{where}: {e}") from None
 

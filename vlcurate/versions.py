@@ -25,6 +25,7 @@ from vlcurate import __version__
 from vlcurate.errors import UserError
 from vlcurate.io import storage
 from vlcurate.io.stats import FileRecord, ShardStats, decode_stats
+from vlcurate.pipelines.stage import Layout
 from vlcurate.schemas import SCHEMA_VERSION
 
 MANIFEST = "manifest.json"
@@ -117,6 +118,8 @@ def write_manifest(version_dir: str, recipe, inputs: list[dict], stats: dict[str
 
 def load_manifest(version_dir: str | os.PathLike) -> dict:
     path = storage.join(version_dir, MANIFEST)
+    if not storage.is_dir(version_dir):
+        raise UserError(f"version {os.fspath(version_dir)}: no such directory")
     if not storage.exists(path):
         raise UserError(f"version {os.fspath(version_dir)}: no {MANIFEST} (not a version directory)")
     try:
@@ -128,10 +131,25 @@ def load_manifest(version_dir: str | os.PathLike) -> dict:
     return manifest
 
 
+def version_layout(version_dir: str | os.PathLike, manifest: dict) -> Layout:
+    """The layout of a built version, its stages as its recipe named them."""
+    stages = []
+    for item in manifest["recipe"]["stages"]:
+        (kind, settings), = item.items()
+        stages.append(((settings or {}).get("name", kind), kind))
+    return Layout.for_stages(version_dir, stages)
+
+
 def manifest_files(manifest: dict, directory: str, suffix: str = "") -> list[str]:
     """Relative paths of the manifest's files in ``directory`` ending in ``suffix``, sorted."""
     return sorted(f["path"] for f in manifest["files"]
                   if f["path"].startswith(directory.rstrip("/") + "/") and f["path"].endswith(suffix))
+
+
+def is_filter(counts: dict[str, int]) -> bool:
+    """A filter stage's counts: ``kept`` and ``dropped.REASON`` (a filter that dropped
+    every sample has no ``kept`` count at all)."""
+    return "kept" in counts or any(k.startswith("dropped.") for k in counts)
 
 
 def list_versions(root: str | os.PathLike) -> list[dict[str, Any]]:
@@ -139,42 +157,72 @@ def list_versions(root: str | os.PathLike) -> list[dict[str, Any]]:
     if not storage.is_dir(root):
         raise UserError(f"root {os.fspath(root)}: no such directory")
     rows = []
-    for f in storage.list_files(root):
-        parts = f.path.split("/")
-        if len(parts) != 3 or parts[2] != MANIFEST:
+    manifests = [f.path.split("/") for f in storage.list_files(root) if f.path.endswith(MANIFEST)]
+    for parts in manifests:
+        if len(parts) != 3:
             continue
         version_dir = storage.join(root, parts[0], parts[1])
         m = load_manifest(version_dir)
         rows.append({
             "name": m["name"], "version": m["version"], "created_at": m["created_at"],
-            "samples": _kept(m), "files": len(m["files"]),
+            "samples": _downloaded(m), "kept": _kept(m), "files": len(m["files"]),
             "bytes": sum(f["bytes"] for f in m["files"]), "parent": m.get("parent"),
             "path": version_dir,
         })
+    if not rows:
+        depth = {len(parts) for parts in manifests}
+        hint = (" (it is a version directory itself)" if 1 in depth else
+                " (it is a NAME directory)" if 2 in depth else "")
+        raise UserError(f"root {os.fspath(root)}: no versions under it{hint}; pass the root that holds NAME/VERSION")
     return rows
 
 
-def _kept(manifest: dict) -> int | None:
+def _downloaded(manifest: dict) -> int | None:
+    """The first stage's ok rows: samples that were fetched and stored."""
     for stage in manifest["stages"]:
         if "ok" in stage["counts"]:
             return stage["counts"]["ok"]
     return None
 
 
+def _kept(manifest: dict) -> int | None:
+    """Samples every filter kept: the last filter's ``kept`` count; with no filter,
+    the downloaded samples (a feature stage's failures do not drop a sample)."""
+    filters = [s for s in manifest["stages"] if is_filter(s["counts"])]
+    return filters[-1]["counts"].get("kept", 0) if filters else _downloaded(manifest)
+
+
+def summary(version_dir: str | os.PathLike) -> dict[str, Any]:
+    """What :func:`show` prints, as JSON-ready data (the manifest has the rest)."""
+    m = load_manifest(version_dir)
+    return {
+        "name": m["name"], "version": m["version"], "path": str(version_dir),
+        "created_at": m["created_at"], "code_version": m["code_version"],
+        "schema_version": m["schema_version"], "recipe_hash": m["recipe_hash"], "parent": m.get("parent"),
+        "files": len(m["files"]), "bytes": sum(f["bytes"] for f in m["files"]),
+        "samples": _downloaded(m), "kept": _kept(m), "random_weights": bool(m.get("random_weights")),
+        "stages": [{"name": s["name"], "rows": s["rows"], "shards": s["shards"], "counts": s["counts"]}
+                   for s in m["stages"]],
+    }
+
+
 def show(version_dir: str | os.PathLike) -> str:
     """Human-readable summary of one version."""
-    m = load_manifest(version_dir)
+    s = summary(version_dir)
     lines = [
-        f"{m['name']}/{m['version']}  ({version_dir})",
-        f"  created      {m['created_at']}",
-        f"  code         {m['code_version']}   schema {m['schema_version']}",
-        f"  recipe hash  {m['recipe_hash'][:16]}",
-        f"  parent       {m.get('parent') or '-'}",
-        f"  files        {len(m['files'])}, {sum(f['bytes'] for f in m['files']):,} bytes",
+        f"{s['name']}/{s['version']}  ({version_dir})",
+        f"  created      {s['created_at']}",
+        f"  code         {s['code_version']}   schema {s['schema_version']}",
+        f"  recipe hash  {s['recipe_hash'][:16]}",
+        f"  parent       {s['parent'] or '-'}",
+        f"  files        {s['files']}, {s['bytes']:,} bytes",
+        f"  samples      {s['samples'] if s['samples'] is not None else '-'} downloaded, "
+        f"{s['kept'] if s['kept'] is not None else '-'} kept",
     ]
-    if m.get("random_weights"):
+    if s["random_weights"]:
         lines.append("  WEIGHTS      random (test/demo configuration; features are not meaningful)")
-    for s in m["stages"]:
-        counts = ", ".join(f"{k}={v}" for k, v in s["counts"].items())
-        lines.append(f"  stage {s['name']:<14} {s['rows']} rows in {s['shards']} shards: {counts}")
+    for st in s["stages"]:
+        counts = ", ".join(f"{k}={v}" for k, v in st["counts"].items())
+        shards = "shard" if st["shards"] == 1 else "shards"
+        lines.append(f"  stage {st['name']:<14} {st['rows']} rows in {st['shards']} {shards}: {counts}")
     return "\n".join(lines)

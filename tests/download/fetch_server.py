@@ -56,6 +56,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(500, b"oops") if hits <= fail else self._send(200, JPEG)
         elif path == "/429":
             self._send(429, b"slow down", {"Retry-After": "0"}) if hits == 1 else self._send(200, JPEG)
+        elif path.startswith("/503-wait"):  # asks for a wait longer than any backoff the tests use
+            self._send(503, b"busy", {"Retry-After": "2"}) if hits == 1 else self._send(200, JPEG)
         elif path == "/slow":
             time.sleep(1.0)
             self._send(200, JPEG)

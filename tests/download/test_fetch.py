@@ -76,6 +76,17 @@ def test_429_honours_retry_after(server, fetcher):
     assert (r.error_kind, r.attempts) == (None, 2)
 
 
+def test_retry_after_is_waited_not_the_backoff(server, monkeypatch):
+    """The server asks for 2 s; the backoff alone would be ~0.01 s. The sleep is
+    recorded, not slept."""
+    slept = []
+    monkeypatch.setattr(fetch_mod.time, "sleep", slept.append)
+    with Fetcher(FetchConfig(timeout=5.0, retries=2, backoff=0.01, allow_private=True)) as f:
+        r = f.fetch(server.url("/503-wait"))
+    assert (r.error_kind, r.attempts, r.data) == (None, 2, JPEG)
+    assert slept == [2.0]
+
+
 def test_backoff_is_exponential_and_deterministic(fetcher):
     d1, d2, d3 = (fetcher._backoff_delay("http://x/", a, None) for a in (1, 2, 3))
     assert 0.005 <= d1 < 0.015 and 0.01 <= d2 < 0.03 and 0.02 <= d3 < 0.06

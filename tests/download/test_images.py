@@ -11,7 +11,7 @@ import zlib
 
 import numpy as np
 import pytest
-from PIL import Image, ImageCms, JpegImagePlugin
+from PIL import Image, ImageCms, JpegImagePlugin, PngImagePlugin
 
 from vlcurate.download.images import (
     IMAGE_ERROR_KINDS,
@@ -145,6 +145,20 @@ def test_our_pixel_limit_applies_before_decoding(monkeypatch):
     assert (r.original_width, r.original_height) == (200, 200)
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_default_pixel_limit_rejects_a_bomb_pillow_lets_through(monkeypatch):
+    """12000 x 12000 = 144 M pixels: over the default max_pixels (100 M) yet under
+    Pillow's hard limit (2 x MAX_IMAGE_PIXELS ~ 179 M), so only our check stops it."""
+    assert 12000 * 12000 < 2 * Image.MAX_IMAGE_PIXELS
+    monkeypatch.setattr(PngImagePlugin.PngImageFile, "load", lambda self: pytest.fail("decoded"))
+    header = struct.pack(">IIBBBBB", 12000, 12000, 8, 2, 0, 0, 0)
+    data = (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header)
+            + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 1000)) + _png_chunk(b"IEND", b""))
+    r = ImageProcessor(ImageConfig())(data)
+    assert (r.error_kind, r.error_message) == ("bomb", "12000x12000 = 144000000 pixels > max_pixels 100000000")
+    assert (r.original_width, r.original_height) == (12000, 12000)
+
+
 def test_max_pixels_above_pil_hard_limit_refused():
     with pytest.raises(ValueError, match="MAX_IMAGE_PIXELS"):
         ImageProcessor(ImageConfig(max_pixels=10**10))
@@ -217,17 +231,49 @@ def test_embedded_icc_profile_tolerated():
     assert broken.error_kind is None
 
 
-def test_non_srgb_profile_is_converted(monkeypatch):
-    # No non-sRGB profile ships here: label the sRGB one "Display P3" to drive the
-    # conversion path; an sRGB->sRGB transform must leave the picture as it was.
-    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
-    plain = np.asarray(ok(run(encode(photo((64, 64)), "PNG"), image_size=32)), float)
-    calls: list[int] = []
-    real = ImageCms.profileToProfile
-    monkeypatch.setattr(ImageCms, "getProfileDescription", lambda profile: "Display P3")
-    monkeypatch.setattr(ImageCms, "profileToProfile", lambda *a, **k: calls.append(1) or real(*a, **k))
-    converted = np.asarray(ok(run(encode(photo((64, 64)), "PNG", icc_profile=icc), image_size=32)), float)
-    assert calls and np.abs(converted - plain).mean() < 2.0
+def _s15(value: float) -> bytes:
+    return struct.pack(">i", round(value * 65536))
+
+
+def _xyz_tag(x: float, y: float, z: float) -> bytes:
+    return b"XYZ " + bytes(4) + _s15(x) + _s15(y) + _s15(z)
+
+
+def matrix_profile(description: str, red, green, blue, gamma: float = 2.2) -> bytes:
+    """A minimal ICC v2 RGB display profile: primaries as D50 XYZ colourants, one
+    gamma curve for all channels."""
+    text = description.encode() + b"\0"
+    curve = b"curv" + bytes(4) + struct.pack(">IH", 1, round(gamma * 256))
+    tags = [(b"desc", b"desc" + bytes(4) + struct.pack(">I", len(text)) + text + bytes(8 + 3 + 67)),
+            (b"wtpt", _xyz_tag(0.9642, 1.0, 0.8249)), (b"rXYZ", _xyz_tag(*red)), (b"gXYZ", _xyz_tag(*green)),
+            (b"bXYZ", _xyz_tag(*blue)), (b"rTRC", curve), (b"gTRC", curve), (b"bTRC", curve)]
+    offset = 128 + 4 + 12 * len(tags)
+    table, data = b"", b""
+    for sig, body in tags:
+        table += sig + struct.pack(">II", offset + len(data), len(body))
+        data += body + bytes(-len(body) % 4)
+    header = (struct.pack(">I", offset + len(data)) + bytes(4) + struct.pack(">I", 0x02100000)
+              + b"mntrRGB XYZ " + bytes(12) + b"acsp" + bytes(28) + _s15(0.9642) + _s15(1.0) + _s15(0.8249)
+              + bytes(48))
+    return header + struct.pack(">I", len(tags)) + table + data
+
+
+# sRGB's primaries adapted to D50, as in its ICC profile.
+SRGB_RED, SRGB_GREEN, SRGB_BLUE = (0.4361, 0.2225, 0.0139), (0.3851, 0.7169, 0.0971), (0.1431, 0.0606, 0.7141)
+
+
+def test_non_srgb_profile_is_converted():
+    """A space whose red primary is sRGB's blue (and blue is red): a picture stored
+    as pure red in it IS blue, so after conversion to sRGB it must be blue; read
+    without its profile it would stay red."""
+    icc = matrix_profile("red-blue swapped test space", SRGB_BLUE, SRGB_GREEN, SRGB_RED)
+    halves = Image.new("RGB", (64, 64), (255, 0, 0))
+    halves.paste((0, 200, 0), (0, 32, 64, 64))  # green stays green: the bottom half
+    for profile, (top, bottom) in [(icc, ((0, 0, 255), (0, 201, 0))), (None, ((255, 0, 0), (0, 200, 0)))]:
+        extra = {"icc_profile": profile} if profile else {}
+        out = np.asarray(ok(run(encode(halves, "PNG", **extra), image_size=32, encode_format="png")), float)
+        assert np.abs(out[:12].mean(axis=(0, 1)) - top).max() < 2, (profile is not None, out[:12].mean(axis=(0, 1)))
+        assert np.abs(out[-12:].mean(axis=(0, 1)) - bottom).max() < 2
 
 
 @pytest.mark.parametrize("fmt", ["jpg", "png", "webp"])

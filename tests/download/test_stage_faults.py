@@ -157,8 +157,9 @@ def test_loopback_refused_with_blocked_address_through_the_build(fault_corpus, t
         # the same server by name: the guard checks the resolved address, not the spelling
         named = write_urls(tmp_path / "more" / "named.parquet", f"http://localhost:{port}", ok[2:])
         recipe = write_recipe(tmp_path, [str(urls), str(named)], {})  # allow_private: default (false)
-        assert main(["build", str(recipe)]) == 0
+        assert main(["build", str(recipe)]) == 1  # no row succeeded: the version is kept, exit 1
         assert sum(server.requests.values()) == 0
+    assert "all 3 rows blocked_address" in capsys.readouterr().err
     rows = rows_of(tmp_path / "out" / "faults" / "v1")
     assert rows.height == 3 and set(rows["status"]) == {"failed"}
     assert set(rows["error_kind"]) == {"blocked_address"}

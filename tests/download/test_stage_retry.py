@@ -4,6 +4,8 @@ stored files from the parent, keeps the keys, and re-runs the later stages."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import tarfile
 from pathlib import Path
@@ -66,10 +68,24 @@ def retried(fault_corpus, tmp_path_factory):
         assert main(["download", "--retry-failed", str(parent), "--workers", "1"]) == 0
         after_retry = dict(server.requests)
         child = tmp / "out" / "faults" / "v1-retry1"
-        assert main(["download", "--retry-failed", str(child)]) == 0  # a retry of the retry
+        with _captured() as second:  # a retry of the retry: the 500 and the cut-off body fail again
+            second["code"] = main(["download", "--retry-failed", str(child)])
         after_second = dict(server.requests)
-    return {"rows": rows, "parent": parent, "child": child, "grandchild": tmp / "out" / "faults" / "v1-retry2",
+    grandchild = tmp / "out" / "faults" / "v1-retry2"
+    with _captured() as dead:  # the server is gone: every refetch is a connection error
+        dead["code"] = main(["download", "--retry-failed", str(grandchild)])
+    return {"rows": rows, "parent": parent, "child": child, "grandchild": grandchild,
+            "dead": tmp / "out" / "faults" / "v1-retry3", "second_run": second, "dead_run": dead,
             "requests": (after_build, after_retry, after_second), "tmp": tmp}
+
+
+@contextlib.contextmanager
+def _captured():
+    """What the CLI prints (stdout and stderr) into a dict, for module-scoped fixtures."""
+    out, err, result = io.StringIO(), io.StringIO(), {}
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        yield result
+    result["out"], result["err"] = out.getvalue(), err.getvalue()
 
 
 def new_requests(before: dict, after: dict) -> dict:
@@ -112,6 +128,38 @@ def test_manifest_lineage_counts_and_validity(retried):
     assert grand["parent"] == str(retried["child"])
     for version in (retried["child"], retried["grandchild"]):
         assert validate_version(version) == []
+
+
+def test_summary_counts_recovered_rows_and_exit_code(retried):
+    second, dead = retried["second_run"], retried["dead_run"]
+    assert second["code"] == 1, second
+    assert "refetched 2 rows: 0 of 2 recovered; 2 failed again" in second["out"]
+    assert f"vlcurate: warning: 0 of 2 recovered; version kept for inspection: {retried['grandchild']}" in second["err"]
+    assert dead["code"] == 1 and "refetched 2 rows: 0 of 2 recovered" in dead["out"], dead
+    assert (retried["dead"] / "manifest.json").is_file()  # kept for inspection
+    child = json.loads((retried["child"] / "manifest.json").read_text())["stages"][0]["counts"]
+    assert (child["refetched"], child["recovered"]) == (5, 3)
+
+
+def test_a_row_failing_again_keeps_its_first_error(retried):
+    def row(version, kind):
+        (found,) = rows_of(version).filter(pl.col("kind") == kind).to_dicts()
+        return found
+
+    # the 500 row, refetched twice more: once against the live server, once against none
+    parent_row = row(retried["parent"], "500")
+    assert (parent_row["error_kind"], parent_row["http_status"], parent_row["first_error_kind"]) == \
+        ("http_error", 500, None)
+    dead_row = row(retried["dead"], "500")
+    assert (dead_row["error_kind"], dead_row["http_status"]) == ("connection_error", None)
+    assert (dead_row["first_error_kind"], dead_row["first_http_status"]) == ("http_error", 500)
+    assert dead_row["first_error_message"] == parent_row["error_message"]
+    trunc = row(retried["grandchild"], "trunc")
+    assert trunc["first_error_kind"] == "transfer_error" and trunc["status"] == "failed"
+    # a recovered row keeps the error it was recovered from; a row fetched once has none
+    flaky = rows_of(retried["child"]).filter(pl.col("kind") == "flaky")
+    assert set(flaky["status"]) == {"ok"} and set(flaky["first_http_status"]) == {503}
+    assert set(rows_of(retried["child"]).filter(pl.col("kind") == "ok")["first_error_kind"]) == {None}
 
 
 def test_later_stages_rerun_over_the_new_samples(retried):

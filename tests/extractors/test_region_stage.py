@@ -101,6 +101,34 @@ def test_sidecar_equals_the_extractor_run_directly(region_version):
         assert row["objects_id"] == want.objects_id.tolist() and row["attrs_id"] == want.attrs_id.tolist()
 
 
+def test_boxes_are_stored_in_original_pixels(tmp_path, monkeypatch):
+    """Whatever the detector's input size, a box covering the whole model input is the
+    whole picture (300 x 200 here) and its centre half is the picture's centre half.
+    The model sees the image at 96 x 64 (butd-tiny: short side 64), so a box left in
+    model pixels would be 3.125 times too small."""
+    import torch
+
+    from vlcurate.extractors.regions import RegionFeatureExtractor
+
+    real = RegionFeatureExtractor._select
+
+    def known_boxes(self, out, fg_probs, size):
+        sel, boxes = real(self, out, fg_probs, size)
+        h, w = size
+        known = torch.tensor([[0, 0, w, h], [w / 4, h / 4, 3 * w / 4, 3 * h / 4]], dtype=boxes.dtype)
+        return sel, known.repeat(len(boxes), 1)[:len(boxes)]
+
+    monkeypatch.setattr(RegionFeatureExtractor, "_select", known_boxes)
+    layout = Layout(tmp_path)
+    image_shard(layout, [jpeg(1, (300, 200))])
+    assert region_stage(layout).run_shard(0).counts == {"ok": 1}
+    (row,) = pq.read_table(layout.sidecar("region_features", 0)).to_pylist()
+    assert (row["img_w"], row["img_h"]) == (300, 200)
+    boxes = np.asarray(row["boxes"], np.float64)
+    np.testing.assert_allclose(boxes[0], [0, 0, 300, 200], atol=1e-3)
+    np.testing.assert_allclose(boxes[1], [75, 50, 225, 150], atol=1e-3)
+
+
 def test_corrupt_and_missing_images_are_failed_rows_and_the_shard_completes(tmp_path):
     layout = Layout(tmp_path)
     keys = image_shard(layout, [jpeg(1), CORRUPT, jpeg(2, (60, 120)), None, jpeg(3)])
@@ -151,9 +179,9 @@ def test_config_is_checked_when_parsed_and_provenance_needs_no_model(tmp_path):
     for bad, message in [({"config": "butd-huge"}, "unknown region config 'butd-huge'"),
                          ({"config": str(tmp_path / "nope.json")}, "nope.json: no such file"),
                          ({"weights": str(tmp_path / "w.pkl")}, "w.pkl: no such file"),
-                         ({"min_boxes": 50}, "min_boxes <= max_boxes"),
+                         ({"min_boxes": 50}, r"\.min_boxes: must be <= max_boxes \(36\), got 50"),
                          ({"device": "gpu"}, "device 'gpu'"),
-                         ({"decode_threads": -1}, "decode_threads >= 0"),
+                         ({"decode_threads": -1}, r"region_features\.decode_threads: must be >= 0, got -1"),
                          ({"storage": "int8"}, "storage: expected one of 'fp16', 'fp32'")]:
         with pytest.raises(ConfigError, match=message):
             from_dict(RegionFeaturesConfig, bad, where)

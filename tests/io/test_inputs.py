@@ -161,7 +161,6 @@ def test_missing_caption_and_extra_column(tmp_path):
         ("bad.parquet", b"PAR1 this is not parquet"),
         ("bad.csv.gz", b"not gzip at all"),
         ("empty.csv", b""),
-        ("mixed.jsonl", b'{"url": "x", "caption": "a"}\n{"url": "y", "caption": 5}\n'),
     ],
 )
 def test_unreadable_files(tmp_path, name, content):
@@ -177,10 +176,35 @@ def test_non_text_url_column(tmp_path):
     assert "column 'url' has type" in _error(spec(f))
 
 
-def test_incompatible_types_across_files(tmp_path):
+def test_types_disagreeing_across_files_read_as_text(tmp_path):
     write(tmp_path / "a.parquet", [{"url": "u1", "caption": "c", "n": 1}])
     write(tmp_path / "b.jsonl", [{"url": "u2", "caption": "c", "n": "one"}])
-    assert "incompatible" in _error(spec(tmp_path, extra_cols=("n",)))
+    assert read_inputs(spec(tmp_path, extra_cols=("n",))).column("n").to_pylist() == ["1", "one"]
+
+
+def test_types_disagreeing_within_a_jsonl_read_as_text(tmp_path):
+    f = tmp_path / "u.jsonl"
+    f.write_bytes(b'{"url": "x", "caption": "a", "kind": "photo"}\n{"url": "y", "caption": 5, "kind": 3}\n'
+                  b'{"url": "z", "caption": null, "kind": [1, 2]}\n')
+    table = read_inputs(spec(f, extra_cols=("kind",)))
+    assert table.column("kind").to_pylist() == ["photo", "3", "[1, 2]"]
+    assert table.column("caption").to_pylist() == ["a", "5", None]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "expected"),
+    [
+        ("u.jsonl", b'{"url": "x"}\n{"url": oops}\n', "line 2: not valid JSON (Expecting value at column 9)"),
+        ("u.jsonl", b'{"url": "x"}\n\n{"url": "\xff\xfe"}\n', "line 3: not UTF-8 text"),
+        ("u.jsonl", b'{"url": "x"}\n["x"]\n', "line 2: expected a JSON object, got list"),
+        ("u.csv", b"url,caption\nhttp://a,b\nhttp://b,c\nhttp://c,d,e\n",
+         "cannot read as csv: line 4: Expected 2 columns, got 3: http://c,d,e"),
+    ],
+)
+def test_bad_line_is_named_one_based(tmp_path, name, content, expected):
+    f = tmp_path / name
+    f.write_bytes(content)
+    assert _error(spec(f)) == f"input {f}: {expected}"
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,7 @@ def test_dask_runner_matches_fnapi_runner(tmp_path, demo_urls, demo_version):
     local = build(load_recipe(make_recipe(tmp_path, demo_urls, root="local",
                                           runner={"name": "local", "workers": 2})), log=lambda s: None)
     cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                       dashboard_address=None, host="127.0.0.1")
+                                       dashboard_address=":0", host="127.0.0.1")  # any free port
     client = distributed.Client(cluster)
     try:
         recipe = make_recipe(tmp_path, demo_urls, root="dask", runner={

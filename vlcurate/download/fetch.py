@@ -27,6 +27,7 @@ from urllib3 import exceptions as ux
 from urllib3.util import parse_url
 
 from vlcurate.download.guard import GUARDED_POOLS, BlockedAddressError
+from vlcurate.typed import bounded, check_bounds
 
 USER_AGENT = "vlcurate/0.1"
 
@@ -63,22 +64,19 @@ _NETWORK_ERRORS = (ux.HTTPError, OSError, http.client.HTTPException, ValueError)
 class FetchConfig:
     """How to fetch. Validated on construction (ValueError)."""
 
-    timeout: float = 10.0  # per request (each hop) in seconds: connect, each read, whole body
-    retries: int = 2  # extra attempts for retryable errors (see is_retryable)
-    backoff: float = 0.5  # base delay; attempt n sleeps backoff * 2**(n-1) * [0.5, 1.5)
-    max_redirects: int = 5
+    timeout: float = bounded(10.0, gt=0)  # per request (each hop) in seconds: connect, each read, whole body
+    retries: int = bounded(2, ge=0)  # extra attempts for retryable errors (see is_retryable)
+    backoff: float = bounded(0.5, ge=0)  # base delay; attempt n sleeps backoff * 2**(n-1) * [0.5, 1.5)
+    max_redirects: int = bounded(5, ge=0)
     user_agent_token: str | None = None  # appended to UA: "vlcurate/0.1 (+token)"
-    max_bytes: int = 50_000_000  # cap on the body; larger -> too_large
+    max_bytes: int = bounded(50_000_000, ge=1)  # cap on the body; larger -> too_large
     # X-Robots-Tag directives that mean "do not use"; an empty tuple disables the check.
     disallowed_header_directives: tuple[str, ...] = ("noai", "noimageai", "noindex", "noimageindex")
     allow_private: bool = False  # allow private/loopback/link-local/multicast/reserved addresses
-    threads: int = 32  # concurrent fetches in fetch_many
+    threads: int = bounded(32, ge=1)  # concurrent fetches in fetch_many
 
     def __post_init__(self) -> None:
-        if self.timeout <= 0 or self.retries < 0 or self.backoff < 0:
-            raise ValueError("FetchConfig: timeout must be > 0, retries and backoff >= 0")
-        if self.max_redirects < 0 or self.max_bytes <= 0 or self.threads < 1:
-            raise ValueError("FetchConfig: max_redirects >= 0, max_bytes > 0, threads >= 1")
+        check_bounds(self)
         # Cooperative: a config inheriting from several configs validates them all.
         if (parent := getattr(super(), "__post_init__", None)) is not None:
             parent()

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageCms, ImageOps
 
+from vlcurate.typed import FieldError, bounded, check_bounds
+
 RESIZE_MODES = ("no", "keep_ratio", "center_crop", "border")
 ENCODE_FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
 IMAGE_ERROR_KINDS = ("not_an_image", "decode_error", "bomb", "too_small", "bad_aspect_ratio")
@@ -65,27 +67,26 @@ _SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
 class ImageConfig:
     """How to check, resize and encode. Validated on construction (ValueError)."""
 
-    image_size: int = 256
+    image_size: int = bounded(256, ge=1)
     # "no": keep size; "keep_ratio": smallest side -> image_size; "center_crop":
     # keep_ratio then centre square crop; "border": fit inside the square, pad white.
     resize_mode: str = "keep_ratio"
     resize_only_if_bigger: bool = False  # never upscale (crop/pad still apply)
-    min_image_size: int = 0  # smallest side of the ORIGINAL below this -> too_small
-    max_aspect_ratio: float = float("inf")  # long side / short side above this -> bad_aspect_ratio
-    max_pixels: int = 100_000_000  # width*height from the header above this -> bomb
+    min_image_size: int = bounded(0, ge=0)  # smallest side of the ORIGINAL below this -> too_small
+    max_aspect_ratio: float = bounded(float("inf"), ge=1)  # long side / short side above this -> bad_aspect_ratio
+    max_pixels: int = bounded(100_000_000, ge=1)  # width*height from the header above this -> bomb
     encode_format: str = "jpg"  # "jpg" | "png" | "webp"
-    encode_quality: int = 95  # jpg/webp quality; ignored for png
+    encode_quality: int = bounded(95, ge=1, le=100)  # jpg/webp quality; ignored for png
     reduced_decode: bool = True  # JPEG draft-mode decoding at 1/2, 1/4, 1/8 when the target allows
 
     def __post_init__(self) -> None:
         if self.resize_mode not in RESIZE_MODES:
-            raise ValueError(f"ImageConfig: resize_mode {self.resize_mode!r} not in {RESIZE_MODES}")
+            raise FieldError("resize_mode", f"expected one of {', '.join(map(repr, RESIZE_MODES))}, "
+                             f"got {self.resize_mode!r}")
         if self.encode_format not in ENCODE_FORMATS:
-            raise ValueError(f"ImageConfig: encode_format {self.encode_format!r} not in {tuple(ENCODE_FORMATS)}")
-        if self.image_size < 1 or self.min_image_size < 0 or self.max_pixels < 1:
-            raise ValueError("ImageConfig: image_size >= 1, min_image_size >= 0, max_pixels >= 1")
-        if not 1 <= self.encode_quality <= 100 or self.max_aspect_ratio < 1:
-            raise ValueError("ImageConfig: encode_quality in 1..100, max_aspect_ratio >= 1")
+            raise FieldError("encode_format", f"expected one of {', '.join(map(repr, ENCODE_FORMATS))}, "
+                             f"got {self.encode_format!r}")
+        check_bounds(self)
         # Cooperative: a config inheriting from several configs validates them all.
         parent = getattr(super(), "__post_init__", None)
         if parent is not None:

@@ -59,6 +59,15 @@ class ParentShard:
         row = self.rows[i]
         return row["status"] != "ok" and is_retryable(row["error_kind"], row.get("http_status"))
 
+    def first_error(self, i: int) -> dict[str, Any]:
+        """Row ``i``'s first error, for a row fetched again: the parent's own first
+        error when it was a retry too, else the parent's error."""
+        row = self.rows[i]
+        if row.get("first_error_kind") is not None:
+            return {k: row.get(k) for k in ("first_error_kind", "first_error_message", "first_http_status")}
+        return {"first_error_kind": row["error_kind"], "first_error_message": row["error_message"],
+                "first_http_status": row.get("http_status")}
+
     def is_ok(self, i: int) -> bool:
         return self.rows[i]["status"] == "ok"
 

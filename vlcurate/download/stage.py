@@ -32,7 +32,7 @@ from vlcurate.io.stats import ShardStats
 from vlcurate.io.tar import TarSample, encode_json, write_tar
 from vlcurate.pipelines.stage import Stage, register_stage
 from vlcurate.schemas import get_schema
-from vlcurate.typed import local_path
+from vlcurate.typed import FieldError, bounded, local_path
 
 IMAGE_EXT = {"jpg": "jpg", "jpeg": "jpg", "png": "png", "webp": "webp"}
 
@@ -42,7 +42,7 @@ class DownloadConfig(FetchConfig, ImageConfig):
     """Fetch settings (timeouts, retries, SSRF guard, opt-outs) and image settings
     (size, resize mode, bomb limit, encoding) in one recipe block, plus:"""
 
-    decode_slots: int = 0  # images decoded at once per process; 0 = the CPUs this process may use
+    decode_slots: int = bounded(0, ge=0)  # images decoded at once per process; 0 = the CPUs this process may use
     # A parent version directory: copy its ok rows (stored files included) and its
     # non-retryable failures instead of fetching them; fetch only retryable failures.
     # The input must be that version's sample rows with its samples_per_shard
@@ -51,10 +51,8 @@ class DownloadConfig(FetchConfig, ImageConfig):
     reuse: str | None = local_path(None)
 
     def __post_init__(self) -> None:
-        if self.decode_slots < 0:
-            raise ValueError("DownloadConfig: decode_slots >= 0")
         if self.reuse is not None and not storage.exists(storage.join(self.reuse, "manifest.json")):
-            raise ValueError(f"DownloadConfig: reuse {self.reuse}: not a version directory (no manifest.json)")
+            raise FieldError("reuse", f"{self.reuse}: not a version directory (no manifest.json)")
         super().__post_init__()
 
 
@@ -121,6 +119,7 @@ class DownloadStage(Stage):
         stats = ShardStats(self.name, shard, len(urls))
         if parent is not None:
             stats.add("refetched", len(todo))
+            stats.add("recovered", 0)  # present even when nothing comes back
             stats.add("reused", len(urls) - len(todo))
         rows: dict[str, list] = {f.name: [] for f in get_schema("sample").schema}
         samples = []
@@ -128,6 +127,10 @@ class DownloadStage(Stage):
             if i in outcomes:
                 extra = {n: extras[n][i] for n in extra_names}
                 meta, files = self._fresh_row(key, urls[i], captions[i], outcomes[i], extra)
+                if parent is not None:
+                    meta.update(parent.first_error(i))
+                    if meta["status"] == "ok":
+                        stats.add("recovered")
             else:  # a parent row kept as it was
                 meta = parent.rows[i]  # type: ignore[union-attr]
                 files = copied.get(key)
@@ -157,11 +160,13 @@ class DownloadStage(Stage):
             "original_width": out.image.original_width if out.image else None,
             "original_height": out.image.original_height if out.image else None,
             "sha256": img.sha256 if img else None, "phash": img.phash if img else None,
+            "first_error_kind": None, "first_error_message": None, "first_http_status": None,
         }
         if img is None:
             return meta, None
         body = {k: v for k, v in meta.items()
-                if k not in ("status", "error_kind", "error_message", "http_status")}
+                if k not in ("status", "error_kind", "error_message", "http_status")
+                and not k.startswith("first_")}
         ext = IMAGE_EXT[self.config.encode_format]
         return meta, {ext: img.data, "txt": (caption or "").encode(),
                       "json": encode_json({**body, **_jsonable(extra)})}

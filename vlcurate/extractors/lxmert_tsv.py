@@ -47,7 +47,7 @@ from vlcurate.pipelines.stage import Layout
 from vlcurate.schemas import validate
 from vlcurate.schemas.features import feature_arrays
 from vlcurate.schemas.regions import BOX_COORDS, FEATURES_COLUMN, REGION_FEATURES, declared_dim
-from vlcurate.versions import load_manifest
+from vlcurate.versions import load_manifest, version_layout
 
 FIELDNAMES = ["img_id", "img_h", "img_w", "objects_id", "objects_conf", "attrs_id", "attrs_conf",
               "num_boxes", "boxes", "features"]
@@ -80,7 +80,7 @@ def region_sidecars(version_dir: str, stage: str) -> tuple[Layout, list[str]]:
     if not files or kinds:
         raise UserError(f"version {version_dir}: {stage}/ holds {', '.join(map(str, kinds)) or 'no'} records, "
                         f"not {REGION_FEATURES}")
-    layout = Layout.for_stages(version_dir, stages)
+    layout = version_layout(version_dir, manifest)
     return layout, [f["path"] for f in sorted(files, key=lambda f: f["path"])]
 
 
@@ -140,9 +140,11 @@ def export_lxmert_tsv(version_dir: str | os.PathLike, out: str | os.PathLike, st
     sidecars under ``stage``, holds an invalid sidecar, or ``out`` is a directory.
     """
     version_dir, out = os.fspath(version_dir), os.fspath(out)
+    problem = storage.write_problem(out)
+    if problem:
+        suffix = " (name the .tsv file to write)" if problem == "is a directory" else ""
+        raise UserError(f"output {out}: {problem}{suffix}")
     layout, sidecars = region_sidecars(version_dir, stage)
-    if storage.is_dir(out):
-        raise UserError(f"output {out}: is a directory (name the .tsv file to write)")
     rows = failed = dropped = 0
     with storage.open_write(out) as raw:
         f = io.TextIOWrapper(raw, newline="", encoding="utf-8")

@@ -63,7 +63,7 @@ from vlcurate.io import storage
 from vlcurate.pipelines.stage import StageInfo, register_stage
 from vlcurate.schemas.features import FEATURE_BASE_FIELDS, MODEL_META
 from vlcurate.schemas.regions import REGION_FEATURES, region_metadata, region_schema
-from vlcurate.typed import local_path
+from vlcurate.typed import FieldError, bounded, check_bounds, local_path
 
 if TYPE_CHECKING:
     from vlcurate.extractors.regions import RegionConfig, RegionFeatureExtractor
@@ -93,33 +93,26 @@ class RegionFeaturesConfig:
     config: str = "butd-r101"
     weights: str | None = local_path(None)
     selection: Literal["lxmert", "maxnms"] = "lxmert"
-    min_boxes: int = 36
-    max_boxes: int = 36
-    conf_thresh: float = 0.2
-    batch_size: int = 1
+    min_boxes: int = bounded(36, ge=0)
+    max_boxes: int = bounded(36, ge=1)
+    conf_thresh: float = bounded(0.2, ge=0.0, le=1.0)
+    batch_size: int = bounded(1, ge=1)
     storage: Literal["fp16", "fp32"] = "fp16"
     device: str = "auto"
-    decode_threads: int = 0  # threads decoding images; 0 = one per core, at most 8
+    decode_threads: int = bounded(0, ge=0)  # threads decoding images; 0 = one per core, at most 8
     # torch threads for the detector on a CPU. Fixed, because the CPU kernels' results
     # depend on how many threads split the work: a build must give the same bytes on
     # every runner and machine (scale with more worker processes instead).
-    cpu_threads: int = 1
+    cpu_threads: int = bounded(1, ge=1)
 
     def __post_init__(self) -> None:
         # Checked while the recipe is parsed, not in a worker mid-build.
         resolve_region_config(self.config)
         if self.weights is not None and not storage.exists(os.path.expanduser(self.weights)):
             raise ValueError(f"weights {self.weights}: no such file (a local detectron2 .pkl or torch .pth)")
-        if not 0 <= self.min_boxes <= self.max_boxes or self.max_boxes < 1:
-            raise ValueError(f"need 0 <= min_boxes <= max_boxes and max_boxes >= 1, got "
-                             f"{self.min_boxes}, {self.max_boxes}")
-        if not 0.0 <= self.conf_thresh <= 1.0:
-            raise ValueError(f"conf_thresh must be in [0, 1], got {self.conf_thresh}")
-        if self.cpu_threads < 1:
-            raise ValueError(f"cpu_threads must be >= 1, got {self.cpu_threads}")
-        if self.batch_size < 1 or self.decode_threads < 0:
-            raise ValueError(f"batch_size must be >= 1 and decode_threads >= 0, got "
-                             f"{self.batch_size} and {self.decode_threads}")
+        check_bounds(self)
+        if self.min_boxes > self.max_boxes:
+            raise FieldError("min_boxes", f"must be <= max_boxes ({self.max_boxes}), got {self.min_boxes}")
         if not _DEVICE.match(self.device):
             raise ValueError(f"device {self.device!r}: use auto, cpu, cuda or cuda:N")
 

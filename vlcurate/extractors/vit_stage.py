@@ -35,6 +35,7 @@ from vlcurate.extractors.encoding import Encoded, SampleFailure
 from vlcurate.extractors.stage import FeatureStage
 from vlcurate.pipelines.stage import StageInfo, register_stage
 from vlcurate.schemas.features import MODEL_META, TENSOR_TYPE, feature_metadata
+from vlcurate.typed import bounded, check_bounds
 
 _STORAGE_ARROW = {"fp16": "float16", "fp32": "float32"}
 
@@ -45,18 +46,16 @@ __all__ = ["ClipModelConfig", "VitFeatureStage", "VitFeaturesConfig", "load_clip
 class VitFeaturesConfig(ClipModelConfig):
     layer: int = -2  # block whose outputs are stored; -2 = penultimate (BLIP-2)
     include_cls: bool = True
-    batch_size: int = 32
+    batch_size: int = bounded(32, ge=1)
     storage: Literal["fp16", "fp32"] = "fp16"
-    decode_threads: int = 0  # threads decoding/resizing images; 0 = one per core, at most 8
+    decode_threads: int = bounded(0, ge=0)  # threads decoding/resizing images; 0 = one per core, at most 8
     # processes decoding/resizing instead of threads; null = auto (on CUDA with >= 4 cores:
     # half the cores, at most 8; else 0 = threads)
-    decode_processes: int | None = None
+    decode_processes: int | None = bounded(None, ge=0)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.batch_size < 1 or self.decode_threads < 0 or (self.decode_processes or 0) < 0:
-            raise ValueError(f"batch_size must be >= 1 and decode_threads, decode_processes >= 0, got "
-                             f"{self.batch_size}, {self.decode_threads} and {self.decode_processes}")
+        check_bounds(self)
 
 
 @register_stage

@@ -35,19 +35,18 @@ from vlcurate.io.parquet import read_parquet, read_parquet_schema
 from vlcurate.pipelines.samples import SampleRow
 from vlcurate.pipelines.stage import Layout, StageInfo, register_stage
 from vlcurate.schemas.features import MODEL_META, stacked_features
+from vlcurate.typed import bounded, check_bounds
 
 
 @dataclass(frozen=True)
 class ClipScoreConfig(ClipModelConfig):
     min_score: float = 0.28  # LAION-5B's threshold for ViT-B/32; depends on the model
-    batch_size: int = 64  # images (when not reused) and captions per forward pass
-    decode_threads: int = 0  # as for vit_features: 0 = one per core, at most 8
+    batch_size: int = bounded(64, ge=1)  # images (when not reused) and captions per forward pass
+    decode_threads: int = bounded(0, ge=0)  # as for vit_features: 0 = one per core, at most 8
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.batch_size < 1 or self.decode_threads < 0:
-            raise ValueError(f"batch_size must be >= 1 and decode_threads >= 0, got "
-                             f"{self.batch_size} and {self.decode_threads}")
+        check_bounds(self)
 
 
 def stored_embeddings(layout: Layout, shard: int, identity: dict[str, Any],

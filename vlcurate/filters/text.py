@@ -7,13 +7,17 @@ from dataclasses import dataclass
 from vlcurate.filters.base import KEEP, Decision, FilterStage
 from vlcurate.pipelines.samples import SampleRow
 from vlcurate.pipelines.stage import register_stage
+from vlcurate.typed import bounded, check_bounds
 
 
 @dataclass(frozen=True)
 class CaptionFilterConfig:
-    min_chars: int = 5
-    max_chars: int = 10_000
-    min_words: int = 1
+    min_chars: int = bounded(5, ge=0)
+    max_chars: int = bounded(10_000, ge=0)
+    min_words: int = bounded(1, ge=0)
+
+    def __post_init__(self) -> None:
+        check_bounds(self)
 
 
 @register_stage

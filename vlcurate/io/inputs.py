@@ -9,6 +9,8 @@ sorted by relative path, rows in file order.
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,12 +120,26 @@ def read_inputs(spec: InputSpec) -> pa.Table:
             result = table
             continue
         try:  # permissive: int32+int64 or null+string unify; string+int does not
-            result = pa.concat_tables([result, table], promote_options="permissive")
-        except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+            result = pa.concat_tables(_as_text_where_types_differ(result, table), promote_options="permissive")
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as e:
             raise InputError(f"input {path}: columns incompatible with earlier files: "
                              f"{_one_line(e)}") from None
     assert result is not None  # list_input_files never returns an empty list
     return result
+
+
+def _as_text_where_types_differ(a: pa.Table, b: pa.Table) -> list[pa.Table]:
+    """The two tables with each carried column whose types disagree (a number in one
+    file, text in another) cast to text in both, as within one JSON Lines file."""
+    for name in a.schema.names:
+        ta, tb = a.schema.field(name).type, b.schema.field(name).type
+        if ta.equals(tb) or pa.types.is_null(ta) or pa.types.is_null(tb):
+            continue
+        if pa.types.is_integer(ta) and pa.types.is_integer(tb) or pa.types.is_floating(ta) and pa.types.is_floating(tb):
+            continue  # promoted by concat_tables
+        a = a.set_column(a.schema.get_field_index(name), name, a.column(name).cast(pa.string()))
+        b = b.set_column(b.schema.get_field_index(name), name, b.column(name).cast(pa.string()))
+    return [a, b]
 
 
 def read_input_file(path: Path, spec: InputSpec) -> pa.Table:
@@ -141,8 +157,7 @@ def read_input_file(path: Path, spec: InputSpec) -> pa.Table:
         elif fmt in ("csv", "tsv"):
             table = _read_delimited(path, fmt, wanted)
         else:
-            # Type inference over the whole file; then pick the columns we need.
-            table = pa_json.read_json(path)
+            table = _read_jsonl(path)
             _require(path, table.schema.names, wanted)
     except InputError:
         raise
@@ -160,13 +175,65 @@ def _read_delimited(path: Path, fmt: str, wanted: list[str]) -> pa.Table:
     else:
         # Quoted CSV captions may contain newlines.
         parse = pa_csv.ParseOptions(newlines_in_values=True)
-    # The header first, to name the missing column instead of pyarrow's message.
-    with pa_csv.open_csv(path, parse_options=parse) as reader:
-        _require(path, reader.schema.names, wanted)
-    # Every requested column as text: no per-file type guessing, so files agree.
-    convert = pa_csv.ConvertOptions(include_columns=wanted,
-                                    column_types={c: pa.string() for c in wanted})
-    return pa_csv.read_csv(path, parse_options=parse, convert_options=convert)
+    try:
+        # The header first, to name the missing column instead of pyarrow's message.
+        with pa_csv.open_csv(path, parse_options=parse) as reader:
+            _require(path, reader.schema.names, wanted)
+        # Every requested column as text: no per-file type guessing, so files agree.
+        convert = pa_csv.ConvertOptions(include_columns=wanted,
+                                        column_types={c: pa.string() for c in wanted})
+        return pa_csv.read_csv(path, parse_options=parse, convert_options=convert)
+    except pa.ArrowInvalid:
+        pass
+    # Parse again on one thread, where Arrow numbers the bad row, to name its line.
+    try:
+        pa_csv.read_csv(path, read_options=pa_csv.ReadOptions(use_threads=False), parse_options=parse)
+    except pa.ArrowInvalid as e:
+        text = re.sub(r"Row #(\d+): ", r"line \1: ", re.sub(r"^CSV parse error: ", "", _one_line(e)))
+        raise InputError(f"input {path}: cannot read as {fmt}: {text}") from None
+    raise InputError(f"input {path}: cannot read as {fmt}")  # pragma: no cover - parses on one thread only
+
+
+def _read_jsonl(path: Path) -> pa.Table:
+    """Arrow's reader (types inferred over the whole file); when it fails, the file is
+    read line by line to name the first bad line, or, when every line is valid JSON,
+    with the columns whose values disagree in type (a number among strings) as text."""
+    try:
+        table = pa_json.read_json(path)
+        table.validate(full=True)  # Arrow's reader lets invalid UTF-8 through into strings
+        return table
+    except pa.ArrowInvalid:
+        pass
+    with pa.input_stream(str(path), compression="detect") as stream:
+        data = stream.read()
+    rows = []
+    for number, raw in enumerate(data.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            row = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise InputError(f"input {path}: line {number}: not UTF-8 text") from None
+        except json.JSONDecodeError as e:
+            raise InputError(f"input {path}: line {number}: not valid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(row, dict):
+            raise InputError(f"input {path}: line {number}: expected a JSON object, got {type(row).__name__}")
+        rows.append(row)
+    names = list(dict.fromkeys(name for row in rows for name in row))
+    return pa.table({name: _json_column([row.get(name) for row in rows]) for name in names})
+
+
+def _json_column(values: list) -> pa.Array:
+    kinds = {"number" if isinstance(v, (int, float)) and not isinstance(v, bool) else type(v).__name__
+             for v in values if v is not None}
+    if len(kinds) <= 1:
+        try:
+            return pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            pass
+    # Types disagree: every value as text (JSON text for lists and objects).
+    return pa.array([None if v is None else v if isinstance(v, str) else json.dumps(v) for v in values],
+                    pa.string())
 
 
 def _require(path: Path, names: list[str], wanted: list[str]) -> None:

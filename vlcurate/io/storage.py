@@ -87,6 +87,14 @@ class Backend(ABC):
     def make_read_only(self, loc: str) -> None:
         """Protect a committed file from edits, where the backend can."""
 
+    def write_problem(self, loc: str) -> str | None:
+        """Why a file cannot be written at ``loc`` (None: it can), found without
+        writing it."""
+        return None
+
+    def delete_empty_dir(self, loc: str) -> None:
+        """Remove a directory if it is empty (a no-op where directories are not real)."""
+
     def local_path(self, loc: str) -> Path | None:
         """A path on this machine for ``loc``, for libraries that only take paths; None
         where the location is remote (the caller then reads through a file object)."""
@@ -147,6 +155,28 @@ class LocalBackend(Backend):
 
     def local_path(self, loc: str) -> Path | None:
         return Path(loc)
+
+    def write_problem(self, loc: str) -> str | None:
+        # Creating and removing an empty file in the nearest existing directory is the
+        # only test that also holds for root and for /proc.
+        out = Path(loc)
+        if out.is_dir():
+            return "is a directory"
+        existing = next(p for p in out.parents if p.exists())
+        if not existing.is_dir():
+            return f"{existing} is not a directory"
+        try:
+            import tempfile
+
+            with tempfile.NamedTemporaryFile(dir=existing, prefix=".vlcurate-", suffix=".probe"):
+                pass
+        except OSError as e:
+            return f"cannot write in {existing} ({e.strerror or e})"
+        return None
+
+    def delete_empty_dir(self, loc: str) -> None:
+        with contextlib.suppress(OSError):  # not empty, or gone: leave it
+            os.rmdir(loc)
 
 
 _BACKENDS: dict[str, Callable[[], Backend]] = {}
@@ -254,6 +284,15 @@ def move_tree(src: str | os.PathLike, dst: str | os.PathLike) -> None:
 
 def make_read_only(loc: str | os.PathLike) -> None:
     backend_for(loc).make_read_only(_loc(loc))
+
+
+def write_problem(loc: str | os.PathLike) -> str | None:
+    """Why a file cannot be written at ``loc`` (None: it can), found without writing it."""
+    return backend_for(loc).write_problem(_loc(loc))
+
+
+def delete_empty_dir(loc: str | os.PathLike) -> None:
+    backend_for(loc).delete_empty_dir(_loc(loc))
 
 
 def local_path(loc: str | os.PathLike) -> Path | None:

@@ -18,6 +18,7 @@ version's root location gives them.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 import apache_beam as beam
@@ -25,8 +26,9 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.utils.shared import Shared
 
+from vlcurate.errors import UserError
 from vlcurate.io import storage
-from vlcurate.io.stats import ShardStats, read_stats, write_stats
+from vlcurate.io.stats import ShardStats, write_stats
 from vlcurate.pipelines.keyed import KeyedStage
 from vlcurate.pipelines.stage import Layout, Stage, stage_class
 
@@ -41,16 +43,25 @@ class _Holder:
         self.stage = stage
 
 
-class _StageFn(beam.DoFn):
-    """A DoFn that builds its stage from the class itself (pickled with the DoFn), so
-    a worker needs no registry lookup: a stage registered by a third-party package or
-    a script runs wherever its class can be unpickled."""
+@dataclass(frozen=True)
+class StageRun:
+    """What a worker needs to make one stage: its kind, its name in the version, its config."""
 
-    def __init__(self, name: str, cls: type[Stage], config: Any, layout: Layout):
-        self.name, self.cls, self.config, self.layout = name, cls, config, layout
+    kind: str
+    name: str
+    config: Any
+
+
+class _StageFn(beam.DoFn):
+    """A DoFn that builds its stage from the class itself (looked up when the graph is
+    built and pickled with the DoFn), so a worker needs no registry lookup: a stage
+    registered by a third-party package or a script runs wherever its class unpickles."""
+
+    def __init__(self, run: StageRun, cls: type[Stage], layout: Layout):
+        self.run, self.cls, self.layout, self.name = run, cls, layout, run.name
 
     def make_stage(self) -> Stage:
-        return self.cls(self.config, self.layout)
+        return self.cls(self.run.config, self.layout, self.run.name)
 
 
 def run_stage_on_shard(stage: Stage, shard: int, findings: list | None = None) -> ShardStats | None:
@@ -75,8 +86,8 @@ class RunStage(_StageFn):
     - one stage object (and model) per process, shared across DoFn instances.
     """
 
-    def __init__(self, name: str, cls: type[Stage], config: Any, layout: Layout):
-        super().__init__(name, cls, config, layout)
+    def __init__(self, run: StageRun, cls: type[Stage], layout: Layout):
+        super().__init__(run, cls, layout)
         self._shared = Shared()
         self.stage: Stage | None = None
 
@@ -126,13 +137,14 @@ def _with_findings(joined) -> tuple[int, list]:
     return shard, sorted(parts["findings"])
 
 
-def keyed_step(shards, name: str, cls: type[KeyedStage], config: Any, layout: Layout):
-    """``shards`` -> ``(shard, its findings)`` for the keyed stage ``cls`` named ``name``."""
+def keyed_step(shards, run: StageRun, cls: type[KeyedStage], layout: Layout):
+    """``shards`` -> ``(shard, its findings)`` for the keyed stage ``cls`` run as ``run``."""
+    name = run.name
     findings = (
         shards
-        | f"{name}/Signatures" >> beam.ParDo(_Signatures(name, cls, config, layout))
+        | f"{name}/Signatures" >> beam.ParDo(_Signatures(run, cls, layout))
         | f"{name}/Group" >> beam.GroupByKey()
-        | f"{name}/Resolve" >> beam.ParDo(_Resolve(name, cls, config, layout))
+        | f"{name}/Resolve" >> beam.ParDo(_Resolve(run, cls, layout))
     )
     return (
         {"shard": shards | f"{name}/ByShard" >> beam.Map(lambda s: (s, None)), "findings": findings}
@@ -141,16 +153,16 @@ def keyed_step(shards, name: str, cls: type[KeyedStage], config: Any, layout: La
     )
 
 
-def build_graph(p: beam.Pipeline, stages: list[tuple[str, Any]], layout: Layout, num_shards: int):
+def build_graph(p: beam.Pipeline, stages: list[StageRun], layout: Layout, num_shards: int):
     shards = (
         p
         | "Shards" >> beam.Create(list(range(num_shards)))
         | "Distribute" >> beam.Reshuffle()
     )
-    for name, config in stages:
-        cls = stage_class(name)
-        work = keyed_step(shards, name, cls, config, layout) if issubclass(cls, KeyedStage) else shards
-        shards = work | f"{name}/Run" >> beam.ParDo(RunStage(name, cls, config, layout))
+    for run in stages:
+        cls = stage_class(run.kind)
+        work = keyed_step(shards, run, cls, layout) if issubclass(cls, KeyedStage) else shards
+        shards = work | f"{run.name}/Run" >> beam.ParDo(RunStage(run, cls, layout))
     return shards
 
 
@@ -170,6 +182,32 @@ def resolve_runner(name: str) -> str | None:
     except (ValueError, ImportError, AttributeError):
         return None
     return resolved
+
+
+def check_pipeline_options(options: tuple[str, ...]) -> None:
+    """UserError naming the first option that no Beam options class (of Beam or of a
+    runner loaded so far: call after :func:`resolve_runner`) knows, with the closest
+    known one. Beam itself only logs and drops such options, so a misspelt
+    ``--dask_client_address`` would quietly start a local cluster instead."""
+    import difflib
+
+    from apache_beam.options.pipeline_options import _BeamArgumentParser
+
+    parser = _BeamArgumentParser(allow_abbrev=False)
+    classes = {str(cls): cls for cls in PipelineOptions.__subclasses__()}  # what Beam's own parse uses
+    for cls in classes.values():
+        cls._add_argparse_args(parser)  # noqa: SLF001 - Beam's documented extension point
+    _, unknown = parser.parse_known_args(list(options))
+    if not unknown:
+        return
+    arg = unknown[0]
+    name = arg.split("=", 1)[0]
+    if not name.startswith("--"):
+        raise UserError(f"pipeline option {arg!r}: not an option (pass --name=value after '--')")
+    known = [opt for action in parser._actions for opt in action.option_strings if opt.startswith("--")]
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
+    hint = f"did you mean {close[0]}?" if close else "not a Beam or runner option"
+    raise UserError(f"pipeline option {name}: unknown ({hint})")
 
 
 def runner_defaults(runner: str, options: tuple[str, ...]) -> list[str]:
@@ -198,6 +236,14 @@ def make_pipeline(runner: str, workers: int, options: tuple[str, ...]) -> beam.P
     return beam.Pipeline(options=PipelineOptions(flags))
 
 
-def run_stats(layout: Layout, stages: list[str], num_shards: int) -> dict[str, list]:
-    """Every stage's shard stats markers, read back from the version."""
-    return {name: [read_stats(layout.stats(name, s)) for s in range(num_shards)] for name in stages}
+def run_to_completion(pipeline: beam.Pipeline) -> None:
+    """Run and wait. A client the runner opened and left open (Beam's DaskRunner keeps
+    a ``distributed.Client`` on its result) is closed here: left open, it tries to
+    reconnect once the cluster goes away and prints tracebacks at interpreter exit."""
+    result = pipeline.run()
+    try:
+        result.wait_until_finish()
+    finally:
+        client = getattr(result, "client", None)
+        if callable(getattr(client, "close", None)):
+            client.close()

@@ -1,9 +1,10 @@
 """Build a dataset version from a recipe: validate, shard the input, run, commit.
 
-A version is built in ``ROOT/NAME/.VERSION.building`` and renamed to
-``ROOT/NAME/VERSION`` once its manifest is written, so a version directory that
+A version is built in ``ROOT/NAME/.VERSION.building`` and becomes ``ROOT/NAME/VERSION``
+once its manifest is written (see the README's commit protocol), so a version that
 exists is complete. A killed build leaves the ``.building`` directory; running the
-same recipe again resumes it, skipping every shard a stage already finished.
+same recipe again resumes it, skipping every shard a stage already finished. A build
+that fails before any stage finished a shard removes what it made.
 """
 
 from __future__ import annotations
@@ -18,14 +19,16 @@ from typing import Callable
 
 import pyarrow as pa
 
-from vlcurate.io.inputs import InputError, list_input_files, read_inputs
 from vlcurate.errors import UserError
 from vlcurate.io import storage
+from vlcurate.io.inputs import InputError, list_input_files, read_inputs
 from vlcurate.io.parquet import write_work_parquet
-from vlcurate.pipelines.beam import build_graph, resolve_runner, make_pipeline
+from vlcurate.pipelines.beam import (StageRun, build_graph, check_pipeline_options, make_pipeline, resolve_runner,
+                                     run_to_completion)
 from vlcurate.pipelines.progress import Progress, worker_output_to
 from vlcurate.pipelines.stage import WORK_DIR, Layout, stage_class
 from vlcurate.recipe import Recipe
+from vlcurate.report import plural
 from vlcurate.versions import MANIFEST, read_markers, write_manifest
 
 
@@ -44,22 +47,24 @@ def building_dir(recipe: Recipe) -> str:
 def check_buildable(recipe: Recipe) -> None:
     """Every check that needs no work: runs before anything is written."""
     target = recipe.output.version_dir
-    if storage.exists(storage.join(target, MANIFEST)) or storage.exists(target):
+    if storage.exists(target):
         raise UserError(f"output {target}: version already exists (versions are immutable; pick a new version)")
     if resolve_runner(recipe.runner.name) is None:
         raise UserError(f"runner {recipe.runner.name!r}: unknown (use 'local' or a Beam runner name such as DataflowRunner, DaskRunner, FlinkRunner, PortableRunner)")
     if recipe.runner.workers < 1:
-        raise UserError(f"runner.workers: must be at least 1, got {recipe.runner.workers}")
+        raise UserError(f"runner.workers: must be >= 1, got {recipe.runner.workers}")
+    check_pipeline_options(recipe.runner.options)
     if recipe.output.parent and not storage.exists(storage.join(recipe.output.parent, MANIFEST)):
         raise UserError(f"output.parent {recipe.output.parent}: not a version directory (no manifest.json)")
-    first = recipe.stages[0].name
-    if not stage_class(first).reads_input:
-        raise UserError(f"stages[0] {first!r}: the first stage must read the input list (e.g. download)")
+
+
+def _num_shards(recipe: Recipe, table: pa.Table) -> int:
+    return max(1, -(-table.num_rows // recipe.samples_per_shard))
 
 
 def _shard_inputs(recipe: Recipe, table: pa.Table, layout: Layout) -> int:
     n = recipe.samples_per_shard
-    num_shards = max(1, -(-table.num_rows // n))
+    num_shards = _num_shards(recipe, table)
     for shard in range(num_shards):
         loc = layout.input_shard(shard)
         if not storage.exists(loc):
@@ -67,7 +72,13 @@ def _shard_inputs(recipe: Recipe, table: pa.Table, layout: Layout) -> int:
     return num_shards
 
 
-def _claim_building_dir(recipe: Recipe) -> str:
+@dataclass(frozen=True)
+class _Claim:
+    root: str  # the .VERSION.building directory
+    created: tuple[str, ...]  # directories this build made, deepest first (root included)
+
+
+def _claim_building_dir(recipe: Recipe) -> _Claim:
     root = building_dir(recipe)
     marker = storage.join(root, WORK_DIR, "recipe.json")
     body = json.dumps({"recipe_hash": recipe.hash(), "recipe": recipe.resolved()}, indent=1, sort_keys=True)
@@ -82,9 +93,31 @@ def _claim_building_dir(recipe: Recipe) -> str:
         for f in storage.list_files(root):
             if storage.is_tmp(f.path):
                 storage.delete(storage.join(root, f.path))
-    else:
-        storage.write_bytes(marker, body.encode())
-    return root
+        return _Claim(root, ())
+    created, d = [], root
+    while d and d != storage.parent(d) and not storage.exists(d):
+        created.append(d)
+        d = storage.parent(d)
+    storage.write_bytes(marker, body.encode())
+    return _Claim(root, tuple(created))
+
+
+def _started(root: str) -> bool:
+    """Whether any stage finished a shard (its stats marker exists)."""
+    return bool(storage.list_files(storage.join(root, "stats")))
+
+
+def _release(claim: _Claim, log_path: Path, log: Callable[[str], None]) -> None:
+    """Undo a claim that no stage-shard got past: the directories this build made go,
+    so the same version can be built again with a fixed recipe. The worker log is
+    moved out first (it says what failed)."""
+    if storage.exists(log_path) and storage.size(log_path):
+        with tempfile.NamedTemporaryFile(prefix="vlcurate-beam-", suffix=".log", delete=False) as kept:
+            kept.write(storage.read_bytes(log_path))
+        log(f"worker logs: {kept.name}")
+    storage.delete_tree(claim.root)
+    for directory in claim.created[1:]:  # parents it made, if still empty
+        storage.delete_empty_dir(directory)
 
 
 def _log_path(root: str) -> Path:
@@ -109,21 +142,32 @@ def build(recipe: Recipe, log: Callable[[str], None] = _log_to_stderr) -> BuildR
     if table.num_rows == 0:
         raise UserError(f"input {', '.join(recipe.input.paths)}: no rows")
     started = time.monotonic()
-    root = _claim_building_dir(recipe)
-    stages = [(s.name, s.config) for s in recipe.stages]
-    layout = Layout.for_stages(root, [n for n, _ in stages])
-    resumed = bool(storage.list_files(storage.join(root, "stats")))
-    num_shards = _shard_inputs(recipe, table, layout)
-    log(f"{'resuming' if resumed else 'building'} {recipe.output.name}/{recipe.output.version}: "
-        f"{table.num_rows} rows in {num_shards} shards, stages {', '.join(n for n, _ in stages)}, "
-        f"runner {recipe.runner.name}")
+    stages = [StageRun(s.kind, s.name, s.config) for s in recipe.stages]
+    names = [s.name for s in stages]
+    layout = Layout.for_stages(building_dir(recipe), [(s.name, s.kind) for s in stages])
+    # The graph is made before anything is written: a graph error leaves nothing behind.
     pipeline = make_pipeline(recipe.runner.name, recipe.runner.workers, recipe.runner.options)
-    build_graph(pipeline, stages, layout, num_shards)
-    with worker_output_to(_log_path(root)), \
-            Progress(layout, [n for n, _ in stages], num_shards, recipe.samples_per_shard, table.num_rows, log):
-        pipeline.run().wait_until_finish()
-    stats, records = read_markers(root, [n for n, _ in stages], num_shards)
-    infos = {s.name: stage_class(s.name)(s.config, layout).info() for s in recipe.stages}
+    build_graph(pipeline, stages, layout, _num_shards(recipe, table))
+    claim = _claim_building_dir(recipe)
+    root = claim.root
+    log_path = _log_path(root)
+    try:
+        resumed = _started(root)
+        num_shards = _shard_inputs(recipe, table, layout)
+        log(f"{'resuming' if resumed else 'building'} {recipe.output.name}/{recipe.output.version}: "
+            f"{plural(table.num_rows, 'row')} in {plural(num_shards, 'shard')}, stages {', '.join(names)}, "
+            f"runner {recipe.runner.name}")
+        with worker_output_to(log_path), \
+                Progress(layout, names, num_shards, recipe.samples_per_shard, table.num_rows, log):
+            run_to_completion(pipeline)
+    except BaseException:
+        if claim.created and not _started(root):
+            _release(claim, log_path, log)
+        elif storage.exists(log_path):
+            log(f"worker logs: {log_path}")
+        raise
+    stats, records = read_markers(root, names, num_shards)
+    infos = {s.name: stage_class(s.kind)(s.config, layout, s.name).info() for s in recipe.stages}
     inputs = [{"path": str(f), "sha256": storage.sha256(f), "bytes": storage.size(f)} for f in files]
     storage.delete_tree(storage.join(root, WORK_DIR))
     manifest = write_manifest(root, recipe, inputs, stats, records, infos)

@@ -67,7 +67,7 @@ def worker_output_to(path: Path) -> Iterator[None]:
     while Python's own ``sys.stderr`` (progress, summaries) stays on the terminal.
 
     Workers inherit file descriptor 2, so it is the descriptor that is redirected.
-    On failure the log is kept and its path is named.
+    On failure the log is kept (the build names it).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     sys.stderr.flush()
@@ -79,9 +79,6 @@ def worker_output_to(path: Path) -> Iterator[None]:
         sys.stderr = terminal
         try:
             yield
-        except BaseException:
-            print(f"worker logs: {path}", file=terminal)
-            raise
         finally:
             sys.stderr = old_stderr
             os.dup2(saved, 2)

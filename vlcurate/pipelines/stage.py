@@ -50,9 +50,11 @@ class Layout:
         object.__setattr__(self, "root", os.fspath(self.root))
 
     @classmethod
-    def for_stages(cls, root: str | os.PathLike, names: Iterable[str]) -> "Layout":
-        """A layout for stages named like registered stage classes."""
-        return cls(os.fspath(root), tuple(StageEntry(n, stage_class(n).record_kind) for n in names))
+    def for_stages(cls, root: str | os.PathLike, stages: Iterable[str | tuple[str, str]]) -> "Layout":
+        """A layout for stages given as ``(name, kind)`` pairs, or as a kind alone
+        (the stage's name is then its kind, as in most recipes)."""
+        pairs = [(s, s) if isinstance(s, str) else s for s in stages]
+        return cls(os.fspath(root), tuple(StageEntry(name, stage_class(kind).record_kind) for name, kind in pairs))
 
     def input_shard(self, shard: int) -> str:
         return storage.join(self.root, WORK_DIR, f"input-{shard:05d}.parquet")
@@ -103,10 +105,12 @@ class Stage(ABC):
     record_kind: ClassVar[str | None] = None
     reads_input: ClassVar[bool] = False  # True only for a first stage (it reads the input list)
 
-    def __init__(self, config: Any, layout: Layout):
+    def __init__(self, config: Any, layout: Layout, name: str | None = None):
         self.config = config
         self.layout = layout
         self._current = threading.local()
+        if name is not None:  # a recipe that runs this kind twice names each one
+            self.name = name
 
     def setup(self) -> None:
         """Load models and other per-process resources (called once per process)."""

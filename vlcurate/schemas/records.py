@@ -59,6 +59,12 @@ SAMPLE = register(
                 pa.field("original_height", pa.int32()),
                 pa.field("sha256", pa.string()),
                 pa.field("phash", pa.string()),
+                # A row fetched again by `download --retry-failed`: the error of its
+                # first failed fetch (in the version it was first fetched in), kept
+                # beside the latest outcome; null for rows fetched once.
+                pa.field("first_error_kind", pa.string()),
+                pa.field("first_error_message", pa.string()),
+                pa.field("first_http_status", pa.int32()),
             ]
         ),
         open_columns=True,  # source columns carried through follow the fixed ones
