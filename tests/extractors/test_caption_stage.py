@@ -37,11 +37,16 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
-def write_shard(layout: Layout, shard: int, items: list[tuple[str, bytes | None, str]]) -> list[str]:
-    """A shard of ``(key, image bytes or None for no image in the tar, web caption)``."""
-    rows = [{"key": k, "url": f"http://h/{k}.jpg", "caption": c, "status": "ok", "error_kind": None,
+def write_shard(layout: Layout, shard: int, items: list[tuple[str, bytes | None, str]],
+                keys: list[str] | None = None) -> list[str]:
+    """A shard of ``(name, image bytes or None for no image in the tar, web caption)``;
+    the URL comes from the name, the key too unless ``keys`` gives other keys."""
+    urls = [f"http://h/{name}.jpg" for name, _, _ in items]
+    if keys is not None:
+        items = [(k, d, c) for k, (_, d, c) in zip(keys, items)]
+    rows = [{"key": k, "url": u, "caption": c, "status": "ok", "error_kind": None,
              "error_message": None, "http_status": 200, "width": 8, "height": 8, "original_width": 8,
-             "original_height": 8, "sha256": f"h{k}", "phash": None} for k, _, c in items]
+             "original_height": 8, "sha256": f"h{k}", "phash": None} for u, (k, _, c) in zip(urls, items)]
     write_parquet(pa.Table.from_pylist(rows, schema=get_schema("sample").schema),
                   layout.samples_parquet(shard), "sample")
     write_tar(layout.samples_tar(shard), [TarSample(k, {"jpg": d, "txt": c.encode(), "json": b"{}"})
@@ -54,11 +59,13 @@ def caption_stage(layout: Layout, **cfg) -> SyntheticCaptionStage:
                                                             "batch_size": 1, **cfg}), layout)
 
 
-def captions_of(layout: Layout, shards=(0,)) -> dict[str, list[str] | None]:
+def captions_of(layout: Layout, shards=(0,)) -> dict[str, list[str]]:
+    """``{key: captions}`` of the ok rows of the shards' synthetic_captions sidecars."""
     out = {}
-    for shard in shards:
+    for shard in (shards,) if isinstance(shards, int) else shards:
         for r in pq.read_table(layout.sidecar("synthetic_captions", shard)).to_pylist():
-            out[r["key"]] = r["captions"]
+            if r["status"] == "ok":
+                out[r["key"]] = r["captions"]
     return out
 
 
@@ -85,15 +92,17 @@ def test_k_captions_per_sample_and_failures_are_rows(tmp_path):
 
 
 def test_captions_depend_on_the_sample_and_seed_only(tmp_path):
-    """Batch size 1: the same captions whether a sample sits in a 6-sample shard or in
-    one of two shards in another order, with another batch-mate, or in another stage
-    instance (as on another worker); another seed gives other captions."""
+    """Batch size 1: the same captions whether a sample sits in a 6-sample shard or,
+    under another key (keys number samples by shard and position), in one of two shards
+    in another order, in another stage instance (as on another worker); another seed
+    gives other captions."""
     one = Layout(tmp_path / "one")
     write_shard(one, 0, ITEMS)
     caption_stage(one).run_shard(0)
     two = Layout(tmp_path / "two")
-    write_shard(two, 0, [ITEMS[4], ITEMS[1], ITEMS[2]])
-    write_shard(two, 1, [ITEMS[5], ITEMS[3], ITEMS[0]])
+    order = [[4, 1, 2], [5, 3, 0]]
+    for shard, picks in enumerate(order):
+        write_shard(two, shard, [ITEMS[i] for i in picks], keys=[f"{shard:05d}_{j:06d}" for j in range(3)])
     other_worker = caption_stage(two)
     for shard in (1, 0):
         other_worker.run_shard(shard)
@@ -102,7 +111,9 @@ def test_captions_depend_on_the_sample_and_seed_only(tmp_path):
     caption_stage(reseeded, seed=1).run_shard(0)
 
     expected = captions_of(one)
-    assert captions_of(two, (0, 1)) == expected
+    moved = captions_of(two, (0, 1))
+    assert {ITEMS[i][0]: moved[f"{s:05d}_{j:06d}"] for s, picks in enumerate(order)
+            for j, i in enumerate(picks)} == expected
     assert len({tuple(c) for c in expected.values()}) == len(ITEMS)  # samples differ from each other
     assert all(captions_of(reseeded)[k] != expected[k] for k in expected)
 

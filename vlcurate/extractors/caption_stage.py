@@ -9,9 +9,11 @@ images are read from the shard's tar and preprocessed on decode threads, batches
 ``batch_size`` images go through one ``generate`` call each, and a sample whose image
 cannot be decoded or whose generation fails is a ``failed`` row with the reason.
 
-Sampling is seeded per caption from the sample's key and ``seed``
-(:mod:`vlcurate.extractors.seeded_sampling`): with ``batch_size: 1`` a sample's
-captions are the same whatever shard, worker or runner produced it; larger batches
+Sampling is seeded per caption from the sample's identity and ``seed``
+(:mod:`vlcurate.extractors.seeded_sampling`). The identity is the sample's input
+pair, its URL and web caption, not its key: keys number samples by shard and
+position, so they change with ``samples_per_shard``. With ``batch_size: 1`` a
+sample's captions are the same whatever shard, worker or runner produced it; larger batches
 give the same captions except where batched arithmetic rounds a probability across a
 sampling boundary (rate measured in benchmarks/README.md).
 
@@ -38,8 +40,10 @@ import pyarrow as pa
 
 from vlcurate.extractors.encoding import Encoded
 from vlcurate.extractors.hf_models import HfModelConfig, load_hf_model, pixel_values
-from vlcurate.extractors.seeded_sampling import SeededNucleus, caption_uniforms
+from vlcurate.extractors.seeded_sampling import SeededNucleus, caption_uniforms, sample_identity
 from vlcurate.extractors.stage import FeatureStage
+from vlcurate.filters.base import alive_samples
+from vlcurate.io.stats import ShardStats
 from vlcurate.pipelines.stage import StageInfo, register_stage
 from vlcurate.schemas.features import MODEL_META
 
@@ -86,8 +90,9 @@ class Captioner:
     def prepare(self, image: Any) -> Any:
         return pixel_values(self.hf.processor, image)
 
-    def captions(self, keys: list[str], images: list[Any]) -> list[list[str]]:
-        """``captions_per_image`` captions for each image (prepared by :meth:`prepare`)."""
+    def captions(self, ids: list[str], images: list[Any]) -> list[list[str]]:
+        """``captions_per_image`` captions for each image (prepared by :meth:`prepare`),
+        sampled with the draws of the sample identities ``ids``."""
         import numpy as np
 
         torch, cfg, hf = self._torch, self.config, self.hf
@@ -98,7 +103,7 @@ class Captioner:
         if self.prompt_ids is not None:
             kwargs["input_ids"] = self.prompt_ids.repeat(len(images), 1).to(hf.device)
             start = self.prompt_ids.shape[1] - 1
-        uniforms = caption_uniforms(keys, cfg.seed, cfg.captions_per_image, cfg.max_length)
+        uniforms = caption_uniforms(ids, cfg.seed, cfg.captions_per_image, cfg.max_length)
         sampler = SeededNucleus(uniforms, cfg.top_p, start, hf.device)
         # Sampling mode only so that generate expands each image's encoding to K rows
         # (greedy refuses num_return_sequences); its own warpers are off, and its draw
@@ -120,7 +125,7 @@ class SyntheticCaptionStage(FeatureStage):
     name = "synthetic_captions"
     Config = SyntheticCaptionsConfig
     record_kind = "synthetic_captions"
-    keyed_batches = True  # sampling is seeded by the sample's key
+    keyed_batches = True  # sampling is seeded per sample
 
     def info(self) -> StageInfo:
         return StageInfo(weights=self.config.provenance())
@@ -142,6 +147,11 @@ class SyntheticCaptionStage(FeatureStage):
                  "batch_size": cfg.batch_size}
         return {MODEL_META.decode(): json.dumps(model, sort_keys=True)}
 
+    def run_shard(self, shard: int, corpus: Any = None) -> ShardStats:
+        rows = alive_samples(self.layout, shard, ["key", "url", "caption"], exclude=self.name).to_pylist()
+        self._identity = {r["key"]: sample_identity(r["url"], r["caption"]) for r in rows}
+        return super().run_shard(shard, corpus)
+
     def encode_batch(self, images: list[tuple[str, Any]]) -> list[Encoded]:
-        keys = [k for k, _ in images]
-        return [{"captions": c} for c in self.captioner.captions(keys, [im for _, im in images])]
+        ids = [self._identity[k] for k, _ in images]
+        return [{"captions": c} for c in self.captioner.captions(ids, [im for _, im in images])]

@@ -2,12 +2,12 @@
 
 ``generate(do_sample=True)`` draws every token of every sequence in a batch from one
 global torch RNG, so a sample's captions change with whatever else is in its batch,
-and so with the shard size, the worker count and the runner. Here each caption
-(sample key, caption index) gets its own stream of uniforms, derived from the key and
-the recipe seed by hashing (:func:`caption_uniforms`), and :class:`SeededNucleus`
-draws token ``t`` of that caption by inverse-CDF sampling with uniform ``t`` from the
+and so with the shard size, the worker count and the runner. Here each caption (sample,
+caption index) gets its own stream of uniforms, derived from the sample's identity
+(:func:`sample_identity`) and the recipe seed by hashing (:func:`caption_uniforms`),
+and :class:`SeededNucleus` draws token ``t`` of that caption by inverse-CDF sampling with uniform ``t`` from the
 top-p nucleus of the model's distribution, leaving ``generate`` a distribution with
-that one token, which its sampling step then takes. The draws then depend only on the key, the seed and
+that one token, which its sampling step then takes. The draws then depend only on the sample, the seed and
 the model's probabilities; a caption can still change with the batch when batched
 arithmetic rounds the probabilities differently and a uniform falls right at a
 boundary of the cumulative distribution (the benchmark measures how often).
@@ -27,18 +27,24 @@ from typing import Any, Sequence
 import numpy as np
 
 
-def caption_seed(key: str, seed: int, index: int) -> int:
-    """A 64-bit seed for caption ``index`` of sample ``key`` under recipe ``seed``."""
-    digest = hashlib.sha256(f"capfilt\0{seed}\0{key}\0{index}".encode()).digest()
+def sample_identity(url: str, caption: str | None) -> str:
+    """What names a sample independently of where it lands: its input pair. (Keys are
+    ``<shard>_<index>``, so they change with the shard size.)"""
+    return f"{url}\0{caption or ''}"
+
+
+def caption_seed(identity: str, seed: int, index: int) -> int:
+    """A 64-bit seed for caption ``index`` of a sample under recipe ``seed``."""
+    digest = hashlib.sha256(f"capfilt\0{seed}\0{identity}\0{index}".encode()).digest()
     return int.from_bytes(digest[:8], "little")
 
 
-def caption_uniforms(keys: Sequence[str], seed: int, per_sample: int, steps: int) -> np.ndarray:
-    """``[len(keys) * per_sample, steps]`` uniforms in [0, 1), row ``i * per_sample + k``
-    for caption ``k`` of ``keys[i]`` (the order of ``generate``'s
+def caption_uniforms(ids: Sequence[str], seed: int, per_sample: int, steps: int) -> np.ndarray:
+    """``[len(ids) * per_sample, steps]`` uniforms in [0, 1), row ``i * per_sample + k``
+    for caption ``k`` of sample ``ids[i]`` (the order of ``generate``'s
     ``num_return_sequences`` rows)."""
-    rows = [np.random.default_rng(caption_seed(key, seed, k)).random(steps)
-            for key in keys for k in range(per_sample)]
+    rows = [np.random.default_rng(caption_seed(i, seed, k)).random(steps)
+            for i in ids for k in range(per_sample)]
     return np.stack(rows) if rows else np.zeros((0, steps))
 
 
