@@ -36,8 +36,14 @@ ROLES = ("captioner", "itm")
 
 
 def _local_dir(value: str) -> tuple[str, str] | None:
-    """``("", path)`` when ``value`` names a local directory (not a hub id or a shipped name)."""
+    """``("", path)`` when ``weights`` names a local directory (not a hub id or a shipped name)."""
     return None if value.startswith(HUB_PREFIX) or value in SHIPPED else ("", value)
+
+
+def _model_dir(value: str) -> tuple[str, str] | None:
+    """``("", path)`` when ``model`` is a path (has a ``/`` or starts with ``.``); a bare
+    name is a shipped config or, next to ``weights``, a label."""
+    return _local_dir(value) if "/" in value or value.startswith(".") else None
 
 
 @dataclass(frozen=True)
@@ -50,7 +56,7 @@ class HfModelConfig:
     when available; ``precision`` is the CUDA autocast dtype (CPU computes in fp32).
     """
 
-    model: str = "vlc-tiny-blip"
+    model: str = local_path("vlc-tiny-blip", split=_model_dir)
     weights: str | None = local_path(None, split=_local_dir)
     device: str = "auto"
     precision: str = "fp16"

@@ -34,7 +34,7 @@ import numpy as np
 from vlcurate.extractors.encoding import Encoded, SampleFailure, encode_images
 from vlcurate.extractors.hf_models import HfModel, HfModelConfig, load_hf_model, pixel_values
 from vlcurate.filters.base import Decision, FilterStage
-from vlcurate.filters.captions import Candidates, candidate_captions, write_caption_scores
+from vlcurate.filters.captions import caption_decision, candidate_captions, write_caption_scores
 from vlcurate.io.stats import ShardStats
 from vlcurate.pipelines.stage import StageInfo, register_stage
 
@@ -122,21 +122,8 @@ class CaptionItmFilter(FilterStage):
             passing = [i for i in c.ranked() if c.scores[i] >= cfg.threshold]
             c.selected = [c.captions[i] for i in passing[:cfg.top_n]]
         self._scored = cands
-        decisions = []
-        for r in rows:
-            c: Candidates = cands[r["key"]]
-            if not c.captions:
-                decisions.append(Decision(False, "no_caption"))
-            elif r["key"] in failures:
-                fail = failures[r["key"]]
-                decisions.append(Decision(False, "image_error", detail=f"{fail.kind}: {fail.message}"))
-            elif not c.selected:
-                decisions.append(Decision(False, "no_matching_caption", score=max(c.scores),
-                                          detail=f"all {len(c.captions)} captions below {cfg.threshold}"))
-            else:
-                decisions.append(Decision(True, score=max(c.scores), detail=f"{len(c.selected)} of "
-                                          f"{len(c.captions)} captions match"))
-        return decisions
+        return [caption_decision(cands[r["key"]], failures.get(r["key"]),
+                                 f"all {len(cands[r['key']].captions)} captions below {cfg.threshold}") for r in rows]
 
     def run_shard(self, shard: int, corpus: Any = None) -> ShardStats:
         stats = super().run_shard(shard, corpus)

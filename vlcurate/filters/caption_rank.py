@@ -33,7 +33,7 @@ import numpy as np
 from vlcurate.extractors.encoding import SampleFailure
 from vlcurate.extractors.vit_stage import ClipModelConfig
 from vlcurate.filters.base import Decision
-from vlcurate.filters.captions import Candidates, candidate_captions, write_caption_scores
+from vlcurate.filters.captions import caption_decision, candidate_captions, write_caption_scores
 from vlcurate.filters.clip_score import ClipScoreFilter
 from vlcurate.io.stats import ShardStats
 from vlcurate.pipelines.stage import register_stage
@@ -84,17 +84,8 @@ class CaptionRankFilter(ClipScoreFilter):
                 at += len(c.captions)
                 c.selected = [c.captions[i] for i in c.ranked()[:cfg.top_n]]
         self._scored = cands
-        decisions = []
-        for r in rows:
-            c: Candidates = cands[r["key"]]
-            if not c.captions:
-                decisions.append(Decision(False, "no_caption"))
-            elif not c.scores:
-                fail = images[r["key"]]
-                decisions.append(Decision(False, "image_error", detail=f"{fail.kind}: {fail.message}"))
-            else:
-                decisions.append(Decision(True, score=max(c.scores), detail=f"{len(c.selected)} captions selected"))
-        return decisions
+        return [caption_decision(cands[r["key"]], images.get(r["key"]) if isinstance(
+            images.get(r["key"]), SampleFailure) else None) for r in rows]
 
     def run_shard(self, shard: int, corpus: Any = None) -> ShardStats:
         stats = super().run_shard(shard, corpus)

@@ -21,6 +21,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from vlcurate.errors import UserError
+from vlcurate.extractors.encoding import SampleFailure
+from vlcurate.filters.base import Decision
 from vlcurate.io import storage
 from vlcurate.io.parquet import read_parquet, write_parquet
 from vlcurate.pipelines.stage import Layout
@@ -68,6 +70,19 @@ def candidate_captions(layout: Layout, shard: int, rows: list[dict[str, Any]], c
                 c.sources.append("synthetic")
         out[row["key"]] = c
     return out
+
+
+def caption_decision(c: Candidates, failure: SampleFailure | None, unmatched: str = "") -> Decision:
+    """A scored sample is kept when it has selected captions (score: its best caption's);
+    else dropped as ``no_caption`` (no candidates), ``image_error`` (``failure``: its
+    image could not be decoded or scored) or ``no_matching_caption`` (``unmatched`` says why)."""
+    if not c.captions:
+        return Decision(False, "no_caption")
+    if failure is not None or not c.scores:
+        return Decision(False, "image_error", detail=f"{failure.kind}: {failure.message}" if failure else None)
+    if not c.selected:
+        return Decision(False, "no_matching_caption", score=max(c.scores), detail=unmatched or None)
+    return Decision(True, score=max(c.scores), detail=f"{len(c.selected)} of {len(c.captions)} captions selected")
 
 
 def write_caption_scores(layout: Layout, stage: str, shard: int, keys: list[str],
