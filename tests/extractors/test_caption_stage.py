@@ -161,3 +161,23 @@ def test_a_weights_directory_without_a_config_is_one_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="empty: not a directory with a config.json"):
         load_hf_model(HfModelConfig(weights=str(tmp_path / "empty"), device="cpu"), "captioner")
+
+
+def test_a_sample_whose_generation_fails_is_a_row_and_spares_its_batch_mates(tmp_path):
+    layout = Layout(tmp_path)
+    write_shard(layout, 0, ITEMS[:4])
+    stage = caption_stage(layout, batch_size=4)
+    stage.setup()
+    real = stage.captioner.captions
+
+    def captions(ids, images):
+        if any(i.startswith("http://h/s002.jpg") for i in ids):
+            raise RuntimeError("generation failed")
+        return real(ids, images)
+
+    stage.captioner.captions = captions
+    stats = stage.run_shard(0)
+    assert stats.counts == {"ok": 3, "failed.model_error": 1}
+    rows = {r["key"]: r for r in pq.read_table(layout.sidecar("synthetic_captions", 0)).to_pylist()}
+    assert rows["s002"]["error_message"] == "RuntimeError: generation failed"
+    assert all(len(rows[k]["captions"]) == K for k in ("s000", "s001", "s003"))
