@@ -179,6 +179,9 @@ def test_built_version_validates_and_captions_do_not_depend_on_the_shard_size(de
     result = build(load_recipe(recipe), log=lambda s: None)
     assert validate_version(result.version_dir) == []
     assert result.manifest["random_weights"] is True
+    weights = {s["name"]: s.get("weights") for s in result.manifest["stages"]}
+    assert weights["synthetic_captions"]["model"] == "vlc-tiny-blip" and weights["synthetic_captions"]["random"]
+    assert weights["caption_itm"]["source"] == "random" and weights["caption_rank"]["model"] == TINY
     assert {"synthetic_captions", "caption_rank", "caption_itm"} <= {f["path"].split("/")[0]
                                                                      for f in result.manifest["files"]}
     built = Layout(result.version_dir)
