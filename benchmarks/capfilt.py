@@ -113,24 +113,27 @@ def main(argv: list[str] | None = None) -> int:
 
         generate_only()  # warm-up (first-call allocations, lazy inits)
         stage_s, gen_s = alternate(stage, args, generate_only)
+        n = args.images * k
+        stage_cps = [n / s for s in stage_s]
+        gen_cps = [n / s for s in gen_s]
+        result = {"size": args.size, "device": str(hf.device), "images": args.images,
+                  "batch_size": args.batch_size, "captions_per_image": k, "torch_threads": torch.get_num_threads(),
+                  "stage_captions_per_s": round(statistics.median(stage_cps), 2),
+                  "generate_only_captions_per_s": round(statistics.median(gen_cps), 2),
+                  "efficiency_per_run": [round(a / b, 3) for a, b in zip(stage_cps, gen_cps)]}
+        result["efficiency"] = round(result["stage_captions_per_s"] / result["generate_only_captions_per_s"], 3)
+        report(result, args.json)
         batched = pq.read_table(layout.sidecar("synthetic_captions", 0)).column("captions").to_pylist()
         single = SyntheticCaptionStage(SyntheticCaptionsConfig(**{**cfg.__dict__, "batch_size": 1}), layout)
         single.run_shard(0)
         one = pq.read_table(layout.sidecar("synthetic_captions", 0)).column("captions").to_pylist()
         differ = sum(a != b for x, y in zip(batched, one) for a, b in zip(x, y))
-
-    n = args.images * k
-    stage_cps = [n / s for s in stage_s]
-    gen_cps = [n / s for s in gen_s]
-    result = {"size": args.size, "device": str(hf.device), "images": args.images, "batch_size": args.batch_size,
-              "captions_per_image": k, "torch_threads": torch.get_num_threads(),
-              "stage_captions_per_s": round(statistics.median(stage_cps), 2),
-              "generate_only_captions_per_s": round(statistics.median(gen_cps), 2),
-              "efficiency_per_run": [round(a / b, 3) for a, b in zip(stage_cps, gen_cps)],
-              "captions_differing_from_batch_size_1": f"{differ}/{n}"}
-    result["efficiency"] = round(result["stage_captions_per_s"] / result["generate_only_captions_per_s"], 3)
-    print(json.dumps(result) if args.json else "\n".join(f"{key:40s} {v}" for key, v in result.items()))
+    report({"captions_differing_from_batch_size_1": f"{differ}/{n}"}, args.json)
     return 0
+
+
+def report(result: dict, as_json: bool) -> None:
+    print(json.dumps(result) if as_json else "\n".join(f"{key:40s} {v}" for key, v in result.items()), flush=True)
 
 
 if __name__ == "__main__":
