@@ -181,3 +181,31 @@ def test_a_sample_whose_generation_fails_is_a_row_and_spares_its_batch_mates(tmp
     rows = {r["key"]: r for r in pq.read_table(layout.sidecar("synthetic_captions", 0)).to_pylist()}
     assert rows["s002"]["error_message"] == "RuntimeError: generation failed"
     assert all(len(rows[k]["captions"]) == K for k in ("s000", "s001", "s003"))
+
+
+def test_another_image_to_text_model_loads_and_matches_its_own_greedy_decoding(tmp_path):
+    """A tiny random GIT (not BLIP) directory loads through AutoModelForImageTextToText
+    and captions without a prompt; a one-token nucleus gives transformers' greedy output."""
+    from transformers import BertTokenizer, CLIPImageProcessor, GitConfig, GitProcessor
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + "a the of dog cat man on in red blue".split()
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    saved = tmp_path / "git"
+    GitProcessor(CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+                 BertTokenizer(str(tmp_path / "vocab.txt"))).save_pretrained(saved)
+    GitConfig(vision_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                                 image_size=32, patch_size=8),
+              vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+              bos_token_id=2, eos_token_id=3, pad_token_id=0, max_position_embeddings=64).save_pretrained(saved)
+    layout = Layout(tmp_path / "v")
+    write_shard(layout, 0, ITEMS[:2])
+    stage = caption_stage(layout, model=str(saved), top_p=1e-9, max_length=12, min_length=3)
+    stage.run_shard(0)
+    hf = stage.captioner.hf
+    assert type(hf.model).__name__ == "GitForCausalLM" and not stage.captioner.is_blip
+
+    pixels = hf.processor(images=[decode_image(d) for _, d, _ in ITEMS[:2]], return_tensors="pt").pixel_values
+    out = hf.model.generate(pixel_values=pixels, do_sample=False, max_length=12, min_length=3)
+    greedy = [t.strip() for t in hf.processor.tokenizer.batch_decode(out, skip_special_tokens=True)]
+    got = captions_of(layout)
+    assert [got[k] for k, _, _ in ITEMS[:2]] == [[g] * K for g in greedy]
