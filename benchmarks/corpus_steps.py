@@ -88,7 +88,7 @@ def run(mode: str, cfg: SyntheticConfig, workers: int) -> dict:
     import distributed
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from vlcurate.pipelines.beam import RunStage, keyed_step, runner_defaults
+    from vlcurate.pipelines.beam import RunStage, StageRun, keyed_step, runner_defaults
 
     shards = -(-cfg.rows // cfg.rows_per_shard)
     cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
@@ -105,8 +105,9 @@ def run(mode: str, cfg: SyntheticConfig, workers: int) -> dict:
         with beam.Pipeline(options=options) as p:
             ids = p | beam.Create(list(range(shards))) | beam.Reshuffle()
             if mode == "keyed":
-                (keyed_step(ids, "dedup", SyntheticDedup, cfg, layout)
-                 | beam.ParDo(RunStage("dedup", SyntheticDedup, cfg, layout)))
+                run_as = StageRun("synthetic_dedup", "dedup", cfg)
+                (keyed_step(ids, run_as, SyntheticDedup, layout)
+                 | beam.ParDo(RunStage(run_as, SyntheticDedup, layout)))
             else:
                 (ids
                  | beam.FlatMap(lambda s: list(shard_rows(cfg, s)))

@@ -20,7 +20,7 @@ CORE = 2
 REGISTRY = "pipelines/stages.py"
 # Model code a filter may use (not a stage module).
 SHARED_MODELS = {"vlcurate.extractors.clip", "vlcurate.extractors.clip_models", "vlcurate.extractors.encoding",
-                 "vlcurate.extractors.devices"}
+                 "vlcurate.extractors.devices", "vlcurate.extractors.hf_models"}
 
 
 def top(module: str) -> str:

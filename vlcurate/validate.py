@@ -21,7 +21,7 @@ from vlcurate.io import storage
 from vlcurate.io.parquet import parquet_rows, read_parquet, read_parquet_schema
 from vlcurate.io.tar import tar_keys
 from vlcurate.schemas import get_schema, validate
-from vlcurate.versions import MANIFEST, data_files, load_manifest
+from vlcurate.versions import MANIFEST, ManifestError, data_files, load_manifest
 
 # Files a sample needs in its tar; features may add more.
 TAR_REQUIRED = ("jpg", "txt", "json")
@@ -159,9 +159,13 @@ def _check_counts(version_dir: str, manifest: dict, present: list[str]) -> list[
 
 
 def validate_version(version_dir: str | os.PathLike) -> list[str]:
-    """Every problem found in a version (empty list: valid). Raises UserError if there is no manifest."""
+    """Every problem found in a version (empty list: valid). Raises UserError when it is
+    not a version at all (no such directory, no manifest)."""
     version_dir = os.fspath(version_dir)
-    manifest = load_manifest(version_dir)
+    try:
+        manifest = load_manifest(version_dir)
+    except ManifestError as e:  # there is a manifest, and it is damaged: a finding
+        return [f"{MANIFEST}: {e.reason}"]
     problems: list[str] = []
     try:
         entries = [f for f in manifest["files"] if isinstance(f, dict) and isinstance(f.get("path"), str)]

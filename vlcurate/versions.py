@@ -116,18 +116,27 @@ def write_manifest(version_dir: str, recipe, inputs: list[dict], stats: dict[str
     return manifest
 
 
+class ManifestError(UserError):
+    """A manifest that exists but cannot be used; ``reason`` says why, without the path."""
+
+    def __init__(self, version_dir: str, reason: str):
+        self.reason = reason
+        super().__init__(f"version {version_dir}: {MANIFEST} {reason}")
+
+
 def load_manifest(version_dir: str | os.PathLike) -> dict:
+    where = os.fspath(version_dir)
     path = storage.join(version_dir, MANIFEST)
     if not storage.is_dir(version_dir):
-        raise UserError(f"version {os.fspath(version_dir)}: no such directory")
+        raise UserError(f"version {where}: no such directory")
     if not storage.exists(path):
-        raise UserError(f"version {os.fspath(version_dir)}: no {MANIFEST} (not a version directory)")
+        raise UserError(f"version {where}: no {MANIFEST} (not a version directory)")
     try:
         manifest = json.loads(storage.read_bytes(path))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"version {os.fspath(version_dir)}: {MANIFEST} is not valid JSON ({e})") from None
+        raise ManifestError(where, f"is not valid JSON ({e})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise UserError(f"version {os.fspath(version_dir)}: {MANIFEST} is not a {FORMAT} manifest")
+        raise ManifestError(where, f"is not a {FORMAT} manifest")
     return manifest
 
 

@@ -68,6 +68,10 @@ class _Chunk:
     def ready(self) -> list[Any]:
         return [v for _, v in self.rows if not isinstance(v, SampleFailure)]
 
+    def inputs(self, keyed: bool) -> list[Any]:
+        """What the encoder gets: the ready values, or ``(key, value)`` pairs when ``keyed``."""
+        return [(k, v) for k, v in self.rows if not isinstance(v, SampleFailure)] if keyed else self.ready()
+
 
 class _Crash:
     """A thread died of something that is not a per-sample failure."""
@@ -195,11 +199,12 @@ class BatchEncoder:
     """How a stage runs its model on a batch: ``start`` on the calling thread (launch;
     may return before the device is done), ``finish`` on the output thread (results
     as one :data:`Encoded` per image). A synchronous encoder is ``start=encode`` with
-    the identity as ``finish``."""
+    the identity as ``finish``. A ``keyed`` encoder gets ``(key, image)`` pairs instead
+    of images (e.g. to seed sampling per sample, or to look up the sample's captions)."""
 
     def __init__(self, start: Callable[[list[Any]], Any],
-                 finish: Callable[[Any], list[Encoded]] = lambda started: started):
-        self.start, self.finish = start, finish
+                 finish: Callable[[Any], list[Encoded]] = lambda started: started, keyed: bool = False):
+        self.start, self.finish, self.keyed = start, finish, keyed
 
     def encode(self, values: list[Any]) -> list[Encoded]:
         return self.finish(self.start(values))
@@ -221,7 +226,7 @@ def _isolate(encoder: BatchEncoder, values: list[Any], err: Exception) -> list[E
 
 def _finish(encoder: BatchEncoder, chunk: _Chunk, started: Any) -> list[tuple[str, Encoded]]:
     """The chunk's rows in archive order, its batch finished (or isolated on error)."""
-    values = chunk.ready()
+    values = chunk.inputs(encoder.keyed)
     results: list[Encoded] = []
     if values:
         try:
@@ -320,7 +325,7 @@ def run_encoder(tar_path: Any, keys: Sequence[str], prepare: Callable[[Image.Ima
                 raise item.error
             if isinstance(item, _Chunk):
                 t0 = time.perf_counter()
-                values = item.ready()
+                values = item.inputs(encoder.keyed)
                 try:
                     started: Any = encoder.start(values) if values else None
                 except Exception as err:  # isolated image by image on the output thread
@@ -347,9 +352,11 @@ def run_encoder(tar_path: Any, keys: Sequence[str], prepare: Callable[[Image.Ima
 
 def encode_images(tar_path: Any, keys: Sequence[str], prepare: Callable[[Image.Image], Any],
                   encode: Callable[[list[Any]], list[Encoded]], batch_size: int,
-                  timings: EncodeTimings | None = None, decode_threads: int = 0) -> list[tuple[str, Encoded]]:
+                  timings: EncodeTimings | None = None, decode_threads: int = 0,
+                  keyed: bool = False) -> list[tuple[str, Encoded]]:
     """:func:`run_encoder` with a synchronous ``encode``, collecting the results: one
-    ``(key, Encoded)`` per key."""
+    ``(key, Encoded)`` per key (``keyed``: ``encode`` gets ``(key, image)`` pairs)."""
     out: list[tuple[str, Encoded]] = []
-    run_encoder(tar_path, keys, prepare, BatchEncoder(encode), batch_size, out.extend, timings, decode_threads)
+    run_encoder(tar_path, keys, prepare, BatchEncoder(encode, keyed=keyed), batch_size, out.extend, timings,
+                decode_threads)
     return out

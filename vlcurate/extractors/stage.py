@@ -141,6 +141,8 @@ class FeatureStage(Stage):
     may have ``decode_threads`` (0 = :func:`default_decode_threads`)."""
 
     record_kind: ClassVar[str]
+    # True: ``encode_batch``/``start_batch`` get ``(key, image)`` pairs instead of images
+    keyed_batches: ClassVar[bool] = False
 
     def setup(self) -> None:
         self.load()
@@ -202,7 +204,7 @@ class FeatureStage(Stage):
         with ParquetStreamWriter(self.layout.sidecar(self.name, shard), self.record_kind, metadata) as writer:
             sink = _SidecarSink(writer, self.feature_fields(), tensors, stats)
             run_encoder(self.layout.samples_tar(shard), keys, self.image_prepare(),
-                        BatchEncoder(self.start_batch, self.finish_batch), self.config.batch_size, sink,
+                        BatchEncoder(self.start_batch, self.finish_batch, self.keyed_batches), self.config.batch_size, sink,
                         self.last_timings, getattr(self.config, "decode_threads", 0), self.decode_processes())
             sink.close()
             stats.add_file(writer.commit(empty=sink.table([])))

@@ -7,3 +7,6 @@ from vlcurate.filters import text as _text  # noqa: F401
 from vlcurate.extractors import vit_stage as _vit_stage  # noqa: F401
 from vlcurate.filters import clip_score as _clip_score  # noqa: F401
 from vlcurate.extractors import region_stage as _region_stage  # noqa: F401
+from vlcurate.extractors import caption_stage as _caption_stage  # noqa: F401
+from vlcurate.filters import caption_rank as _caption_rank  # noqa: F401
+from vlcurate.filters import caption_itm as _caption_itm  # noqa: F401

@@ -17,6 +17,7 @@ from vlcurate.schemas.core import (
 from vlcurate.schemas import records  # noqa: F401  (registers the built-in record kinds)
 from vlcurate.schemas import features  # noqa: F401  (feature sidecars: vit_features)
 from vlcurate.schemas import regions  # noqa: F401  (region_features sidecars)
+from vlcurate.schemas import captions  # noqa: F401  (synthetic_captions, caption_scores)
 
 __all__ = [
     "SCHEMA_VERSION",
