@@ -167,8 +167,9 @@ def show(version_dir: str | os.PathLike) -> str:
         f"  parent       {m.get('parent') or '-'}",
         f"  files        {len(m['files'])}, {sum(f['bytes'] for f in m['files']):,} bytes",
     ]
-    if m.get("random_weights"):
-        lines.append("  WEIGHTS      random (test/demo configuration; features are not meaningful)")
+    from vlcurate.report import weights_notes
+
+    lines += [f"  WEIGHTS      {note}" for note in weights_notes(m)]
     for s in m["stages"]:
         counts = ", ".join(f"{k}={v}" for k, v in s["counts"].items())
         lines.append(f"  stage {s['name']:<14} {s['rows']} rows in {s['shards']} shards: {counts}")

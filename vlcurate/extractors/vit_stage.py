@@ -27,6 +27,7 @@ import json
 import os
 import threading
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -78,6 +79,27 @@ def local_weights(weights: str) -> tuple[str, str] | None:
     return ("", weights) if weights_source(weights) in ("file", "local-dir") else None
 
 
+@lru_cache(maxsize=64)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:  # size/mtime: a changed file is hashed again
+    from vlcurate.io import storage
+
+    return storage.sha256(path)
+
+
+def weights_file_info(weights: str | None) -> dict[str, Any]:
+    """For a local weights file: its SHA-256 (the manifest's checksum of what ran) and,
+    for the package's demo-domain weights, their label; else nothing."""
+    if weights is None or weights_source(weights) != "file":
+        return {}
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        return {}  # the model load reports it
+    from vlcurate.demo.shipped import label_for
+
+    stat = path.stat()
+    return {"weights_sha256": _sha256(str(path), stat.st_size, stat.st_mtime_ns), **(label_for(path) or {})}
+
+
 @dataclass(frozen=True)
 class ClipModelConfig:
     """Which open_clip model to run; fields as in :class:`~vlcurate.extractors.clip.ClipConfig`.
@@ -121,7 +143,7 @@ class ClipModelConfig:
     def provenance(self) -> dict[str, Any]:
         """The manifest's ``weights`` entry (``random`` drives ``random_weights``)."""
         return {**self.identity(), "source": weights_source(self.weights), "random": self.weights is None,
-                "seed": self.seed, "precision": self.precision}
+                "seed": self.seed, "precision": self.precision, **weights_file_info(self.weights)}
 
 
 @dataclass(frozen=True)

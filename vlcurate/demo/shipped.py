@@ -1,0 +1,64 @@
+"""The demo-domain weights shipped inside the package (``vlcurate/demo/weights``).
+
+``vlcurate demo train-models`` writes them with a card, ``demo_models.json``: for each
+model its files, their SHA-256, the held-out metrics and (CLIP) the score threshold
+chosen on held-out data. They are trained only on the demo's synthetic images (one
+coloured shape on a plain background) and are labelled as such wherever they are used.
+Plain file reads only: this module is imported while recipes are parsed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from vlcurate.errors import UserError
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+CARD = "demo_models.json"
+LABEL = "demo-domain weights"
+TRAINED_ON = "the demo's synthetic shapes only (vlcurate demo train-models); not general-purpose"
+
+
+@lru_cache(maxsize=None)
+def card(weights_dir: Path = WEIGHTS_DIR) -> dict[str, Any]:
+    path = weights_dir / CARD
+    if not path.is_file():
+        raise UserError(f"no demo-domain weights at {weights_dir} ({CARD} missing): run "
+                        "`vlcurate demo train-models --out DIR` and copy DIR into vlcurate/demo/weights")
+    return json.loads(path.read_text())
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def model_path(name: str, weights_dir: Path = WEIGHTS_DIR) -> Path:
+    """The shipped file (or directory) of model ``name`` ("clip", "captioner"), after
+    checking every file of it against the card's SHA-256."""
+    entry = card(weights_dir).get(name)
+    if entry is None:
+        raise UserError(f"{weights_dir / CARD}: no demo-domain model {name!r}")
+    for rel, digest in entry["sha256"].items():
+        got = file_sha256(weights_dir / rel)
+        if got != digest:
+            raise UserError(f"demo-domain weights {weights_dir / rel}: SHA-256 {got[:12]}... does not match "
+                            f"{CARD} ({digest[:12]}...); reinstall or retrain")
+    return weights_dir / entry["path"]
+
+
+def label_for(path: str | Path) -> dict[str, str] | None:
+    """Provenance label when ``path`` is one of the shipped demo-domain weights."""
+    try:
+        resolved = Path(path).expanduser().resolve()
+        resolved.relative_to(WEIGHTS_DIR.resolve())
+    except (ValueError, OSError):
+        return None
+    return {"label": LABEL, "trained_on": TRAINED_ON}
