@@ -105,9 +105,9 @@ def heldout_version(tmp_path_factory):
         return build(load_recipe(path), log=lambda s: None).version_dir
 
 
-def heldout_aucs(version_dir, stage_dir: str = "vit_features") -> tuple[dict[str, float], dict[str, float]]:
-    """AUC per negative kind from the image embeddings a vit_features run stored, and
-    each held-out image's true-caption score (by key)."""
+def heldout_aucs(version_dir, shards: int | None = None) -> tuple[dict[str, float], dict[str, float]]:
+    """AUC per negative kind from the image embeddings a vit_features run stored (its
+    first ``shards`` shards; all by default), and each image's true-caption score."""
     from vlcurate.extractors.clip import ClipConfig, ClipModel, score
 
     import torch
@@ -116,12 +116,12 @@ def heldout_aucs(version_dir, stage_dir: str = "vit_features") -> tuple[dict[str
     samples = pl.read_parquet(str(version_dir / "samples" / "*.parquet")).select("key", "url")
     index = {k: int(u.rsplit("/", 1)[1].split(".")[0]) for k, u in samples.iter_rows()}
     keys, embs = [], []
-    for path in sorted((version_dir / stage_dir).glob("*.parquet")):
+    for path in sorted((version_dir / "vit_features").glob("*.parquet"))[:shards]:
         table = pq.read_table(path)
         assert set(table.column("status").to_pylist()) == {"ok"}
         keys += table.column("key").to_pylist()
         embs.append(stacked_features(table, "embedding").astype(np.float32))
-    assert len(keys) == len(batch)
+    assert len(keys) == (len(batch) if shards is None else shards * 100)  # 100 samples per shard
     order = [index[k] for k in keys]
     clip = ClipModel(ClipConfig(clip_card()["model"], weights=str(shipped.model_path("clip")), device="cpu"))
     img = torch.from_numpy(np.concatenate(embs))
@@ -131,6 +131,7 @@ def heldout_aucs(version_dir, stage_dir: str = "vit_features") -> tuple[dict[str
     return aucs, dict(zip(keys, scores["true"].tolist()))
 
 
+@pytest.mark.slow
 def test_production_path_reaches_the_heldout_auc_the_training_printed(heldout_version):
     aucs, true_scores = heldout_aucs(heldout_version)
     printed = clip_card()["heldout"]
@@ -144,7 +145,7 @@ def test_production_path_reaches_the_heldout_auc_the_training_printed(heldout_ve
     assert kept == pytest.approx(printed["kept.true"], abs=0.01)
 
 
-def rerun_vit_features(version_dir, tmp_path):
+def rerun_vit_features(version_dir, tmp_path, shards: int):
     """A writable copy of the version with vit_features run again by its own stage
     (clip_score, which ran after it, removed)."""
     from vlcurate.extractors.vit_stage import VitFeaturesConfig, VitFeatureStage
@@ -160,15 +161,17 @@ def rerun_vit_features(version_dir, tmp_path):
     shutil.rmtree(copy / "vit_features")
     shutil.rmtree(copy / "clip_score")  # its drops would hide samples from the re-run
     stage = VitFeatureStage(from_dict(VitFeaturesConfig, {**block, "device": "cpu"}), Layout(copy))
-    for shard in range(len(list((copy / "samples").glob("*.parquet")))):
+    for shard in range(shards):
         stage.run_shard(shard)
     return copy
 
 
+@pytest.mark.slow
 def test_bgr_input_or_skipped_normalisation_lowers_the_wrong_colour_auc(heldout_version, tmp_path, monkeypatch):
     from vlcurate.extractors import vit_stage
 
-    correct, _ = heldout_aucs(heldout_version)
+    shards = 2  # 200 images: enough to see a drop of 0.05 (it is far larger), half the time
+    correct, _ = heldout_aucs(heldout_version, shards)
     prepare, init = vit_stage.PilSteps.__call__, vit_stage.ClipImageInput.__init__
 
     def bgr(self, image):  # a decoder that hands over BGR (as OpenCV does)
@@ -181,5 +184,6 @@ def test_bgr_input_or_skipped_normalisation_lowers_the_wrong_colour_auc(heldout_
     for owner, name, patch in ((vit_stage.PilSteps, "__call__", bgr), (vit_stage.ClipImageInput, "__init__", no_normalise)):
         with monkeypatch.context() as m:
             m.setattr(owner, name, patch)
-            broken, _ = heldout_aucs(rerun_vit_features(heldout_version, tmp_path / patch.__name__))
+            broken, _ = heldout_aucs(rerun_vit_features(heldout_version, tmp_path / patch.__name__, shards), shards)
+        print(f"{patch.__name__}: wrong-colour AUC {broken['wrong_colour']:.4f} (correct path {correct['wrong_colour']:.4f})")
         assert broken["wrong_colour"] <= correct["wrong_colour"] - 0.05, (patch.__name__, broken)

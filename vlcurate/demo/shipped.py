@@ -4,18 +4,18 @@
 model its files, their SHA-256, the held-out metrics and (CLIP) the score threshold
 chosen on held-out data. They are trained only on the demo's synthetic images (one
 coloured shape on a plain background) and are labelled as such wherever they are used.
-Plain file reads only: this module is imported while recipes are parsed.
+Light imports only: this module is imported while recipes are parsed.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from vlcurate.errors import UserError
+from vlcurate.io import storage
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 CARD = "demo_models.json"
@@ -26,18 +26,14 @@ TRAINED_ON = "the demo's synthetic shapes only (vlcurate demo train-models); not
 @lru_cache(maxsize=None)
 def card(weights_dir: Path = WEIGHTS_DIR) -> dict[str, Any]:
     path = weights_dir / CARD
-    if not path.is_file():
+    if not storage.exists(path):
         raise UserError(f"no demo-domain weights at {weights_dir} ({CARD} missing): run "
                         "`vlcurate demo train-models --out DIR` and copy DIR into vlcurate/demo/weights")
-    return json.loads(path.read_text())
+    return json.loads(storage.read_bytes(path))
 
 
 def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return storage.sha256(path)
 
 
 def model_path(name: str, weights_dir: Path = WEIGHTS_DIR) -> Path:

@@ -20,6 +20,7 @@ from typing import Callable
 from vlcurate.demo import domain
 from vlcurate.demo.shipped import CARD, LABEL, TRAINED_ON, file_sha256
 from vlcurate.errors import UserError
+from vlcurate.io import storage
 
 MODELS = ("clip",)
 # Sized to fit the 30-minute CPU budget on 2 cores with room to spare.
@@ -30,11 +31,10 @@ CLIP_STEPS = 600
 def _write_card(out: Path, name: str, entry: dict) -> None:
     """Add (or replace) one model's entry in ``out/demo_models.json``."""
     path = out / CARD
-    card = json.loads(path.read_text()) if path.is_file() else {}
+    card = json.loads(storage.read_bytes(path)) if storage.exists(path) else {}
     card.update({"label": LABEL, "trained_on": TRAINED_ON, name: entry})
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(card, indent=1, sort_keys=True) + "\n")
-    tmp.replace(path)
+    storage.write_bytes(path, (json.dumps(card, indent=1, sort_keys=True) + "\n").encode())
+    path.chmod(0o644)  # package data: readable by everyone
 
 
 def train_clip_model(out: Path, log: Callable[[str], None]) -> dict:

@@ -47,10 +47,12 @@ def prepared_images(batch: list[domain.DomainSample], prepare: Callable[[Any], n
 
 def save_weights(model: torch.nn.Module, path: Path) -> None:
     """fp16 safetensors (half the bytes; loading casts back to the fp32 parameters)."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
+
+    from vlcurate.io import storage
 
     state = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(path), metadata={"format": "pt", "model": MODEL})
+    storage.write_bytes(path, save(state, metadata={"format": "pt", "model": MODEL}))
     path.chmod(0o644)  # package data: readable by everyone
 
 
