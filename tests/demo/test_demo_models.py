@@ -187,3 +187,12 @@ def test_bgr_input_or_skipped_normalisation_lowers_the_wrong_colour_auc(heldout_
             broken, _ = heldout_aucs(rerun_vit_features(heldout_version, tmp_path / patch.__name__, shards), shards)
         print(f"{patch.__name__}: wrong-colour AUC {broken['wrong_colour']:.4f} (correct path {correct['wrong_colour']:.4f})")
         assert broken["wrong_colour"] <= correct["wrong_colour"] - 0.05, (patch.__name__, broken)
+
+
+def test_train_models_refuses_an_unknown_model_before_writing(tmp_path, capsys):
+    from vlcurate.cli import main
+
+    assert main(["demo", "train-models", "--out", str(tmp_path / "w"), "--models", "clip,detector"]) == 2
+    assert capsys.readouterr().err.strip() == ("vlcurate: error: --models: unknown demo models ['detector']; "
+                                               "known: clip")
+    assert not (tmp_path / "w").exists()
