@@ -35,8 +35,7 @@ def summary_table(manifest: dict, seconds: float | None = None) -> str:
     if filters or (stages and "ok" in stages[0]["counts"]):
         kept = filters[-1]["counts"].get("kept", 0) if filters else stages[0]["counts"]["ok"]
         lines.append(f"  {'=> kept':<50}{kept:>8}")
-    if manifest.get("random_weights"):
-        lines.append("  note: models ran with RANDOM weights (test/demo configs); their scores and features are not meaningful")
+    lines += [f"  note: {note}" for note in weights_notes(manifest)]
     return "\n".join(lines)
 
 
@@ -83,3 +82,21 @@ def nothing_succeeded(manifest: dict) -> str | None:
         f"no row of {rows} succeeded; most ({count}) {kind}"
     advice = _ADVICE.get(kind, "see error_message in the sample rows")
     return f"{share}: {advice}"
+
+
+def weights_notes(manifest: dict) -> list[str]:
+    """What the models ran with, where it is not general-purpose weights: random
+    init, or labelled weights (the demo-domain models), naming the stages."""
+    random, labelled = [], {}
+    for s in manifest["stages"]:
+        weights = s.get("weights") or {}
+        if weights.get("random"):
+            random.append(s["name"])
+        elif weights.get("label"):
+            labelled.setdefault((weights["label"], weights.get("trained_on")), []).append(s["name"])
+    notes = [f"{', '.join(names)} ran with {label}" + (f", trained on {on}" if on else "")
+             for (label, on), names in labelled.items()]
+    if random or (manifest.get("random_weights") and not labelled):
+        notes.append(f"{', '.join(random) or 'models'} ran with RANDOM weights (test/demo configs); "
+                     "their scores and features are not meaningful")
+    return notes

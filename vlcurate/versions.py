@@ -228,8 +228,9 @@ def show(version_dir: str | os.PathLike) -> str:
         f"  samples      {s['samples'] if s['samples'] is not None else '-'} downloaded, "
         f"{s['kept'] if s['kept'] is not None else '-'} kept",
     ]
-    if s["random_weights"]:
-        lines.append("  WEIGHTS      random (test/demo configuration; features are not meaningful)")
+    from vlcurate.report import weights_notes
+
+    lines += [f"  WEIGHTS      {note}" for note in weights_notes(load_manifest(version_dir))]
     for st in s["stages"]:
         counts = ", ".join(f"{k}={v}" for k, v in st["counts"].items())
         shards = "shard" if st["shards"] == 1 else "shards"

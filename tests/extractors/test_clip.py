@@ -59,6 +59,23 @@ def test_penultimate_is_default_and_cls_can_be_dropped(tiny: ClipModel) -> None:
     torch.testing.assert_close(no_cls.encode_images(x).tokens, tiny.encode_images(x).tokens[:, 1:])
 
 
+def test_convolutional_tower_tokens_are_the_stage_feature_map_positions() -> None:
+    """vlc-tiny-resnet (timm test_resnet): blocks = stem + 4 stages, tokens = the
+    stage's H*W positions (row-major), no CLS whatever include_cls says."""
+    m = ClipModel(ClipConfig("vlc-tiny-resnet", device="cpu"))
+    assert m.convolutional and len(m.vision_blocks) == 5 and m.layer_index == 3
+    x = images(2)
+    seen = hooked_block_output(m.vision_blocks[3], lambda: m.model.encode_image(x))
+    feats = m.encode_images(x)
+    b, c, h, w = seen[0].shape
+    assert m.token_shape == (h * w, c) == (16, 192)
+    torch.testing.assert_close(feats.tokens, seen[0].flatten(2).transpose(1, 2))
+    with torch.no_grad():
+        torch.testing.assert_close(feats.embedding, m.model.encode_image(x, normalize=True))
+    no_cls = ClipModel(ClipConfig("vlc-tiny-resnet", include_cls=False, device="cpu"))
+    torch.testing.assert_close(no_cls.encode_images(x).tokens, feats.tokens)
+
+
 def test_embedding_equals_encode_image_and_runs_each_block_once(tiny: ClipModel) -> None:
     x = images()
     calls = {i: 0 for i in range(len(tiny.vision_blocks))}

@@ -240,7 +240,9 @@ def test_demo_version_has_features_for_every_kept_sample(demo_version):
     manifest = json.loads((demo_version / "manifest.json").read_text())
     stages = {s["name"]: s for s in manifest["stages"]}
     assert stages["vit_features"]["counts"] == {"ok": stages["exact_dedup"]["counts"]["kept"]}
-    assert stages["vit_features"]["weights"]["random"] is True and manifest["random_weights"] is True
+    # the shipped demo-domain CLIP; region_features still runs random weights
+    assert stages["vit_features"]["weights"]["random"] is False and manifest["random_weights"] is True
+    assert stages["vit_features"]["weights"]["label"] == "demo-domain weights"
     for path in sorted((demo_version / "vit_features").glob("*.parquet")):
         dedup = pq.read_table(demo_version / "exact_dedup" / path.name).to_pylist()
         kept = [r["key"] for r in dedup if r["keep"]]
@@ -250,9 +252,9 @@ def test_demo_version_has_features_for_every_kept_sample(demo_version):
 def test_validate_finds_a_feature_array_of_the_wrong_length(damaged):
     path = damaged / "vit_features" / "00001.parquet"
     table = pq.read_table(path)
-    pq.write_table(with_row_changed(table, "tokens", 3, lambda t: t[:16]), path)  # one token short
+    pq.write_table(with_row_changed(table, "tokens", 3, lambda t: t[:15]), path)  # one token short
     problems = validate_version(damaged)
-    assert "vit_features/00001.parquet: column 'tokens', row 3: 2048 bytes, the declared [17, 64] float16 needs 2176" \
+    assert "vit_features/00001.parquet: column 'tokens', row 3: 5760 bytes, the declared [16, 192] float16 needs 6144" \
         in problems, problems
 
 

@@ -125,8 +125,11 @@ def test_info_and_demo_scores(demo_version):
 
     manifest = json.loads((demo_version / "manifest.json").read_text())
     stage = {s["name"]: s for s in manifest["stages"]}["clip_score"]
-    assert stage["weights"]["random"] is True
-    kept = {s["name"]: s for s in manifest["stages"]}["exact_dedup"]["counts"]["kept"]
-    assert stage["counts"] == {"kept": kept, "embedding.reused": kept}  # min_score -1: nothing dropped
-    scores = pq.read_table(demo_version / "clip_score").column("score").to_pylist()
-    assert len(scores) == kept and all(-1 <= s <= 1 for s in scores)
+    assert stage["weights"]["random"] is False and stage["weights"]["label"] == "demo-domain weights"
+    alive = {s["name"]: s for s in manifest["stages"]}["exact_dedup"]["counts"]["kept"]
+    counts = stage["counts"]
+    assert counts["kept"] + counts["dropped.low_clip_score"] == alive == counts["embedding.reused"]
+    table = pq.read_table(demo_version / "clip_score")
+    threshold = manifest["recipe"]["stages"][4]["clip_score"]["min_score"]
+    assert len(table) == alive and all(-1 <= s <= 1 for s in table.column("score").to_pylist())
+    assert all(r["keep"] == (r["score"] >= threshold) for r in table.to_pylist())

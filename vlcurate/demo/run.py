@@ -10,6 +10,7 @@ import yaml
 
 from vlcurate.demo.corpus import make_corpus
 from vlcurate.demo.server import serve
+from vlcurate.demo.shipped import card, model_path
 from vlcurate.io import storage
 from vlcurate.io.parquet import write_work_parquet
 from vlcurate.pipelines.build import BuildResult, build
@@ -18,10 +19,13 @@ from vlcurate.report import summary_table
 from vlcurate.validate import validate_version
 
 DEMO_NAME = "demo"
-DEMO_MODEL = "vlc-tiny-vit"  # 64 px, 3 blocks: fast on CPU
 
 
 def demo_recipe(input_path: Path, out: Path, version: str, workers: int) -> dict:
+    # The shipped demo-domain CLIP (a small CNN tower, 64 px: fast on CPU), loaded from
+    # its file like any user's weights, and the threshold chosen on its held-out images.
+    clip = card()["clip"]
+    clip_model = {"model": clip["model"], "weights": str(model_path("clip"))}
     return {
         "input": {"paths": [str(input_path)], "url_col": "url", "caption_col": "caption", "extra_cols": ["kind"]},
         "output": {"root": str(out), "name": DEMO_NAME, "version": version},
@@ -32,12 +36,11 @@ def demo_recipe(input_path: Path, out: Path, version: str, workers: int) -> dict
                           "retries": 1, "timeout": 5.0, "threads": 16}},
             {"caption_filter": {"min_chars": 5}},
             {"exact_dedup": {"column": "sha256"}},
-            # A tiny random-weights ViT (the demo downloads nothing): the features and
-            # scores exercise the stages but mean nothing, and the manifest says so.
-            {"vit_features": {"model": DEMO_MODEL, "weights": None, "batch_size": 32}},
-            # Random weights make any threshold meaningless: keep all, record every score.
+            # Trained on the demo's own synthetic shapes only: the manifest and summary
+            # say "demo-domain weights". A CNN tower has no CLS token.
+            {"vit_features": {**clip_model, "include_cls": False, "batch_size": 32}},
             # clip_score reuses vit_features' embeddings (same model) instead of re-encoding.
-            {"clip_score": {"model": DEMO_MODEL, "weights": None, "min_score": -1.0}},
+            {"clip_score": {**clip_model, "min_score": clip["threshold"]}},
             # LXMERT-style region features from the tiny bottom-up-attention config
             # (random weights); `vlcurate export lxmert-tsv` turns them into LXMERT's TSV.
             {"region_features": {"config": "butd-tiny", "weights": None, "min_boxes": 10, "max_boxes": 36}},

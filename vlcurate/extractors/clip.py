@@ -14,7 +14,11 @@ final embedding come out of the same forward (``stop_early`` stays False on purp
 Both tower kinds implement it: open_clip ``VisionTransformer`` (ViT-B-32, ViT-L-14)
 and ``TimmModel`` (EVA01-g-14 = timm ``eva_giant_patch14_224``, whose
 ``forward_intermediates`` takes the same arguments through open_clip's adapter).
-Other towers (ModifiedResNet, ...) have no token blocks and are rejected at load.
+A timm convolutional trunk behind ``TimmModel`` (``vlc-tiny-resnet``: timm
+``test_resnet``) counts its feature stages (stem, then each stage) as the blocks; its
+tokens are the ``H*W`` positions of that stage's feature map, and it has no CLS or
+other prefix token, so ``include_cls`` adds none. Other towers (ModifiedResNet, ...)
+expose no intermediates and are rejected at load.
 
 Scores are plain cosine similarities in [-1, 1] (LAION's convention, e.g. keep
 >= 0.28 for ViT-B/32). Papers that print CLIP scores x100 (CLIPScore-style tables)
@@ -163,15 +167,19 @@ def _check_model_name(name: str) -> None:
         raise UserError(f"unknown open_clip model {name!r}; available: {', '.join(known)}")
 
 
-def _vision_blocks(visual: torch.nn.Module) -> torch.nn.ModuleList:
-    """The image tower's transformer blocks, whose outputs ``layer`` indexes."""
+def _vision_blocks(visual: torch.nn.Module) -> tuple[Sequence[torch.nn.Module], bool]:
+    """The image tower's blocks, whose outputs ``layer`` indexes, and whether the tower
+    is convolutional: transformer blocks, or a timm CNN trunk's feature stages."""
     if hasattr(visual, "transformer") and hasattr(visual.transformer, "resblocks"):
-        return visual.transformer.resblocks  # open_clip VisionTransformer
+        return visual.transformer.resblocks, False  # open_clip VisionTransformer
     trunk = getattr(visual, "trunk", None)
     if trunk is not None and hasattr(trunk, "blocks") and hasattr(trunk, "forward_intermediates"):
-        return trunk.blocks  # timm ViT/EVA behind open_clip's TimmModel
-    raise UserError(f"image tower {type(visual).__name__} has no transformer blocks; "
-                    "token extraction needs a ViT/EVA tower")
+        return trunk.blocks, False  # timm ViT/EVA behind open_clip's TimmModel
+    if trunk is not None and hasattr(trunk, "forward_intermediates") and getattr(trunk, "feature_info", None):
+        # timm CNN: forward_intermediates indexes these stages (stem first)
+        return [trunk.get_submodule(info["module"]) for info in trunk.feature_info], True
+    raise UserError(f"image tower {type(visual).__name__} exposes no intermediate blocks; "
+                    "token extraction needs a ViT/EVA tower or a timm CNN trunk")
 
 
 class ClipModel:
@@ -206,7 +214,8 @@ class ClipModel:
         self.model = model.eval()
         self.preprocess: Callable[[Any], torch.Tensor] = preprocess
         self.tokenizer = open_clip.get_tokenizer(model_name)
-        self.vision_blocks = _vision_blocks(self.model.visual)
+        # a convolutional trunk returns NCHW maps and has no prefix (CLS) tokens
+        self.vision_blocks, self.convolutional = _vision_blocks(self.model.visual)
         size = self.model.visual.image_size
         self.image_size: tuple[int, int] = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
@@ -238,6 +247,7 @@ class ClipModel:
             raise ValueError(f"expected images [B, 3, {self.image_size[0]}, {self.image_size[1]}], "
                              f"got {list(batch.shape)}")
         x = batch.to(self.device, non_blocking=True)
+        prefix = self.config.include_cls and not self.convolutional
         with torch.inference_mode(), self._autocast():
             out = self.model.visual.forward_intermediates(
                 x,
@@ -245,11 +255,13 @@ class ClipModel:
                 stop_early=False,  # must run every block: the embedding needs them
                 normalize_intermediates=False,  # BLIP-2 took the raw block output
                 intermediates_only=False,
-                output_fmt="NLC",
-                output_extra_tokens=self.config.include_cls,
+                output_fmt="NCHW" if self.convolutional else "NLC",  # timm CNNs give NCHW only
+                output_extra_tokens=prefix,
             )
             tokens = out["image_intermediates"][0]
-            if self.config.include_cls:
+            if self.convolutional:  # [B, C, H, W] -> [B, H*W, C], row-major positions
+                tokens = tokens.flatten(2).transpose(1, 2)
+            if prefix:
                 tokens = torch.cat([out["image_intermediates_prefix"][0], tokens], dim=1)
             embedding = F.normalize(out["image_features"].float(), dim=-1)
         return ImageFeatures(tokens=tokens.float(), embedding=embedding)

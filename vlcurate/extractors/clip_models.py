@@ -11,9 +11,11 @@ machines and in processes that never run a model); loading does.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import threading
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -60,6 +62,32 @@ def local_weights(weights: str) -> tuple[str, str] | None:
     return ("", weights) if weights_source(weights) in ("file", "local-dir") else None
 
 
+WEIGHTS_CARD = "weights_card.json"  # beside weights files: what they were trained on, checksums
+
+
+@lru_cache(maxsize=64)
+def _sha256(path: str, size: int) -> str:  # size: a replaced file is hashed again
+    return storage.sha256(path)
+
+
+def weights_file_info(weights: str | None) -> dict[str, Any]:
+    """For a weights file: its SHA-256 (the manifest's checksum of what ran) and, when a
+    ``weights_card.json`` beside it lists the file, the card's ``label`` and
+    ``trained_on`` (the shipped demo-domain weights say so; so can anyone's)."""
+    if weights is None or weights_source(weights) != "file":
+        return {}
+    path = weights if storage.is_remote(weights) else os.path.expanduser(weights)
+    if not storage.exists(path):
+        return {}  # the model load reports it
+    info: dict[str, Any] = {"weights_sha256": _sha256(path, storage.size(path))}
+    card_loc = storage.join(storage.parent(path), WEIGHTS_CARD)
+    if storage.exists(card_loc):
+        card = json.loads(storage.read_bytes(card_loc))
+        if any(isinstance(e, dict) and e.get("path") == storage.basename(path) for e in card.values()):
+            info.update({k: card[k] for k in ("label", "trained_on") if k in card})
+    return info
+
+
 @dataclass(frozen=True)
 class ClipModelConfig:
     """Which open_clip model to run; fields as in :class:`~vlcurate.extractors.clip.ClipConfig`.
@@ -103,7 +131,7 @@ class ClipModelConfig:
     def provenance(self) -> dict[str, Any]:
         """The manifest's ``weights`` entry (``random`` drives ``random_weights``)."""
         return {**self.identity(), "source": weights_source(self.weights), "random": self.weights is None,
-                "seed": self.seed, "precision": self.precision}
+                "seed": self.seed, "precision": self.precision, **weights_file_info(self.weights)}
 
 
 _MODELS: dict[Any, "ClipModel"] = {}
