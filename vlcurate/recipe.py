@@ -68,6 +68,21 @@ class RunnerSpec:
         check_bounds(self)
 
 
+REDACTED = "<redacted>"
+# Pass-through option names that carry a secret (--s3_secret_access_key, --..._token).
+_SECRET_OPTION = re.compile(r"secret|token|password|passwd|credential|private_key|session_key|access_key", re.I)
+
+
+def redact_options(options: tuple[str, ...]) -> list[str]:
+    """Runner options as written to manifests and logs: a secret's value is replaced by
+    ``<redacted>`` (the run itself gets the real value)."""
+    out = []
+    for option in options:
+        name, eq, _ = option.partition("=")
+        out.append(f"{name}={REDACTED}" if eq and _SECRET_OPTION.search(name) else option)
+    return out
+
+
 @dataclass(frozen=True)
 class StageSpec:
     """One stage of a recipe: ``kind`` is the registered stage (``exact_dedup``),
@@ -104,7 +119,7 @@ class Recipe:
             "output": to_dict(self.output),
             "samples_per_shard": self.samples_per_shard,
             "stages": [s.resolved() for s in self.stages],
-            "runner": to_dict(self.runner),
+            "runner": {**to_dict(self.runner), "options": redact_options(self.runner.options)},
         }
 
     def hash(self) -> str:

@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 
 from vlcurate.download.fetch import is_retryable
 from vlcurate.errors import UserError
-from vlcurate.recipe import Recipe, recipe_from_dict
+from vlcurate.recipe import REDACTED, Recipe, recipe_from_dict
 from vlcurate.typed import ConfigError
 from vlcurate.io import storage
 from vlcurate.io.parquet import read_parquet
@@ -93,7 +93,9 @@ def plan_retry(version_dir: str | Path, version: str | None = None, workers: int
         run["workers"] = workers
     if runner is not None:
         run["name"] = runner
-    run["options"] = [*run.get("options", []), *runner_options]
+    # A parent's secret options were redacted in its manifest: pass them again.
+    kept = [o for o in run.get("options", []) if not o.endswith(f"={REDACTED}")]
+    run["options"] = [*kept, *runner_options]
     name_dir = storage.parent(parent)
     data = {
         "input": {"paths": [storage.join(parent, "samples")], "format": "parquet", "url_col": "url",
