@@ -83,7 +83,7 @@ def stores():
                  gcs_url + "/storage/v1/b")
     env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_REGION": "us-east-1",
            "AWS_ENDPOINT_URL": s3_url, "AWS_EC2_METADATA_DISABLED": "true",
-           "STORAGE_EMULATOR_HOST": gcs_url, "VLCURATE_STORE_RETRY_SECONDS": "3"}
+           "STORAGE_EMULATOR_HOST": gcs_url, "VLCURATE_STORE_RETRY_SECONDS": "2"}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     object_store.register()
@@ -108,3 +108,14 @@ def stores():
 @pytest.fixture(params=["s3", "gs"])
 def store(request, stores) -> Store:
     return stores[request.param]
+
+
+@pytest.fixture(scope="session")
+def local_build(demo_urls, tmp_path_factory):
+    """The small build the store tests compare with, on local disk."""
+    from tests.stores.test_store_build import small_recipe
+    from vlcurate.pipelines.build import build
+    from vlcurate.recipe import load_recipe
+
+    tmp = tmp_path_factory.mktemp("local-build")
+    return build(load_recipe(small_recipe(tmp, demo_urls, str(tmp / "out"), str(demo_urls))), log=lambda s: None)

@@ -5,17 +5,19 @@ build with one line and exit 2 before any work; no secret reaches a manifest or 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import socket
 
 import pytest
 
 from tests.conftest import make_recipe
 from tests.stores.conftest import SECRET
 from vlcurate import cli
-from vlcurate.io import storage
-from vlcurate.pipelines.build import build
-from vlcurate.recipe import load_recipe
+from vlcurate.io import object_store, storage
 
+PER_SHARD = 80
 STAGES = [
     {"download": {"image_size": 64, "resize_mode": "keep_ratio", "allow_private": True, "retries": 0,
                   "timeout": 5.0, "threads": 16}},
@@ -24,12 +26,14 @@ STAGES = [
 ]
 
 
-def small_recipe(tmp_path, urls, root: str, input_path: str, version: str = "v1", **runner):
-    return make_recipe(tmp_path, urls, version=version, root=root.replace("/", "_").replace(":", ""),
+def small_recipe(tmp_path, urls, root: str, input_path: str, version: str = "v1", samples_per_shard: int = PER_SHARD,
+                 **runner):
+    return make_recipe(tmp_path, urls, version=version,
+                       root=f'{root.replace("/", "_").replace(":", "")}-{samples_per_shard}',
                        output={"root": root, "name": "demo", "version": version},
                        input={"paths": [input_path], "url_col": "url", "caption_col": "caption",
                               "extra_cols": ["kind"]},
-                       samples_per_shard=80, stages=STAGES,
+                       samples_per_shard=samples_per_shard, stages=STAGES,
                        runner={"name": "local", "workers": 1, **runner})
 
 
@@ -38,13 +42,6 @@ def version_files(version_dir: str) -> dict[str, str]:
     sha256, read through the storage layer."""
     return {f.path: storage.sha256(storage.join(version_dir, f.path))
             for f in storage.list_files(version_dir) if f.path != "manifest.json"}
-
-
-@pytest.fixture(scope="module")
-def local_build(demo_urls, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("local-build")
-    recipe = small_recipe(tmp, demo_urls, str(tmp / "out"), str(demo_urls))
-    return build(load_recipe(recipe), log=lambda s: None)
 
 
 def test_build_on_a_store_equals_the_local_build(store, local_build, demo_urls, tmp_path, capsys):
@@ -72,3 +69,54 @@ def test_build_on_a_store_equals_the_local_build(store, local_build, demo_urls, 
     for f in storage.list_files(store.url()):
         assert SECRET.encode() not in storage.read_bytes(store.url(f.path)), f.path
     assert SECRET not in printed.err + printed.out
+
+
+@contextlib.contextmanager
+def environment(**changes: str | None):
+    """The environment with ``changes`` (None: unset), clients made afresh from it."""
+    saved = {k: os.environ.get(k) for k in changes}
+    try:
+        for k, v in changes.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+        object_store.register()
+        yield
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+        object_store.register()
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens once the socket is closed
+
+
+BROKEN = {
+    "unreachable": lambda store: ({"AWS_ENDPOINT_URL": f"http://127.0.0.1:{_closed_port()}"} if store.scheme == "s3"
+                                  else {"STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{_closed_port()}"},
+                                  store.url("out"), "cannot reach the store"),
+    "no credentials": lambda store: ({"AWS_ACCESS_KEY_ID": None, "AWS_SECRET_ACCESS_KEY": None, "AWS_PROFILE": None,
+                                      "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/credentials",
+                                      "AWS_CONFIG_FILE": "/nonexistent/config"} if store.scheme == "s3"
+                                     else {"STORAGE_EMULATOR_HOST": None,
+                                           "GOOGLE_APPLICATION_CREDENTIALS": "/nonexistent/key.json"},
+                                     store.url("out"),
+                                     "no AWS credentials" if store.scheme == "s3" else "GOOGLE_APPLICATION_CREDENTIALS"),
+    "no bucket": lambda store: ({}, f"{store.scheme}://no-such-bucket/out", "does not exist"),
+}
+
+
+@pytest.mark.parametrize("broken", list(BROKEN))
+def test_a_broken_store_stops_the_build_before_work(store, broken, demo_urls, demo_server, tmp_path, capsys):
+    env, root, expected = BROKEN[broken](store)
+    recipe = small_recipe(tmp_path, demo_urls, root, str(demo_urls))
+    requests_before = sum(demo_server.requests.values())
+    with environment(**env):
+        code = cli.main(["build", str(recipe), "--", f"--s3_secret_access_key={SECRET}"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith(f"vlcurate: error: output {root}: ") and expected in err, err
+    assert SECRET not in err
+    assert sum(demo_server.requests.values()) == requests_before  # no image was fetched
+    assert not storage.list_files(store.url("out"))
