@@ -9,11 +9,14 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from tests.stores.test_store_build import PER_SHARD, small_recipe, version_files
 from vlcurate import cli
 from vlcurate.io import storage
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_on_a_store(store, local_build, demo_corpus, demo_server, demo_urls, tmp_path, capsys):
     root = store.url("killed", tmp_path.name)
     recipe = small_recipe(tmp_path, demo_urls, root, str(demo_urls))
