@@ -53,7 +53,9 @@ def test_inputs_read_from_a_store(store, request):
     pq.write_table(pa.Table.from_pylist(rows[:2]), buf)
     storage.write_bytes(storage.join(base, "urls", "a.parquet"), buf.getvalue())
     text = "url,caption\n" + "".join(f"{r['url']},{r['caption']}\n" for r in rows[2:])
-    storage.write_bytes(storage.join(base, "urls", "b.csv.gz"), gzip.compress(text.encode()))
+    compressed = gzip.compress(text.encode())
+    storage.write_bytes(storage.join(base, "urls", "b.csv.gz"), compressed)
+    assert storage.read_bytes(storage.join(base, "urls", "b.csv.gz")) == compressed  # stored as given
     storage.write_bytes(storage.join(base, "urls", "_SUCCESS"), b"")
     spec = InputSpec(paths=(storage.join(base, "urls"),))
     assert list_input_files(spec) == [storage.join(base, "urls", "a.parquet"), storage.join(base, "urls", "b.csv.gz")]
