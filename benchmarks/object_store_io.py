@@ -5,7 +5,10 @@ all see the same machine load.
 S3 candidates: pyarrow.fs.S3FileSystem (the storage layer's choice), Beam's
 FileSystems S3 (boto3 underneath), boto3 alone. GCS: pyarrow.fs.GcsFileSystem
 against the bare JSON API over urllib (one media upload, one GET): the floor any client
-pays. Reads are "download and parse the whole table". Prints a Markdown table.
+pays. "read" = download and parse the whole table; "read 1 col" = one of its 8
+columns (what a stage reading `sha256` from a samples shard does): pyarrow fetches
+only that column's byte ranges, the others download the object first. Prints a
+Markdown table.
 
     PYTHONPATH=. .venv/bin/python benchmarks/object_store_io.py --mb 100 --repeat 3
 """
@@ -66,15 +69,17 @@ def s3_clients(endpoint: str):
         with beam.create(f"s3://{BUCKET}/{key}") as out:
             out.write(data)
 
-    def beam_read(key):
+    def beam_read(key, cols=None):
         with beam.open(f"s3://{BUCKET}/{key}") as f:
-            return pq.read_table(pa.BufferReader(f.read()))
+            return pq.read_table(pa.BufferReader(f.read()), columns=cols)
 
     return {
-        "pyarrow.fs": (arrow_write, lambda key: pq.read_table(f"{BUCKET}/{key}", filesystem=arrow)),
+        "pyarrow.fs": (arrow_write, lambda key, cols=None: pq.read_table(f"{BUCKET}/{key}", filesystem=arrow,
+                                                                        columns=cols)),
         "Beam FileSystems (boto3)": (beam_write, beam_read),
         "boto3": (lambda data, key: boto.put_object(Bucket=BUCKET, Key=key, Body=data),
-                  lambda key: pq.read_table(pa.BufferReader(boto.get_object(Bucket=BUCKET, Key=key)["Body"].read()))),
+                  lambda key, cols=None: pq.read_table(
+                      pa.BufferReader(boto.get_object(Bucket=BUCKET, Key=key)["Body"].read()), columns=cols)),
     }
 
 
@@ -88,20 +93,21 @@ def gcs_clients(endpoint: str):
                                      data=data, method="POST", headers={"Content-Type": "application/octet-stream"})
         urllib.request.urlopen(req).read()
 
-    def http_read(key):
+    def http_read(key, cols=None):
         with urllib.request.urlopen(f"{endpoint}/storage/v1/b/{BUCKET}/o/{key}?alt=media") as r:
-            return pq.read_table(pa.BufferReader(r.read()))
+            return pq.read_table(pa.BufferReader(r.read()), columns=cols)
 
     def arrow_write(data, key):
         with arrow.open_output_stream(f"{BUCKET}/{key}", compression=None) as out:
             out.write(data)
 
-    return {"pyarrow.fs": (arrow_write, lambda key: pq.read_table(f"{BUCKET}/{key}", filesystem=arrow)),
+    return {"pyarrow.fs": (arrow_write, lambda key, cols=None: pq.read_table(f"{BUCKET}/{key}", filesystem=arrow,
+                                                                          columns=cols)),
             "JSON API over urllib": (http_write, http_read)}
 
 
-def measure(clients, data: bytes, repeat: int) -> dict[str, tuple[list[float], list[float]]]:
-    times = {name: ([], []) for name in clients}
+def measure(clients, data: bytes, repeat: int) -> dict[str, tuple[list[float], ...]]:
+    times = {name: ([], [], []) for name in clients}
     for r in range(repeat):
         for name, (write, read) in clients.items():
             key = f"{name.split()[0]}-{r}.parquet"
@@ -111,7 +117,10 @@ def measure(clients, data: bytes, repeat: int) -> dict[str, tuple[list[float], l
             t = time.perf_counter()
             table = read(key)
             times[name][1].append(time.perf_counter() - t)
-            assert table.num_rows > 0
+            t = time.perf_counter()
+            one = read(key, ["a"])
+            times[name][2].append(time.perf_counter() - t)
+            assert table.num_rows == one.num_rows > 0
     return times
 
 
@@ -138,12 +147,14 @@ def main() -> None:
             _stop(moto)
             _stop(fake)
     print(f"{mb:.0f} MB Parquet, {args.repeat} repeats, median (min-max) seconds\n")
-    print("| server | client | write s | read+parse s | write MB/s | read MB/s |")
-    print("| --- | --- | ---: | ---: | ---: | ---: |")
+    def cell(ts: list[float]) -> str:
+        return f"{statistics.median(ts):.2f} ({min(ts):.2f}-{max(ts):.2f})"
+
+    print("| server | client | write s | read s | read 1 col s | write MB/s | read MB/s |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
     for server, times in results.items():
-        for name, (w, r) in times.items():
-            print(f"| {server} | {name} | {statistics.median(w):.2f} ({min(w):.2f}-{max(w):.2f}) | "
-                  f"{statistics.median(r):.2f} ({min(r):.2f}-{max(r):.2f}) | {mb / statistics.median(w):.0f} | "
+        for name, (w, r, one) in times.items():
+            print(f"| {server} | {name} | {cell(w)} | {cell(r)} | {cell(one)} | {mb / statistics.median(w):.0f} | "
                   f"{mb / statistics.median(r):.0f} |")
 
 

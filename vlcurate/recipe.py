@@ -76,10 +76,15 @@ _SECRET_OPTION = re.compile(r"secret|token|password|passwd|credential|private_ke
 def redact_options(options: tuple[str, ...]) -> list[str]:
     """Runner options as written to manifests and logs: a secret's value is replaced by
     ``<redacted>`` (the run itself gets the real value)."""
-    out = []
+    out: list[str] = []
     for option in options:
         name, eq, _ = option.partition("=")
-        out.append(f"{name}={REDACTED}" if eq and _SECRET_OPTION.search(name) else option)
+        if out and out[-1].startswith("-") and "=" not in out[-1] and _SECRET_OPTION.search(out[-1]) \
+                and not option.startswith("-"):
+            out.append(REDACTED)  # the value of "--secret_name VALUE"
+        else:
+            out.append(f"{name}={REDACTED}" if eq and name.startswith("-") and _SECRET_OPTION.search(name)
+                       else option)
     return out
 
 

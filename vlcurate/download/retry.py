@@ -94,7 +94,9 @@ def plan_retry(version_dir: str | Path, version: str | None = None, workers: int
     if runner is not None:
         run["name"] = runner
     # A parent's secret options were redacted in its manifest: pass them again.
-    kept = [o for o in run.get("options", []) if not o.endswith(f"={REDACTED}")]
+    prior = list(run.get("options", []))
+    kept = [o for i, o in enumerate(prior) if not (o == REDACTED or o.endswith(f"={REDACTED}")
+                                                   or prior[i + 1:i + 2] == [REDACTED])]
     run["options"] = [*kept, *runner_options]
     name_dir = storage.parent(parent)
     data = {
