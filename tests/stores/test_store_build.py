@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import socket
+import tempfile
 
 import pytest
 
@@ -44,7 +45,10 @@ def version_files(version_dir: str) -> dict[str, str]:
             for f in storage.list_files(version_dir) if f.path != "manifest.json"}
 
 
-def test_build_on_a_store_equals_the_local_build(store, local_build, demo_urls, tmp_path, capsys):
+def test_build_on_a_store_equals_the_local_build(store, local_build, demo_urls, tmp_path, capsys, monkeypatch):
+    # The launcher's temporary files (the workers' log) land where the test can read them.
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     storage.write_bytes(store.url("inputs", "urls.parquet"), demo_urls.read_bytes())
     root = store.url("builds")
     recipe = small_recipe(tmp_path, demo_urls, root, store.url("inputs", "urls.parquet"))
@@ -69,6 +73,10 @@ def test_build_on_a_store_equals_the_local_build(store, local_build, demo_urls, 
     for f in storage.list_files(store.url()):
         assert SECRET.encode() not in storage.read_bytes(store.url(f.path)), f.path
     assert SECRET not in printed.err + printed.out
+    logs = [p for p in (tmp_path / "tmp").rglob("*.log")]
+    assert logs, "the workers' log was not kept where expected"
+    for p in tmp_path.rglob("*"):
+        assert not p.is_file() or SECRET.encode() not in p.read_bytes(), p
 
 
 @contextlib.contextmanager
