@@ -42,6 +42,8 @@ def test_sigkill_then_resume_on_a_store(store, local_build, demo_corpus, demo_se
     # the unfinished build is no version, and no other recipe may take it over
     assert cli.main(["validate", version]) == 2
     assert "no manifest.json" in capsys.readouterr().err
+    assert cli.main(["versions", "list", root]) == 2
+    assert "no versions under it" in capsys.readouterr().err
     other = small_recipe(tmp_path, demo_urls, root, str(demo_urls), samples_per_shard=PER_SHARD + 1)
     assert cli.main(["build", str(other)]) == 2
     assert "unfinished build of a different recipe" in capsys.readouterr().err
@@ -56,3 +58,4 @@ def test_sigkill_then_resume_on_a_store(store, local_build, demo_corpus, demo_se
     assert version_files(version) == version_files(str(local_build.version_dir))
     manifest = json.loads(storage.read_bytes(storage.join(version, "manifest.json")))
     assert manifest["files"] == json.loads((local_build.version_dir / "manifest.json").read_text())["files"]
+    assert cli.main(["validate", version]) == 0
