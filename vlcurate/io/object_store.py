@@ -16,9 +16,9 @@ Configuration comes from the environment, as each service's own clients read it:
 
 Commits: a written object appears whole or not at all. :meth:`open_write` uploads
 only when its block ends without an error, in one upload that the store makes visible
-when complete, so a failed or killed writer leaves nothing. There is no rename: a version is built
-under its final prefix and is complete exactly when its manifest exists (see
-``vlcurate.pipelines.build``).
+when complete, so a failed or killed writer leaves nothing. There is no rename: a
+version is built under its final prefix and is complete exactly when its manifest
+exists (see ``vlcurate.pipelines.build``).
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ import pyarrow.fs as pafs
 
 from vlcurate.io import storage
 from vlcurate.io.storage import Backend, FileInfo
-
 
 _SPOOL_BYTES = 64 << 20  # larger files spill to a temporary file
 
@@ -179,7 +178,10 @@ class ObjectStoreBackend(Backend):
         try:
             info = self.fs.get_file_info(bucket)
         except OSError as e:
-            return f"cannot reach the store ({_one_line(e)})"
+            text = _one_line(e)
+            if any(mark in text for mark in ("ACCESS_DENIED", "AccessDenied", "403", "401", "Forbidden")):
+                return f"access refused: check the credentials ({text})"
+            return f"cannot reach the store ({text})"
         if info.type == pafs.FileType.NotFound:
             return f"bucket {self.scheme}://{bucket} does not exist"
         return None
