@@ -16,6 +16,7 @@ import pytest
 from tests.conftest import make_recipe
 from tests.stores.conftest import SECRET
 from vlcurate import cli
+from vlcurate.download.retry import plan_retry
 from vlcurate.io import object_store, storage
 
 PER_SHARD = 80
@@ -73,6 +74,12 @@ def test_build_on_a_store_equals_the_local_build(store, local_build, demo_urls, 
     for f in storage.list_files(store.url()):
         assert SECRET.encode() not in storage.read_bytes(store.url(f.path)), f.path
     assert SECRET not in printed.err + printed.out
+    # a retry of the stored version plans from the store and drops the redacted option
+    plan = plan_retry(version, runner_options=("--s3_secret_access_key=given-again",))
+    assert plan.recipe.output.parent == version and plan.recipe.input.paths == (storage.join(version, "samples"),)
+    assert plan.recipe.output.version_dir == storage.join(root, "demo", "v1-retry1")
+    assert plan.recipe.runner.options == ("--s3_secret_access_key=given-again",)
+
     logs = [p for p in (tmp_path / "tmp").rglob("*.log")]
     assert logs, "the workers' log was not kept where expected"
     for p in tmp_path.rglob("*"):

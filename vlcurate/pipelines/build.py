@@ -51,7 +51,9 @@ def building_dir(recipe: Recipe) -> str:
     return storage.join(out.root, out.name, f".{out.version}.building")
 
 
-def _version_exists(version_dir: str) -> bool:
+def version_exists(version_dir: str) -> bool:
+    """Whether a committed version is at ``version_dir`` (on an object store: its
+    manifest; an unfinished build there is no version)."""
     if storage.is_remote(version_dir):
         return storage.exists(storage.join(version_dir, MANIFEST))
     return storage.exists(version_dir)
@@ -73,7 +75,7 @@ def check_buildable(recipe: Recipe) -> None:
     """Every check that needs no work: runs before anything is written."""
     _check_stores(recipe)
     target = recipe.output.version_dir
-    if _version_exists(target):
+    if version_exists(target):
         raise UserError(f"output {target}: version already exists (versions are immutable; pick a new version)")
     if resolve_runner(recipe.runner.name) is None:
         raise UserError(f"runner {recipe.runner.name!r}: unknown (use 'local' or a Beam runner name such as DataflowRunner, DaskRunner, FlinkRunner, PortableRunner)")
