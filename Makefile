@@ -20,4 +20,4 @@ test: $(VENV)/.installed
 	$(VENV)/bin/python -m pytest -q
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/hadolint Dockerfile
+	$(VENV)/bin/hadolint Dockerfile Dockerfile.gpu

@@ -83,3 +83,13 @@ def test_paths_in_a_recipe_are_relative_to_it_not_to_the_working_directory(tmp_p
     # read back from the resolved form (what a version stores) they stay the same
     again = load_recipe(_write(tmp_path / "elsewhere", recipe.resolved()))
     assert again.resolved() == recipe.resolved()
+
+
+def test_secret_runner_options_are_redacted_where_the_recipe_is_written():
+    from vlcurate.recipe import redact_options
+
+    options = ("--s3_secret_access_key=abc", "--project=p", "--aws_session_token", "tok",
+               "--dask_client_address=127.0.0.1:8786", "--db_password=pw", "--s3_access_key_id=AKIA")
+    assert redact_options(options) == ["--s3_secret_access_key=<redacted>", "--project=p", "--aws_session_token",
+                                       "<redacted>", "--dask_client_address=127.0.0.1:8786",
+                                       "--db_password=<redacted>", "--s3_access_key_id=<redacted>"]

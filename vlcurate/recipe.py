@@ -68,6 +68,26 @@ class RunnerSpec:
         check_bounds(self)
 
 
+REDACTED = "<redacted>"
+# Pass-through option names that carry a secret (--s3_secret_access_key, --..._token).
+_SECRET_OPTION = re.compile(r"secret|token|password|passwd|credential|private_key|session_key|access_key", re.I)
+
+
+def redact_options(options: tuple[str, ...]) -> list[str]:
+    """Runner options as written to manifests and logs: a secret's value is replaced by
+    ``<redacted>`` (the run itself gets the real value)."""
+    out: list[str] = []
+    for option in options:
+        name, eq, _ = option.partition("=")
+        if out and out[-1].startswith("-") and "=" not in out[-1] and _SECRET_OPTION.search(out[-1]) \
+                and not option.startswith("-"):
+            out.append(REDACTED)  # the value of "--secret_name VALUE"
+        else:
+            out.append(f"{name}={REDACTED}" if eq and name.startswith("-") and _SECRET_OPTION.search(name)
+                       else option)
+    return out
+
+
 @dataclass(frozen=True)
 class StageSpec:
     """One stage of a recipe: ``kind`` is the registered stage (``exact_dedup``),
@@ -104,7 +124,7 @@ class Recipe:
             "output": to_dict(self.output),
             "samples_per_shard": self.samples_per_shard,
             "stages": [s.resolved() for s in self.stages],
-            "runner": to_dict(self.runner),
+            "runner": {**to_dict(self.runner), "options": redact_options(self.runner.options)},
         }
 
     def hash(self) -> str:

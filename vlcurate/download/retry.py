@@ -28,7 +28,8 @@ import pyarrow.compute as pc
 
 from vlcurate.download.fetch import is_retryable
 from vlcurate.errors import UserError
-from vlcurate.recipe import Recipe, recipe_from_dict
+from vlcurate.pipelines.build import version_exists
+from vlcurate.recipe import REDACTED, Recipe, recipe_from_dict
 from vlcurate.typed import ConfigError
 from vlcurate.io import storage
 from vlcurate.io.parquet import read_parquet
@@ -50,7 +51,7 @@ def next_retry_version(name_dir: str, parent_version: str) -> str:
     """The first ``<base>-retryN`` (N = 1, 2, ...) with no version directory in ``name_dir``."""
     base = _RETRY_SUFFIX.sub("", parent_version)
     n = 1
-    while storage.exists(storage.join(name_dir, f"{base}-retry{n}")):
+    while version_exists(storage.join(name_dir, f"{base}-retry{n}")):
         n += 1
     return f"{base}-retry{n}"
 
@@ -93,7 +94,11 @@ def plan_retry(version_dir: str | Path, version: str | None = None, workers: int
         run["workers"] = workers
     if runner is not None:
         run["name"] = runner
-    run["options"] = [*run.get("options", []), *runner_options]
+    # A parent's secret options were redacted in its manifest: pass them again.
+    prior = list(run.get("options", []))
+    kept = [o for i, o in enumerate(prior) if not (o == REDACTED or o.endswith(f"={REDACTED}")
+                                                   or prior[i + 1:i + 2] == [REDACTED])]
+    run["options"] = [*kept, *runner_options]
     name_dir = storage.parent(parent)
     data = {
         "input": {"paths": [storage.join(parent, "samples")], "format": "parquet", "url_col": "url",
@@ -108,7 +113,7 @@ def plan_retry(version_dir: str | Path, version: str | None = None, workers: int
         recipe = recipe_from_dict(data, Path.cwd(), where=f"{where} (retry recipe)")
     except ConfigError as e:
         raise UserError(str(e)) from None
-    if storage.exists(recipe.output.version_dir):
+    if version_exists(recipe.output.version_dir):
         raise UserError(f"output {recipe.output.version_dir}: version already exists "
                         "(versions are immutable; pick a new --version)")
     retryable, rows = count_retryable(parent, manifest)

@@ -4,7 +4,8 @@ into one Arrow table: `url`, `caption`, then the requested extra columns.
 Every problem with an input file raises `InputError` whose message is one line
 naming the file, e.g. "input urls.csv: no column 'url' (columns: a, b)".
 Row order is deterministic: paths in the order given, files inside a directory
-sorted by relative path, rows in file order.
+sorted by relative path, rows in file order. A path may be any location of the
+storage layer (``gs://bucket/urls/``, ``s3://bucket/urls.csv.gz``).
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
+from vlcurate.io import storage
 from vlcurate.typed import local_path
 
 FORMATS = ("auto", "parquet", "csv", "tsv", "jsonl")
@@ -73,7 +76,25 @@ def _hidden(relative: Path) -> bool:
     return any(part.startswith((".", "_")) for part in relative.parts)
 
 
-def list_input_files(spec: InputSpec) -> list[Path]:
+def _remote_files(raw: str, spec: InputSpec, wanted: str) -> list[str]:
+    """The files a remote path names: itself, or a prefix's input files (the local
+    rules: recursive, sorted by relative path, hidden ones skipped)."""
+    if storage.is_dir(raw):
+        found = [f.path for f in storage.list_files(raw)
+                 if not _hidden(Path(f.path)) and _file_format(Path(f.path), spec.format)]
+        if not found:
+            raise InputError(f"input {raw}: directory has no input files (looked for {wanted}, "
+                             f"optionally .gz for text formats)")
+        return [storage.join(raw, f) for f in found]
+    if not storage.exists(raw):
+        raise InputError(f"input {raw}: no such file or directory")
+    if spec.format == "auto" and _file_format(Path(raw), "auto") is None:
+        raise InputError(f"input {raw}: unknown file type (expected {wanted}, "
+                         f"optionally .gz for text formats); set the input format")
+    return [raw]
+
+
+def list_input_files(spec: InputSpec) -> list[Path | str]:
     """Expand `spec.paths` into the input files, in reading order.
 
     A directory contributes its files (recursively, sorted by relative path)
@@ -83,9 +104,15 @@ def list_input_files(spec: InputSpec) -> list[Path]:
     Raises InputError for a missing path, a directory without inputs, or a
     file of unknown format.
     """
-    files: list[Path] = []
+    files: list[Path | str] = []
     wanted = ", ".join(e for e, f in _EXTENSIONS.items() if spec.format in ("auto", f))
     for raw in spec.paths:
+        if storage.is_remote(raw):
+            try:
+                files.extend(_remote_files(raw, spec, wanted))
+            except OSError as e:
+                raise InputError(f"input {raw}: cannot read: {_one_line(e)}") from None
+            continue
         path = Path(raw)
         if path.is_dir():
             found = [
@@ -103,9 +130,9 @@ def list_input_files(spec: InputSpec) -> list[Path]:
             files.append(path)
         else:
             raise InputError(f"input {path}: no such file or directory")
-    unique: dict[Path, Path] = {}
+    unique: dict[Path | str, Path | str] = {}
     for f in files:  # the same file named twice (or via a directory) is read once
-        unique.setdefault(f.resolve(), f)
+        unique.setdefault(f if isinstance(f, str) else f.resolve(), f)
     return list(unique.values())
 
 
@@ -142,18 +169,29 @@ def _as_text_where_types_differ(a: pa.Table, b: pa.Table) -> list[pa.Table]:
     return [a, b]
 
 
-def read_input_file(path: Path, spec: InputSpec) -> pa.Table:
+def _source(path: Path | str, random_access: bool = False) -> Any:
+    """What pyarrow's readers take for ``path``: the local path itself (pyarrow
+    decompresses ``.gz`` by extension), or a fresh stream from the storage layer."""
+    if not storage.is_remote(path):
+        return path
+    raw = storage.open_read(path)
+    if random_access:
+        return raw
+    return pa.CompressedInputStream(raw, "gzip") if str(path).lower().endswith(".gz") else raw
+
+
+def read_input_file(path: Path | str, spec: InputSpec) -> pa.Table:
     """Read one input file (format from `spec.format` or its extension) into the
     normalised table of `read_inputs`."""
-    path = Path(path)
-    fmt = spec.format if spec.format != "auto" else _file_format(path, "auto")
+    path = path if storage.is_remote(path) else Path(path)
+    fmt = spec.format if spec.format != "auto" else _file_format(Path(path), "auto")
     if fmt is None:
         raise InputError(f"input {path}: unknown file type; set the input format")
     wanted = [c for c in (spec.url_col, spec.caption_col, *spec.extra_cols) if c is not None]
     try:
         if fmt == "parquet":
-            _require(path, pq.read_schema(path).names, wanted)
-            table = pq.read_table(path, columns=wanted)
+            _require(path, pq.read_schema(_source(path, random_access=True)).names, wanted)
+            table = pq.read_table(_source(path, random_access=True), columns=wanted)
         elif fmt in ("csv", "tsv"):
             table = _read_delimited(path, fmt, wanted)
         else:
@@ -166,7 +204,7 @@ def read_input_file(path: Path, spec: InputSpec) -> pa.Table:
     return _normalise(path, table, spec)
 
 
-def _read_delimited(path: Path, fmt: str, wanted: list[str]) -> pa.Table:
+def _read_delimited(path: Path | str, fmt: str, wanted: list[str]) -> pa.Table:
     if fmt == "tsv":
         # TSV proper: no quoting, values cannot contain tabs or newlines. Web
         # captions often start with a stray '"', which quote handling would turn
@@ -177,34 +215,35 @@ def _read_delimited(path: Path, fmt: str, wanted: list[str]) -> pa.Table:
         parse = pa_csv.ParseOptions(newlines_in_values=True)
     try:
         # The header first, to name the missing column instead of pyarrow's message.
-        with pa_csv.open_csv(path, parse_options=parse) as reader:
+        with pa_csv.open_csv(_source(path), parse_options=parse) as reader:
             _require(path, reader.schema.names, wanted)
         # Every requested column as text: no per-file type guessing, so files agree.
         convert = pa_csv.ConvertOptions(include_columns=wanted,
                                         column_types={c: pa.string() for c in wanted})
-        return pa_csv.read_csv(path, parse_options=parse, convert_options=convert)
+        return pa_csv.read_csv(_source(path), parse_options=parse, convert_options=convert)
     except pa.ArrowInvalid:
         pass
     # Parse again on one thread, where Arrow numbers the bad row, to name its line.
     try:
-        pa_csv.read_csv(path, read_options=pa_csv.ReadOptions(use_threads=False), parse_options=parse)
+        pa_csv.read_csv(_source(path), read_options=pa_csv.ReadOptions(use_threads=False), parse_options=parse)
     except pa.ArrowInvalid as e:
         text = re.sub(r"Row #(\d+): ", r"line \1: ", re.sub(r"^CSV parse error: ", "", _one_line(e)))
         raise InputError(f"input {path}: cannot read as {fmt}: {text}") from None
     raise InputError(f"input {path}: cannot read as {fmt}")  # pragma: no cover - parses on one thread only
 
 
-def _read_jsonl(path: Path) -> pa.Table:
+def _read_jsonl(path: Path | str) -> pa.Table:
     """Arrow's reader (types inferred over the whole file); when it fails, the file is
     read line by line to name the first bad line, or, when every line is valid JSON,
     with the columns whose values disagree in type (a number among strings) as text."""
     try:
-        table = pa_json.read_json(path)
+        table = pa_json.read_json(_source(path))
         table.validate(full=True)  # Arrow's reader lets invalid UTF-8 through into strings
         return table
     except pa.ArrowInvalid:
         pass
-    with pa.input_stream(str(path), compression="detect") as stream:
+    source = _source(path)
+    with source if storage.is_remote(path) else pa.input_stream(str(path), compression="detect") as stream:
         data = stream.read()
     rows = []
     for number, raw in enumerate(data.splitlines(), start=1):
@@ -236,14 +275,14 @@ def _json_column(values: list) -> pa.Array:
                     pa.string())
 
 
-def _require(path: Path, names: list[str], wanted: list[str]) -> None:
+def _require(path: Path | str, names: list[str], wanted: list[str]) -> None:
     for column in wanted:
         if column not in names:
             shown = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
             raise InputError(f"input {path}: no column {column!r} (columns: {shown})")
 
 
-def _normalise(path: Path, table: pa.Table, spec: InputSpec) -> pa.Table:
+def _normalise(path: Path | str, table: pa.Table, spec: InputSpec) -> pa.Table:
     def text(column: str) -> pa.ChunkedArray:
         values = table.column(column)
         try:

@@ -5,6 +5,11 @@ once its manifest is written (see the README's commit protocol), so a version th
 exists is complete. A killed build leaves the ``.building`` directory; running the
 same recipe again resumes it, skipping every shard a stage already finished. A build
 that fails before any stage finished a shard removes what it made.
+
+An object store (``gs://``, ``s3://``) has no rename, so there a version is built in
+place under ``ROOT/NAME/VERSION/`` and the manifest, written last, is its commit: a
+prefix without a manifest is an unfinished build (resumed like ``.building``), never a
+version.
 """
 
 from __future__ import annotations
@@ -41,13 +46,36 @@ class BuildResult:
 
 def building_dir(recipe: Recipe) -> str:
     out = recipe.output
+    if storage.is_remote(out.root):
+        return out.version_dir  # no rename there: the manifest commits in place
     return storage.join(out.root, out.name, f".{out.version}.building")
+
+
+def version_exists(version_dir: str) -> bool:
+    """Whether a committed version is at ``version_dir`` (on an object store: its
+    manifest; an unfinished build there is no version)."""
+    if storage.is_remote(version_dir):
+        return storage.exists(storage.join(version_dir, MANIFEST))
+    return storage.exists(version_dir)
+
+
+def _check_stores(recipe: Recipe) -> None:
+    """Credentials, reachability and buckets of every remote location, before work."""
+    named = [("output", recipe.output.root), *(("input", p) for p in recipe.input.paths)]
+    if recipe.output.parent:
+        named.append(("output.parent", recipe.output.parent))
+    for what, loc in named:
+        if storage.is_remote(loc):
+            problem = storage.write_problem(loc)
+            if problem:
+                raise UserError(f"{what} {loc}: {problem}")
 
 
 def check_buildable(recipe: Recipe) -> None:
     """Every check that needs no work: runs before anything is written."""
+    _check_stores(recipe)
     target = recipe.output.version_dir
-    if storage.exists(target):
+    if version_exists(target):
         raise UserError(f"output {target}: version already exists (versions are immutable; pick a new version)")
     if resolve_runner(recipe.runner.name) is None:
         raise UserError(f"runner {recipe.runner.name!r}: unknown (use 'local' or a Beam runner name such as DataflowRunner, DaskRunner, FlinkRunner, PortableRunner)")
@@ -94,6 +122,10 @@ def _claim_building_dir(recipe: Recipe) -> _Claim:
             if storage.is_tmp(f.path):
                 storage.delete(storage.join(root, f.path))
         return _Claim(root, ())
+    if storage.is_remote(root) and storage.list_files(root) and not _started(root):
+        # (stats markers without recipe.json: a build killed while committing, resumed)
+        raise UserError(f"output {root}: holds files but neither a manifest nor an unfinished build's "
+                        f"{WORK_DIR}/recipe.json; remove them or build under another version")
     created, d = [], root
     while d and d != storage.parent(d) and not storage.exists(d):
         created.append(d)
@@ -172,5 +204,6 @@ def build(recipe: Recipe, log: Callable[[str], None] = _log_to_stderr) -> BuildR
     storage.delete_tree(storage.join(root, WORK_DIR))
     manifest = write_manifest(root, recipe, inputs, stats, records, infos)
     final = recipe.output.version_dir
-    storage.move_tree(root, final)
+    if root != final:
+        storage.move_tree(root, final)
     return BuildResult(storage.local_path(final) or final, manifest, time.monotonic() - started)
