@@ -103,7 +103,7 @@ def test_rank_keeps_top_n_in_score_order_from_stored_embeddings(shard):
 
 
 def test_rank_encodes_images_when_nothing_is_stored(shard, tmp_path):
-    layout = shard
+    layout = Layout.for_stages(shard.root, ["download", "synthetic_captions", "caption_rank"])  # no vit_features
     filt = CaptionRankFilter(CaptionRankConfig(model=TINY, device="cpu", top_n=1, include_web=False), layout)
     stats = filt.run_shard(0)
     assert stats.counts == {"kept": 4, "dropped.no_caption": 2, "embedding.encoded": 4}
@@ -123,7 +123,7 @@ def direct_itm(hf, image: bytes, captions: list[str]) -> np.ndarray:
 
 
 def test_itm_removes_exactly_the_captions_below_the_threshold(shard):
-    layout = shard
+    layout = Layout.for_stages(shard.root, ["download", "synthetic_captions", "caption_itm"])
     cfg = dict(device="cpu", seed=5, batch_size=3)
     hf = load_hf_model(CaptionItmConfig(**cfg), "itm")
     synthetic = {r["key"]: r["captions"] for r in pq.read_table(layout.sidecar("synthetic_captions", 0)).to_pylist()}
