@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 
 from vlcurate.extractors.encoding import Encoded, SampleFailure, encode_images
 from vlcurate.extractors.clip_models import ClipImageInput, ClipModelConfig, load_clip
-from vlcurate.filters.base import Decision, FilterStage
+from vlcurate.filters.base import Decision, FilterConfig, FilterStage
 from vlcurate.io.parquet import read_parquet, read_parquet_schema
 from vlcurate.pipelines.samples import SampleRow
 from vlcurate.pipelines.stage import Layout, StageInfo, register_stage
@@ -39,7 +39,7 @@ from vlcurate.typed import bounded, check_bounds
 
 
 @dataclass(frozen=True)
-class ClipScoreConfig(ClipModelConfig):
+class ClipScoreConfig(ClipModelConfig, FilterConfig):
     min_score: float = 0.28  # LAION-5B's threshold for ViT-B/32; depends on the model
     batch_size: int = bounded(64, ge=1)  # images (when not reused) and captions per forward pass
     decode_threads: int = bounded(0, ge=0)  # as for vit_features: 0 = one per core, at most 8
