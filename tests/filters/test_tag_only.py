@@ -30,6 +30,7 @@ CASES = {
     "caption_filter": {"min_chars": 5},
     "exact_dedup": {"column": "sha256"},
     "near_dedup": {"distance": 4},
+    "caption_language": {"languages": ("en",)},
     "clip_score": {"model": TINY, "device": "cpu", "min_score": 0.0, "batch_size": 4},
 }
 
