@@ -31,6 +31,7 @@ CASES = {
     "exact_dedup": {"column": "sha256"},
     "near_dedup": {"distance": 4},
     "caption_language": {"languages": ("en",)},
+    "datacomp_basic": {},
     "clip_score": {"model": TINY, "device": "cpu", "min_score": 0.0, "batch_size": 4},
 }
 
