@@ -32,6 +32,7 @@ CASES = {
     "near_dedup": {"distance": 4},
     "caption_language": {"languages": ("en",)},
     "datacomp_basic": {},
+    "top_fraction": {"fraction": 0.3},  # ranks the scores of a hand-written clip_score file
     "clip_score": {"model": TINY, "device": "cpu", "min_score": 0.0, "batch_size": 4},
 }
 
@@ -46,9 +47,19 @@ def write_samples(layout: Layout, shard: int = 0) -> None:
                                           for i, (k, r) in enumerate(zip(keys, ROWS))])
 
 
+def write_scores(layout: Layout, shard: int = 0) -> None:
+    rows = [{"key": f"{shard:05d}_{i:06d}", "stage": "clip_score", "keep": True, "reason": None,
+             "score": 0.1 + (i % 5) / 10, "detail": None} for i in range(len(ROWS))]
+    write_parquet(pa.Table.from_pylist(rows, schema=get_schema("decision").schema),
+                  layout.sidecar("clip_score", shard), "decision")
+
+
 def run_filter(tmp_path, kind: str, settings: dict, tag_only: bool):
-    layout = Layout.for_stages(tmp_path / f"{kind}-{tag_only}", ["download", kind])
+    earlier = ["clip_score"] if kind == "top_fraction" else []
+    layout = Layout.for_stages(tmp_path / f"{kind}-{tag_only}", ["download", *earlier, kind])
     write_samples(layout)
+    if earlier:
+        write_scores(layout)
     cls = stage_class(kind)
     stage = cls(cls.Config(**settings, tag_only=tag_only), layout)
     findings = findings_by_shard(stage, [0])[0] if isinstance(stage, KeyedStage) else None
