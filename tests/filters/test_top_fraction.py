@@ -105,6 +105,14 @@ def test_settings_are_checked():
         from_dict(TopFractionConfig, {"fraction": 0.0}, "stages[2].top_fraction")
 
 
+def test_scores_from_must_name_an_earlier_filter(tmp_path, demo_urls):
+    recipe = make_recipe(tmp_path, demo_urls, stages=[{"download": {}}, {"caption_filter": {}},
+                                                      {"top_fraction": {"scores_from": "clip_score"}}])
+    with pytest.raises(ConfigError, match=r"stages\[2\]\.top_fraction\.scores_from: 'clip_score' is not a filter "
+                                          r"before this stage \(earlier filters: caption_filter\)"):
+        load_recipe(recipe)
+
+
 STAGES = [{"download": {"image_size": 64, "allow_private": True}},
           {"clip_score": {"model": "vlc-tiny-vit", "device": "cpu", "tag_only": True, "min_score": 1.0}},
           {"top_fraction": {"fraction": 0.3}}]

@@ -74,6 +74,15 @@ class TopFractionConfig(FilterConfig):
         if not 0.0 < self.fraction <= 1.0:
             raise FieldError("fraction", f"must be > 0 and <= 1, got {self.fraction!r}")
 
+    def check_earlier_stages(self, earlier: list[tuple[str, str]]) -> None:
+        """Called while the recipe is read, with the ``(name, kind)`` of the stages before."""
+        from vlcurate.pipelines.stage import stage_class
+
+        filters = [name for name, kind in earlier if stage_class(kind).record_kind == DECISION]
+        if self.scores_from not in filters:
+            raise ValueError(f"scores_from: {self.scores_from!r} is not a filter before this stage "
+                             f"(earlier filters: {', '.join(filters) or 'none'})")
+
 
 @register_stage
 class TopFraction(FilterStage, KeyedStage):
