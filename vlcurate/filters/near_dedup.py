@@ -68,14 +68,17 @@ def band_masks(bands: int) -> list[tuple[int, int]]:
     return out
 
 
-def smallest_within(keys: list[str], hashes: np.ndarray, distance: int) -> Iterator[tuple[str, str]]:
+def smallest_within(keys: list[str], hashes: np.ndarray, distance: int, block: int = 512) -> Iterator[tuple[str, str]]:
     """``(key, smallest smaller key within distance)`` for every member of one group that
-    has one; ``keys`` sorted, ``hashes`` the matching uint64 array."""
-    for j in range(1, len(keys)):
-        close = np.bitwise_count(hashes[:j] ^ hashes[j]) <= distance
-        first = int(np.argmax(close))
-        if close[first]:
-            yield keys[j], keys[first]
+    has one; ``keys`` sorted, ``hashes`` the matching uint64 array. Compared ``block``
+    members at a time against all smaller ones (memory: block x group size bytes)."""
+    for start in range(1, len(keys), block):
+        stop = min(start + block, len(keys))
+        close = np.bitwise_count(hashes[start:stop, None] ^ hashes[None, :stop]) <= distance
+        close &= np.arange(stop)[None, :] < np.arange(start, stop)[:, None]  # smaller keys only
+        first = np.argmax(close, axis=1)
+        for row in np.nonzero(close[np.arange(stop - start), first])[0]:
+            yield keys[start + row], keys[int(first[row])]
 
 
 @register_stage
