@@ -111,3 +111,15 @@ def test_every_filter_takes_tag_only_even_when_its_config_does_not_declare_it():
     config = from_dict(Plain.Config, {"needed": 1, "tag_only": True}, "stages[1].plain")
     assert config.tag_only is True and config.needed == 1 and Plain.Config.__name__ == "PlainConfig"
     assert from_dict(Plain.Config, {"needed": 1}).tag_only is False
+
+
+def test_the_summary_lists_would_be_drops_apart_from_drops():
+    from vlcurate.report import funnel, summary_table
+
+    manifest = {"name": "n", "version": "v1", "stages": [
+        {"name": "download", "rows": 10, "counts": {"ok": 9, "failed.http_error": 1}},
+        {"name": "caption_filter", "rows": 9, "counts": {"kept": 7, "dropped.no_caption": 2}},
+        {"name": "clip_score", "rows": 7, "counts": {"kept": 7, "would_drop.low_clip_score": 3}}]}
+    rows = funnel(manifest)
+    assert ("clip_score", "would_drop.low_clip_score", 3) in rows and ("clip_score", "kept", 7) in rows
+    assert summary_table(manifest).splitlines()[-1].split() == ["=>", "kept", "7"]
