@@ -31,14 +31,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from vlcurate.filters.base import KEEP, Decision, FilterConfig, FilterStage
+from vlcurate.filters.clip_score import embedding_file
 from vlcurate.io.parquet import read_parquet, write_parquet
+from vlcurate.io.stats import ShardStats
 from vlcurate.pipelines.keyed import KeyedStage, shard_of
 from vlcurate.pipelines.samples import SampleRow, alive_samples
 from vlcurate.pipelines.stage import register_stage
 from vlcurate.schemas import get_schema
 from vlcurate.schemas.features import stacked_features
 from vlcurate.typed import bounded, check_bounds
-from vlcurate.io.stats import ShardStats
 
 CLUSTER = "embedding_cluster"
 TRAIN = "sample"  # the single group key of the centroid training
@@ -47,8 +48,6 @@ TRAIN = "sample"  # the single group key of the centroid training
 def shard_embeddings(layout, stage: str, shard: int, keys: Iterable[str]) -> tuple[list[str], np.ndarray]:
     """Keys (sorted) among ``keys`` with an ok embedding in ``stage``'s sidecar, and
     their unit-normalised float32 embeddings."""
-    from vlcurate.filters.clip_score import embedding_file  # imports no model code
-
     table = read_parquet(embedding_file(layout, stage, shard), columns=["key", "status", "embedding"])
     table = table.filter(pc.equal(table.column("status"), "ok"))
     wanted = set(keys)
