@@ -123,3 +123,34 @@ def test_the_summary_lists_would_be_drops_apart_from_drops():
     rows = funnel(manifest)
     assert ("clip_score", "would_drop.low_clip_score", 3) in rows and ("clip_score", "kept", 7) in rows
     assert summary_table(manifest).splitlines()[-1].split() == ["=>", "kept", "7"]
+
+
+def test_a_tag_only_build_drops_nothing_and_validates(tmp_path, demo_urls, demo_version):
+    """The demo corpus with its caption filter in tag-only mode: every downloaded sample
+    survives to the end, and the would-be drops are the demo build's drops."""
+    import json
+    from pathlib import Path
+
+    from tests.conftest import make_recipe
+    from vlcurate.pipelines.build import build
+    from vlcurate.recipe import load_recipe
+    from vlcurate.validate import validate_version
+
+    stages = [{"download": {"image_size": 64, "allow_private": True}},
+              {"caption_filter": {"min_chars": 5, "tag_only": True}}]
+    result = build(load_recipe(make_recipe(tmp_path, demo_urls, stages=stages)), log=lambda s: None)
+    assert validate_version(result.version_dir) == []
+    download, caption = result.manifest["stages"]
+    assert caption["counts"]["kept"] == download["counts"]["ok"]
+    demo = {s["name"]: s for s in json.loads((Path(demo_version) / "manifest.json").read_text())["stages"]}
+    dropped = {k.removeprefix("dropped."): v for k, v in demo["caption_filter"]["counts"].items() if k.startswith("dropped.")}
+    assert dropped and {k.removeprefix("would_drop."): v for k, v in caption["counts"].items()
+                        if k.startswith("would_drop.")} == dropped
+    rows = [r for p in sorted((Path(result.version_dir) / "caption_filter").glob("*.parquet"))
+            for r in pq.read_table(p).to_pylist()]
+    demo_rows = {r["key"]: r for p in sorted((Path(demo_version) / "caption_filter").glob("*.parquet"))
+                 for r in pq.read_table(p).to_pylist()}
+    assert all(r["keep"] for r in rows) and len(rows) == len(demo_rows)
+    for r in rows:
+        d = demo_rows[r["key"]]
+        assert r["reason"] == (None if d["keep"] else f"would_drop:{d['reason']}"), r["key"]
