@@ -170,6 +170,13 @@ def _parse_stages(data: Any, base_dir: Path, where: str) -> tuple[StageSpec, ...
                               f"give one of them another 'name:'")
         seen[name] = i
         config = from_dict(cls.Config, relative_to(cls.Config, settings, base_dir), f"{where}[{i}].{kind}")
+        # a setting that names another stage is checked against the stages before it
+        check_earlier = getattr(config, "check_earlier_stages", None)
+        if check_earlier is not None:
+            try:
+                check_earlier([(s.name, s.kind) for s in specs])
+            except ValueError as e:
+                raise ConfigError(f"{where}[{i}].{kind}.{e}") from None
         specs.append(StageSpec(kind, config, name))
     if not getattr(stage_class(specs[0].kind), "reads_input", False):
         raise ConfigError(f"{where}[0]: the first stage must read the input list (download), "

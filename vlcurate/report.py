@@ -6,12 +6,12 @@ from vlcurate.versions import is_filter
 
 
 def funnel(manifest: dict) -> list[tuple[str, str, int]]:
-    """(stage, outcome, count) rows in pipeline order: failures by kind, drops by reason, kept."""
+    """(stage, outcome, count) rows in pipeline order: failures by kind, drops (and a tag-only filter's would-be drops) by reason, kept."""
     rows: list[tuple[str, str, int]] = []
     for stage in manifest["stages"]:
         counts = stage["counts"]
         for name, value in counts.items():
-            if name.startswith("failed.") or name.startswith("dropped."):
+            if name.startswith(("failed.", "dropped.", "would_drop.")):
                 rows.append((stage["name"], name, value))
         if "ok" in counts:
             rows.append((stage["name"], "ok", counts["ok"]))

@@ -133,3 +133,38 @@ def test_info_and_demo_scores(demo_version):
     threshold = manifest["recipe"]["stages"][4]["clip_score"]["min_score"]
     assert len(table) == alive and all(-1 <= s <= 1 for s in table.column("score").to_pylist())
     assert all(r["keep"] == (r["score"] >= threshold) for r in table.to_pylist())
+
+
+def test_embeddings_it_computed_are_stored_for_later_stages(shard):
+    """Without a vit_features stage, clip_score stores what it encoded (fp16, failures
+    as rows); semantic dedup then reads them: no image is encoded a second time."""
+    from vlcurate.filters.clip_score import embedding_file
+    from vlcurate.filters.semantic_dedup import shard_embeddings
+    from vlcurate.schemas.features import stacked_features
+
+    layout, images, keys = shard
+    layout = Layout.for_stages(layout.root, ["download", "clip_score", "embedding_clusters"])
+    filt = clip_filter(layout)
+    stats = filt.run_shard(0)
+    loc = embedding_file(layout, "clip_score", 0)
+    assert loc.endswith("clip_score.embeddings/00000.parquet")
+    assert sorted(f.path for f in stats.files) == sorted([layout.sidecar("clip_score", 0), loc])
+    table = pq.read_table(loc)
+    scored = [i for i, c in enumerate(CAPTIONS) if c.strip()]
+    assert table.column("key").to_pylist() == [keys[i] for i in scored]
+    batch = torch.stack([filt.clip.preprocess(decode_image(images[i])) for i in scored])
+    expected = filt.clip.encode_images(batch).embedding.half().numpy()
+    np.testing.assert_allclose(stacked_features(table, "embedding").astype(np.float32), expected, atol=2e-3)
+    found, unit = shard_embeddings(layout, "clip_score", 0, keys)
+    assert found == [keys[i] for i in scored] and unit.shape == (4, filt.clip.embed_dim)
+
+
+def test_nothing_is_stored_when_every_embedding_was_reused(shard):
+    from vlcurate.filters.clip_score import embedding_file
+    from vlcurate.io import storage
+
+    layout, images, keys = shard
+    vit_stage(layout).run_shard(0)
+    stats = clip_filter(layout).run_shard(0)
+    assert not storage.exists(embedding_file(layout, "clip_score", 0))
+    assert [f.path for f in stats.files] == [layout.sidecar("clip_score", 0)]

@@ -46,13 +46,32 @@ def _draw(rng: random.Random, color: str, shape: str, background: str) -> Image.
     draw = ImageDraw.Draw(img)
     s = min(w, h) * rng.uniform(0.4, 0.8)
     cx, cy = w / 2 + rng.uniform(-0.1, 0.1) * w, h / 2 + rng.uniform(-0.1, 0.1) * h
+    _shape(draw, shape, cx, cy, s, COLORS[color])
+    return img
+
+
+def _shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, s: float, fill: tuple[int, int, int]) -> None:
     box = [cx - s / 2, cy - s / 2, cx + s / 2, cy + s / 2]
     if shape == "circle":
-        draw.ellipse(box, fill=COLORS[color])
+        draw.ellipse(box, fill=fill)
     elif shape == "square":
-        draw.rectangle(box, fill=COLORS[color])
+        draw.rectangle(box, fill=fill)
     else:
-        draw.polygon([(cx, box[1]), (box[0], box[3]), (box[2], box[3])], fill=COLORS[color])
+        draw.polygon([(cx, box[1]), (box[0], box[3]), (box[2], box[3])], fill=fill)
+
+
+def draw_scene(rng: random.Random, size: tuple[int, int] = (96, 72), shapes: tuple[int, int] = (10, 20)) -> Image.Image:
+    """A picture in the demo's palette and shapes with ``shapes`` (min, max) shapes
+    at random places: the same style as the corpus's pictures with enough structure to
+    tell two of them apart (near-duplicate measurements use it for originals and for
+    hard negatives)."""
+    w, h = size
+    names = list(COLORS)
+    img = Image.new("RGB", size, COLORS[rng.choice(names)])
+    draw = ImageDraw.Draw(img)
+    for _ in range(rng.randint(*shapes)):
+        _shape(draw, rng.choice(SHAPES), rng.uniform(0, w), rng.uniform(0, h), min(w, h) * rng.uniform(0.2, 0.6),
+               COLORS[rng.choice(names)])
     return img
 
 

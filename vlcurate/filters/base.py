@@ -17,11 +17,18 @@ is dropped without a row saying why. A minimal filter:
         def decide(self, row: SampleRow) -> Decision:
             words = len((row["caption"] or "").split())
             return KEEP if words >= self.config.min_words else Decision(False, "too_few_words", score=words)
+
+Every filter has the setting ``tag_only`` (added to its config here, whether the config
+declares it or not): the filter decides as usual, but a would-be drop becomes a kept
+row with reason ``would_drop:<reason>`` (score and detail as the drop would have had)
+and is counted as ``would_drop.<reason>`` besides ``kept``; so nothing is dropped and
+the decision file says what a dropping run would have done.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 
@@ -45,6 +52,35 @@ class Decision:
 
 
 KEEP = Decision(True)
+WOULD_DROP = "would_drop"  # reason prefix and counter prefix of a tag-only filter's would-be drops
+
+
+@dataclass(frozen=True, kw_only=True)
+class FilterConfig:
+    """The settings every filter has. A filter's config need not derive from it:
+    :class:`FilterStage` adds them to any config that lacks them."""
+
+    tag_only: bool = False  # record what would be dropped, drop nothing
+
+
+def with_filter_settings(config_cls: type) -> type:
+    """``config_cls`` itself when it has the :class:`FilterConfig` fields, else a
+    frozen subclass that adds them (keyword-only, so any field order works)."""
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    missing = [f for f in dataclasses.fields(FilterConfig) if f.name not in names]
+    if not missing:
+        return config_cls
+    extra = [(f.name, f.type, field(default=f.default, kw_only=True)) for f in missing]
+    return dataclasses.make_dataclass(config_cls.__name__, extra, bases=(config_cls,), frozen=True,
+                                      namespace={"__doc__": config_cls.__doc__, "__module__": config_cls.__module__})
+
+
+def tag_only(decision: Decision) -> Decision:
+    """What a tag-only filter records for ``decision``: a drop becomes a kept row
+    whose reason says what would have happened."""
+    if decision.keep:
+        return decision
+    return Decision(True, f"{WOULD_DROP}:{decision.reason}", decision.score, decision.detail)
 
 
 class FilterStage(Stage):
@@ -54,6 +90,11 @@ class FilterStage(Stage):
     counters go through :meth:`count`."""
 
     record_kind = DECISION
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if "Config" in cls.__dict__ and dataclasses.is_dataclass(cls.Config):
+            cls.Config = with_filter_settings(cls.Config)
 
     def decide(self, row: SampleRow) -> Decision:  # pragma: no cover
         raise NotImplementedError(f"{type(self).__name__} implements neither decide nor decide_shard")
@@ -72,6 +113,11 @@ class FilterStage(Stage):
         decisions = self.decide_shard(shard, rows)
         if len(decisions) != len(rows):
             raise RuntimeError(f"{type(self).__name__}: {len(decisions)} decisions for {len(rows)} samples")
+        if getattr(self.config, "tag_only", False):
+            for d in decisions:
+                if not d.keep:
+                    stats.add(f"{WOULD_DROP}.{d.reason}")
+            decisions = [tag_only(d) for d in decisions]
         for d in decisions:
             stats.add("kept" if d.keep else f"dropped.{d.reason}")
         table = pa.table(

@@ -17,6 +17,14 @@ covers the shard). The stats count ``embedding.reused`` and ``embedding.encoded`
 Image embeddings are rounded to fp16 (the sidecar's default storage) before scoring
 either way, so a score does not depend on whether its embedding was reused (up to
 the batch composition's float rounding). The text tower always runs here.
+
+When it encoded images itself (no matching ``vit_features`` stage ran before it), it
+stores the embeddings of the shard's scored samples in
+``clip_score.embeddings/<shard>.parquet`` (a directory no stage can be named, and not
+mixed with the decision files; a ``vit_features`` record with only the
+``embedding`` column, fp16, and the model's identity in its metadata; failures as
+rows with a reason), so that later stages (``embedding_clusters`` and
+``semantic_dedup`` with ``embeddings_from: clip_score``) never encode an image twice.
 """
 
 from __future__ import annotations
@@ -26,20 +34,21 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from vlcurate.extractors.encoding import Encoded, SampleFailure, encode_images
 from vlcurate.extractors.clip_models import ClipImageInput, ClipModelConfig, load_clip
-from vlcurate.filters.base import Decision, FilterStage
-from vlcurate.io.parquet import read_parquet, read_parquet_schema
+from vlcurate.filters.base import Decision, FilterConfig, FilterStage
+from vlcurate.io.parquet import read_parquet, read_parquet_schema, write_parquet
 from vlcurate.pipelines.samples import SampleRow
 from vlcurate.pipelines.stage import Layout, StageInfo, register_stage
-from vlcurate.schemas.features import MODEL_META, stacked_features
+from vlcurate.schemas.features import FEATURE_BASE_FIELDS, MODEL_META, TENSOR_TYPE, feature_metadata, stacked_features
 from vlcurate.typed import bounded, check_bounds
 
 
 @dataclass(frozen=True)
-class ClipScoreConfig(ClipModelConfig):
+class ClipScoreConfig(ClipModelConfig, FilterConfig):
     min_score: float = 0.28  # LAION-5B's threshold for ViT-B/32; depends on the model
     batch_size: int = bounded(64, ge=1)  # images (when not reused) and captions per forward pass
     decode_threads: int = bounded(0, ge=0)  # as for vit_features: 0 = one per core, at most 8
@@ -68,6 +77,15 @@ def stored_embeddings(layout: Layout, shard: int, identity: dict[str, Any],
             continue
         found.update(zip(table.column("key").to_pylist(), stacked_features(table, "embedding")))
     return found
+
+
+def embedding_file(layout: Layout, stage: str, shard: int) -> str:
+    """Where stage ``stage`` keeps the shard's image embeddings: a ``vit_features``
+    stage's sidecar, or the ``<stage>.embeddings/`` file a ``clip_score`` stage writes."""
+    kinds = {entry.name: entry.record_kind for entry in layout.stages}
+    if kinds.get(stage) == "vit_features":
+        return layout.sidecar(stage, shard)
+    return layout.sidecar(f"{stage}.embeddings", shard)
 
 
 @register_stage
@@ -104,7 +122,24 @@ class ClipScoreFilter(FilterStage):
         for name, n in (("embedding.reused", len(keys) - len(todo)), ("embedding.encoded", len(todo))):
             if n:
                 self.count(name, n)
+        if todo:
+            self._current.stats.add_file(self.store_embeddings(shard, keys, result))
         return result
+
+    def store_embeddings(self, shard: int, keys: list[str], found: dict[str, np.ndarray | SampleFailure]):
+        """Write ``<stage>.embeddings/<shard>.parquet``; return its file record."""
+        failures = {k: v for k, v in found.items() if isinstance(v, SampleFailure)}
+        table = pa.table({
+            "key": keys,
+            "status": ["failed" if k in failures else "ok" for k in keys],
+            "error_kind": [failures[k].kind if k in failures else None for k in keys],
+            "error_message": [failures[k].message if k in failures else None for k in keys],
+            "embedding": pa.array([None if k in failures else np.asarray(found[k], "<f2").tobytes() for k in keys],
+                                  TENSOR_TYPE),
+        }, schema=pa.schema([*FEATURE_BASE_FIELDS, pa.field("embedding", TENSOR_TYPE)]))
+        meta = {**feature_metadata({"embedding": ([self.clip.embed_dim], "float16")}),
+                MODEL_META.decode(): json.dumps(self.config.provenance(), sort_keys=True)}
+        return write_parquet(table, embedding_file(self.layout, self.name, shard), "vit_features", metadata=meta)
 
     def _text_embeddings(self, captions: list[str]) -> np.ndarray:
         n = self.config.batch_size

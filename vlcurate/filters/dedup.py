@@ -12,14 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Literal
 
-from vlcurate.filters.base import KEEP, Decision, FilterStage
+from vlcurate.filters.base import KEEP, Decision, FilterConfig, FilterStage
 from vlcurate.pipelines.keyed import KeyedStage, shard_of
 from vlcurate.pipelines.samples import SampleRow, alive_samples
 from vlcurate.pipelines.stage import register_stage
 
 
 @dataclass(frozen=True)
-class ExactDedupConfig:
+class ExactDedupConfig(FilterConfig):
     # sha256 of the stored image; "url" dedups by URL, "phash" by identical perceptual hash
     column: Literal["sha256", "url", "phash"] = "sha256"
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vlcurate.filters.base import KEEP, Decision, FilterStage
+from vlcurate.filters.base import KEEP, Decision, FilterConfig, FilterStage
 from vlcurate.pipelines.samples import SampleRow
 from vlcurate.pipelines.stage import register_stage
 from vlcurate.typed import bounded, check_bounds
 
 
 @dataclass(frozen=True)
-class CaptionFilterConfig:
+class CaptionFilterConfig(FilterConfig):
     min_chars: int = bounded(5, ge=0)
     max_chars: int = bounded(10_000, ge=0)
     min_words: int = bounded(1, ge=0)

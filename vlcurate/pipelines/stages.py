@@ -10,3 +10,8 @@ from vlcurate.extractors import region_stage as _region_stage  # noqa: F401
 from vlcurate.extractors import caption_stage as _caption_stage  # noqa: F401
 from vlcurate.filters import caption_rank as _caption_rank  # noqa: F401
 from vlcurate.filters import caption_itm as _caption_itm  # noqa: F401
+from vlcurate.filters import near_dedup as _near_dedup  # noqa: F401
+from vlcurate.filters import language as _language  # noqa: F401
+from vlcurate.filters import basic as _basic  # noqa: F401
+from vlcurate.filters import top_fraction as _top_fraction  # noqa: F401
+from vlcurate.filters import semantic_dedup as _semantic_dedup  # noqa: F401

@@ -123,3 +123,21 @@ DECISION = register(
         row_checks=(_check_decisions,),
     )
 )
+
+
+# The k-means partition of a shard's samples by their stored image embeddings
+# (stage ``embedding_clusters``): null cluster for a sample that has no embedding.
+EMBEDDING_CLUSTER = register(
+    RecordSchema(
+        name="embedding_cluster",
+        version=SCHEMA_VERSION,
+        schema=pa.schema(
+            [
+                pa.field("key", pa.string(), nullable=False),
+                pa.field("cluster", pa.int32()),
+                pa.field("similarity", pa.float32()),  # cosine to the cluster's centroid
+            ]
+        ),
+        row_checks=(_check_keys,),
+    )
+)

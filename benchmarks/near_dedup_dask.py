@@ -1,0 +1,127 @@
+"""Near-duplicates by pHash as the build runs them: ``near_dedup``'s own signatures
+(bands), resolve and per-shard min, in the build's keyed step on Beam's DaskRunner over
+a local dask.distributed cluster; wall time and every worker's peak RSS.
+
+    PYTHONPATH=. python benchmarks/near_dedup_dask.py --hashes 100000 1000000 --distances 4 14 --workers 2
+
+Each shard's hashes are generated inside its worker (nothing crosses from the
+launcher): uniform 64-bit hashes, and 10% near-copies (0-4 bits flipped) of hashes of
+other shards, so most copies cross shards. Each run gets a fresh cluster, so a
+worker's peak RSS is that run's alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import resource
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from vlcurate.filters.near_dedup import NearDedup, NearDedupConfig, band_masks  # noqa: E402
+from vlcurate.io.stats import ShardStats  # noqa: E402
+from vlcurate.pipelines.stage import Layout  # noqa: E402
+
+
+@dataclass(frozen=True)
+class SyntheticNearDedupConfig(NearDedupConfig):
+    hashes: int = 100_000
+    per_shard: int = 10_000
+
+
+def base_hash(cfg: SyntheticNearDedupConfig, index: int) -> int:
+    return int(np.random.default_rng([7, index]).integers(0, 2**63, dtype=np.uint64)) * 2 + index % 2
+
+
+def shard_hashes(cfg: SyntheticNearDedupConfig, shard: int) -> list[tuple[str, int]]:
+    n = min(cfg.per_shard, cfg.hashes - shard * cfg.per_shard)
+    rng = np.random.default_rng([cfg.distance, shard])
+    out = []
+    for i in range(n):
+        h = base_hash(cfg, shard * cfg.per_shard + i)
+        if rng.random() < 0.1:  # a near-copy of a hash from anywhere in the corpus
+            h = base_hash(cfg, int(rng.integers(0, cfg.hashes)))
+            for bit in rng.integers(0, 64, int(rng.integers(0, 5))):
+                h ^= 1 << int(bit)
+        out.append((f"{shard:05d}_{i:06d}", h))
+    return out
+
+
+class SyntheticNearDedup(NearDedup):
+    """near_dedup's bands, resolve and min rule on generated hashes; counts instead of writing."""
+
+    name = "synthetic_near_dedup"
+    Config = SyntheticNearDedupConfig
+
+    def signatures(self, shard: int):
+        masks = band_masks(self.config.band_count)
+        for key, value in shard_hashes(self.config, shard):
+            for band, (shift, mask) in enumerate(masks):
+                yield f"{band}:{(value >> shift) & mask:x}", (key, f"{value:016x}")
+
+    def run_shard(self, shard: int, findings: list | None = None) -> ShardStats:
+        stats = self.new_stats(shard, 0)
+        stats.add("near_duplicate", len({key for key, _ in findings or []}))
+        return stats
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run(cfg: SyntheticNearDedupConfig, workers: int) -> dict:
+    import apache_beam as beam
+    import distributed
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from vlcurate.pipelines.beam import RunStage, StageRun, keyed_step, runner_defaults
+
+    shards = -(-cfg.hashes // cfg.per_shard)
+    cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                       dashboard_address=None, host="127.0.0.1", silence_logs=50)
+    client = distributed.Client(cluster)
+    try:
+        idle = client.run(peak_rss_mb)
+        layout = Layout(tempfile.mkdtemp(prefix="near-dedup-"))
+        run_ = StageRun("synthetic_near_dedup", "synthetic_near_dedup", cfg)
+        options = PipelineOptions(["--runner=apache_beam.runners.dask.dask_runner.DaskRunner",
+                                   f"--dask_client_address={cluster.scheduler_address}",
+                                   *runner_defaults("DaskRunner", ())])
+        started = time.monotonic()
+        with beam.Pipeline(options=options) as p:
+            ids = p | beam.Create(list(range(shards))) | beam.Reshuffle()
+            keyed_step(ids, run_, SyntheticNearDedup, layout) | beam.ParDo(RunStage(run_, SyntheticNearDedup, layout))
+        seconds = time.monotonic() - started
+        peaks = client.run(peak_rss_mb)
+    finally:
+        client.close()
+        cluster.close()
+    return {"shards": shards, "seconds": seconds, "idle_mb": sorted(idle.values()), "peak_mb": sorted(peaks.values())}
+
+
+def main() -> None:
+    for name in ("distributed", "apache_beam", "root"):
+        logging.getLogger(name if name != "root" else None).setLevel(logging.ERROR)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--hashes", type=int, nargs="+", default=[100_000])
+    ap.add_argument("--distances", type=int, nargs="+", default=[4, 14])
+    ap.add_argument("--per-shard", type=int, default=10_000)
+    ap.add_argument("--workers", type=int, default=2)
+    args = ap.parse_args()
+    print(f"{'hashes':>9}{'distance':>9}{'shards':>8}{'seconds':>9}  worker peak RSS MB (idle before)")
+    for n in args.hashes:
+        for d in args.distances:
+            r = run(SyntheticNearDedupConfig(distance=d, hashes=n, per_shard=args.per_shard), args.workers)
+            print(f"{n:>9}{d:>9}{r['shards']:>8}{r['seconds']:>9.1f}  {', '.join(f'{p:.0f}' for p in r['peak_mb'])}"
+                  f"  ({', '.join(f'{p:.0f}' for p in r['idle_mb'])})", flush=True)
+
+
+if __name__ == "__main__":
+    main()
