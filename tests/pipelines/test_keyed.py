@@ -81,34 +81,27 @@ def test_twenty_shards_same_decisions_on_one_and_two_workers_and_dask(tmp_path, 
 def test_manifest_is_assembled_without_reading_data_files(tmp_path, demo_urls, monkeypatch):
     """Every read through the storage layer while the manifest is written is a stats
     marker; and what the markers say equals the files on disk."""
+    import vlcurate.pipelines.build as build_module
     import vlcurate.versions as versions
 
     reads: list[str] = []
-    real_write_manifest, real_open_read = versions.write_manifest, storage.open_read
+    real_open_read = storage.open_read
 
     def counting_open_read(loc):
         reads.append(str(loc))
         return real_open_read(loc)
 
-    def write_manifest(*args, **kwargs):
-        monkeypatch.setattr(storage, "open_read", counting_open_read)
-        try:
-            return real_write_manifest(*args, **kwargs)
-        finally:
-            monkeypatch.setattr(storage, "open_read", real_open_read)
+    def counted(fn):
+        def wrapper(*args, **kwargs):
+            monkeypatch.setattr(storage, "open_read", counting_open_read)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                monkeypatch.setattr(storage, "open_read", real_open_read)
+        return wrapper
 
-    def read_markers(*args, **kwargs):
-        monkeypatch.setattr(storage, "open_read", counting_open_read)
-        try:
-            return real_read_markers(*args, **kwargs)
-        finally:
-            monkeypatch.setattr(storage, "open_read", real_open_read)
-
-    real_read_markers = versions.read_markers
-    import vlcurate.pipelines.build as build_module
-
-    monkeypatch.setattr(build_module, "write_manifest", write_manifest)
-    monkeypatch.setattr(build_module, "read_markers", read_markers)
+    monkeypatch.setattr(build_module, "write_manifest", counted(versions.write_manifest))
+    monkeypatch.setattr(build_module, "read_markers", counted(versions.read_markers))
     recipe = make_recipe(tmp_path, demo_urls, samples_per_shard=60, stages=STAGES)
     result = build(load_recipe(recipe), log=lambda s: None)
     assert reads and all("/stats/" in r and r.endswith(".json") for r in reads), reads
