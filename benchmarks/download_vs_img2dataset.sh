@@ -12,7 +12,7 @@
 # to 256 in RESIZE_MODE, JPEG quality 95 (img2dataset's default), WebDataset output with
 # SHARD samples per shard, PROCS processes x THREADS threads, TIMEOUT s, RETRIES retries,
 # X-Robots-Tag opt-outs honoured (both tools' default). vlcurate runs `vlcurate build` on
-# Beam's local runner (start-up included) with allow_private (the corpus is on 127.0.0.1).
+# Beam's local runner (start-up included) with allow_networks: [127.0.0.0/8] (the corpus is on 127.0.0.1).
 # Runs alternate (odd rounds img2dataset first, even rounds vlcurate first) so that drift
 # in the machine's load hits both. Throughput = input URLs / wall-clock seconds of the
 # whole command; peak RSS = the largest VmHWM of any one process of the command's tree.
@@ -55,7 +55,7 @@ output: {root: "$WORK/vlc", name: bench, version: "$1"}
 samples_per_shard: $SHARD
 stages:
   - download: {image_size: 256, resize_mode: $RESIZE_MODE, encode_format: jpg, encode_quality: 95,
-               threads: $THREADS, timeout: $TIMEOUT, retries: $RETRIES, allow_private: true}
+               threads: $THREADS, timeout: $TIMEOUT, retries: $RETRIES, allow_networks: [127.0.0.0/8]}
 runner: {name: local, workers: $PROCS}
 EOF
 }

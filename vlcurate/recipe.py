@@ -5,7 +5,7 @@ input:   {paths: [urls.parquet], url_col: url, caption_col: caption, extra_cols:
 output:  {root: ./datasets, name: demo, version: v1}
 samples_per_shard: 1000
 stages:
-  - download: {image_size: 256, allow_private: false}
+  - download: {image_size: 256, allow_networks: []}
   - exact_dedup: {}
 runner:  {name: local, workers: 2, options: []}
 ```

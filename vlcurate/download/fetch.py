@@ -26,7 +26,13 @@ import urllib3
 from urllib3 import exceptions as ux
 from urllib3.util import parse_url
 
-from vlcurate.download.guard import GUARDED_POOLS, BlockedAddressError
+from vlcurate.download.guard import (
+    PRIVATE_NETWORKS,
+    AddressPolicy,
+    BlockedAddressError,
+    guarded_pools,
+    parse_networks,
+)
 
 USER_AGENT = "vlcurate/0.1"
 
@@ -71,7 +77,12 @@ class FetchConfig:
     max_bytes: int = 50_000_000  # cap on the body; larger -> too_large
     # X-Robots-Tag directives that mean "do not use"; an empty tuple disables the check.
     disallowed_header_directives: tuple[str, ...] = ("noai", "noimageai", "noindex", "noimageindex")
-    allow_private: bool = False  # allow private/loopback/link-local/multicast/reserved addresses
+    # Networks (CIDR) reachable besides public addresses, e.g. ["127.0.0.0/8"] for a
+    # loopback mirror; every other non-public address stays blocked, redirects included.
+    allow_networks: tuple[str, ...] = ()
+    # Shorthand adding guard.PRIVATE_NETWORKS (10/8, 172.16/12, 192.168/16, 127/8,
+    # fc00::/7, ::1); never link-local, multicast or reserved addresses.
+    allow_private: bool = False
     threads: int = 32  # concurrent fetches in fetch_many
 
     def __post_init__(self) -> None:
@@ -79,6 +90,7 @@ class FetchConfig:
             raise ValueError("FetchConfig: timeout must be > 0, retries and backoff >= 0")
         if self.max_redirects < 0 or self.max_bytes <= 0 or self.threads < 1:
             raise ValueError("FetchConfig: max_redirects >= 0, max_bytes > 0, threads >= 1")
+        parse_networks(self.allow_networks)  # ValueError naming a bad CIDR
         # Cooperative: a config inheriting from several configs validates them all.
         if (parent := getattr(super(), "__post_init__", None)) is not None:
             parent()
@@ -95,6 +107,13 @@ class FetchResult:
     final_url: str | None  # URL of the last hop tried (after redirects)
     attempts: int  # 1 + retries actually made
     retry_after: float | None = None  # server's Retry-After (seconds) on 429/503, if any
+
+
+def address_policy(config: FetchConfig) -> AddressPolicy:
+    """The SSRF guard's policy for `config`: public addresses plus allow_networks
+    (plus the private ranges when allow_private)."""
+    cidrs = (*config.allow_networks, *(PRIVATE_NETWORKS if config.allow_private else ()))
+    return AddressPolicy(parse_networks(cidrs))
 
 
 def is_retryable(error_kind: str | None, http_status: int | None = None) -> bool:
@@ -189,8 +208,7 @@ class Fetcher:
         # num_pools bounds how many hosts keep idle connections open (LRU).
         self._pool = urllib3.PoolManager(num_pools=max(64, 4 * config.threads), maxsize=config.threads,
                                          block=False, retries=False, ca_certs=certifi.where())
-        if not config.allow_private:
-            self._pool.pool_classes_by_scheme = GUARDED_POOLS
+        self._pool.pool_classes_by_scheme = guarded_pools(address_policy(config))
         self._executor: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
 
