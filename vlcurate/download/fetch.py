@@ -24,7 +24,6 @@ from urllib.parse import urljoin
 import certifi
 import urllib3
 from urllib3 import exceptions as ux
-from urllib3.util import parse_url
 
 from vlcurate.download.guard import (
     PRIVATE_NETWORKS,
@@ -33,6 +32,7 @@ from vlcurate.download.guard import (
     guarded_pools,
     parse_networks,
 )
+from vlcurate.download.urls import InvalidURL, browser_url
 
 USER_AGENT = "vlcurate/0.1"
 
@@ -164,15 +164,13 @@ def _opted_out(values: list[str], agents: frozenset[str], disallowed: frozenset[
     return None
 
 
-def _url_problem(url: str) -> str | None:
-    """Why `url` cannot be fetched, or None."""
+def _header_text(value: str) -> str:
+    """A header value as its sender meant it: http.client decodes header bytes as
+    Latin-1, browsers read a Location's bytes as UTF-8."""
     try:
-        parsed = parse_url(url)
-    except ValueError:  # LocationParseError is one
-        return "unparsable URL"
-    if parsed.scheme not in ("http", "https"):
-        return f"unsupported scheme {parsed.scheme!r}" if parsed.scheme else "no scheme"
-    return None if parsed.host else "no host"
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return value
 
 
 def _discard(response: urllib3.BaseHTTPResponse, drain: bool) -> None:
@@ -276,11 +274,13 @@ class Fetcher:
 
     def _fetch_once(self, url: str) -> FetchResult:
         """One attempt: follow redirects, then stream the body."""
-        current = url.strip() if isinstance(url, str) else ""
         timeout = urllib3.Timeout(connect=self.config.timeout, read=self.config.timeout)
+        current = url if isinstance(url, str) else ""
         for _hop in range(self.config.max_redirects + 1):
-            if problem := _url_problem(current):
-                return _failure("invalid_url", f"{problem}: {current!r}", None, current or None)
+            try:  # each hop read as a browser would (the Location header too)
+                current = browser_url(current)
+            except InvalidURL as e:
+                return _failure("invalid_url", f"{e}: {current!r}", None, current or None)
             started = time.monotonic()
             try:
                 response = self._pool.urlopen("GET", current, headers=self._headers, redirect=False,
@@ -294,7 +294,7 @@ class Fetcher:
                     _discard(response, drain=True)
                     if not location:
                         return _failure("http_error", f"HTTP {status} without Location", status, current)
-                    current = urljoin(current, location.strip())
+                    current = urljoin(current, _header_text(location).strip())
                     continue
                 return self._read_final(response, current, started)
             finally:

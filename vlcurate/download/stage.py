@@ -93,8 +93,8 @@ class DownloadStage(Stage):
         self._decode_slots = threading.BoundedSemaphore(slots)
 
     def _one(self, url: str | None) -> _Outcome:
-        if not url:
-            return _Outcome("invalid_url", "empty url", None)
+        if url is None:
+            return _Outcome("invalid_url", "no url (null)", None)
         fetched = self.fetcher.fetch(url)
         if fetched.error_kind is not None:
             return _Outcome(fetched.error_kind, fetched.error_message, None, fetched.http_status)
@@ -151,7 +151,7 @@ class DownloadStage(Stage):
         """The sample row of a fetched URL, and its tar files when it succeeded."""
         img = out.image if out.error_kind is None else None
         meta = {
-            "key": key, "url": url or "", "caption": caption, "status": "ok" if img else "failed",
+            "key": key, "url": url, "caption": caption, "status": "ok" if img else "failed",
             "error_kind": out.error_kind, "error_message": out.error_message,
             "http_status": out.http_status,
             "width": img.width if img else None, "height": img.height if img else None,

@@ -9,7 +9,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 # Bumped whenever any registered schema changes incompatibly; recorded in every manifest.
-SCHEMA_VERSION = "1"
+# 2: sample.url is nullable (a null input URL is carried as null, no longer as "").
+SCHEMA_VERSION = "2"
 
 # A row check looks at a whole table and returns (row index, column, problem) triples.
 RowCheck = Callable[[pa.Table], list[tuple[int, str, str]]]
