@@ -131,7 +131,12 @@ def recipe_from_dict(data: Any, base_dir: Path, where: str = "recipe") -> Recipe
     if sps < 1:
         raise ConfigError(f"{where}.samples_per_shard: must be at least 1, got {sps}")
     runner = from_dict(RunnerSpec, data.get("runner"), f"{where}.runner")
-    return Recipe(inp, out, _parse_stages(data["stages"], base_dir, f"{where}.stages"), sps, runner)
+    stages = _parse_stages(data["stages"], base_dir, f"{where}.stages")
+    for i, spec in enumerate(stages):  # settings that name input columns (e.g. expected hashes)
+        check = getattr(stage_class(spec.name), "input_problem", None)
+        if check is not None and (problem := check(spec.config, inp)):
+            raise ConfigError(f"{where}.stages[{i}].{spec.name}.{problem}")
+    return Recipe(inp, out, stages, sps, runner)
 
 
 def load_recipe(path: str | Path) -> Recipe:

@@ -25,8 +25,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from vlcurate.download.expected import HASH_MISMATCH, ExpectedHashConfig, phash_problem, sha256_problem
 from vlcurate.download.fetch import Fetcher, FetchConfig
 from vlcurate.download.images import ImageConfig, ImageProcessor, ProcessedImage
+from vlcurate.download.readers import InputSpec
 from vlcurate.download.reuse import ParentShard
 from vlcurate.io.parquet import write_parquet
 from vlcurate.io.stats import ShardStats
@@ -39,9 +41,10 @@ IMAGE_EXT = {"jpg": "jpg", "jpeg": "jpg", "png": "png", "webp": "webp"}
 
 
 @dataclass(frozen=True)
-class DownloadConfig(FetchConfig, ImageConfig):
-    """Fetch settings (timeouts, retries, SSRF guard, opt-outs) and image settings
-    (size, resize mode, bomb limit, encoding) in one recipe block, plus:"""
+class DownloadConfig(FetchConfig, ImageConfig, ExpectedHashConfig):
+    """Fetch settings (timeouts, retries, SSRF guard, opt-outs), image settings
+    (size, resize mode, bomb limit, encoding) and expected-hash columns in one recipe
+    block, plus:"""
 
     decode_slots: int = 0  # images decoded at once per process; 0 = the CPUs this process may use
     # A parent version directory: copy its ok rows (stored files included) and its
@@ -84,6 +87,15 @@ class DownloadStage(Stage):
     Config = DownloadConfig
     reads_input = True
 
+    @staticmethod
+    def input_problem(config: DownloadConfig, spec: InputSpec) -> str | None:
+        """A setting naming an input column the input does not carry, or None."""
+        for name, column in config.columns():
+            if column not in spec.extra_cols:
+                return (f"{name}: column {column!r} is not one of input.extra_cols "
+                        f"({', '.join(spec.extra_cols) or 'none'})")
+        return None
+
     def setup(self) -> None:
         fetch_cfg, image_cfg = split_config(self.config)
         self.fetcher = Fetcher(fetch_cfg)
@@ -92,16 +104,23 @@ class DownloadStage(Stage):
         slots = self.config.decode_slots or len(os.sched_getaffinity(0))
         self._decode_slots = threading.BoundedSemaphore(slots)
 
-    def _one(self, url: str | None) -> _Outcome:
+    def _one(self, url: str | None, sha256: object = None, phash: object = None) -> _Outcome:
+        """Fetch, check against the expected hashes (if any), decode one row."""
         if url is None:
             return _Outcome("invalid_url", "no url (null)", None)
         fetched = self.fetcher.fetch(url)
+        status = fetched.http_status
         if fetched.error_kind is not None:
-            return _Outcome(fetched.error_kind, fetched.error_message, None, fetched.http_status)
+            return _Outcome(fetched.error_kind, fetched.error_message, None, status)
+        if problem := sha256_problem(fetched.data, sha256):  # before paying for a decode
+            return _Outcome(HASH_MISMATCH, problem, None, status)
         # Network waits need no slot; decoding does (memory ~ slots x largest image).
         with self._decode_slots:
             image = self.processor(fetched.data)
-        return _Outcome(image.error_kind, image.error_message, image, fetched.http_status)
+        if image.error_kind is None and (problem := phash_problem(image.phash, phash,
+                                                                   self.config.max_phash_distance)):
+            return _Outcome(HASH_MISMATCH, problem, image, status)
+        return _Outcome(image.error_kind, image.error_message, image, status)
 
     def run_shard(self, shard: int, corpus: Any = None) -> ShardStats:
         if not hasattr(self, "pool"):
@@ -115,7 +134,10 @@ class DownloadStage(Stage):
         parent = ParentShard.load(self.config.reuse, shard, keys, urls) if self.config.reuse else None
 
         todo = [i for i in range(len(urls)) if parent is None or parent.refetch(i)]
-        outcomes = dict(zip(todo, self.pool.map(self._one, [urls[i] for i in todo])))
+        expected = [extras[c] if c else [None] * len(urls)
+                    for c in (self.config.expected_sha256_col, self.config.expected_phash_col)]
+        outcomes = dict(zip(todo, self.pool.map(self._one, [urls[i] for i in todo],
+                                                [expected[0][i] for i in todo], [expected[1][i] for i in todo])))
         copied = parent.files([keys[i] for i in range(len(urls))
                                if i not in outcomes and parent.is_ok(i)]) if parent else {}
 
