@@ -32,6 +32,7 @@ from vlcurate.download.guard import (
     guarded_pools,
     parse_networks,
 )
+from vlcurate.download.robots import RobotsCache, RobotsFetch
 from vlcurate.download.urls import InvalidURL, browser_url
 
 USER_AGENT = "vlcurate/0.1"
@@ -84,6 +85,9 @@ class FetchConfig:
     # fc00::/7, ::1); never link-local, multicast or reserved addresses.
     allow_private: bool = False
     threads: int = 32  # concurrent fetches in fetch_many
+    # Honour robots.txt (RFC 9309; fetched once per host and cached): a disallowed URL
+    # is opted_out with the rule. Off by default, like img2dataset.
+    robots_txt: bool = False
 
     def __post_init__(self) -> None:
         if self.timeout <= 0 or self.retries < 0 or self.backoff < 0:
@@ -209,6 +213,8 @@ class Fetcher:
         self._pool.pool_classes_by_scheme = guarded_pools(address_policy(config))
         self._executor: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
+        tokens = (token, "vlcurate") if token else ("vlcurate",)
+        self._robots = RobotsCache(self._fetch_robots, tokens) if config.robots_txt else None
 
     def __enter__(self) -> Fetcher:
         return self
@@ -227,14 +233,41 @@ class Fetcher:
     def fetch(self, url: str) -> FetchResult:
         """Fetch one URL, retrying retryable failures with backoff. Never raises
         for a bad URL or a network problem."""
+        if (refused := self._robots_refusal(url)) is not None:
+            return refused  # cached per host: trying again now would say the same
+        return self._fetch_retrying(url, robots=True)
+
+    def _fetch_retrying(self, url: str, robots: bool) -> FetchResult:
         attempt = 0
         while True:
             attempt += 1
-            result = self._fetch_once(url)
+            result = self._fetch_once(url, robots)
             if (result.error_kind is None or attempt > self.config.retries
                     or not is_retryable(result.error_kind, result.http_status)):
                 return replace(result, attempts=attempt)
             time.sleep(self._backoff_delay(url, attempt, result.retry_after))
+
+    def _robots_refusal(self, url: str) -> FetchResult | None:
+        """The failure for a URL its host's robots.txt refuses (or that we could not
+        learn because robots.txt is unreachable); None when allowed or not checked."""
+        if self._robots is None:
+            return None
+        try:
+            normalised = browser_url(url)
+        except (InvalidURL, TypeError):
+            return None  # _fetch_once reports it
+        refusal = self._robots.refusal(normalised)
+        if refusal is None:
+            return None
+        return _failure(refusal.error_kind, refusal.message, refusal.http_status, normalised)
+
+    def _fetch_robots(self, url: str) -> RobotsFetch:
+        result = self._fetch_retrying(url, robots=False)
+        if result.error_kind is None:
+            return RobotsFetch(result.data, result.http_status)
+        if result.error_kind == "http_error" and 400 <= (result.http_status or 0) < 500:
+            return RobotsFetch(None, result.http_status)  # no robots.txt: no rules
+        return RobotsFetch(None, result.http_status, result.error_kind, result.error_message)
 
     def fetch_many(self, urls: Iterable[str]) -> Iterator[tuple[int, FetchResult]]:
         """Fetch concurrently with `config.threads` workers; yield (index, result) in
@@ -272,8 +305,9 @@ class Fetcher:
             delay = max(delay, min(retry_after, self.config.timeout))
         return delay
 
-    def _fetch_once(self, url: str) -> FetchResult:
-        """One attempt: follow redirects, then stream the body."""
+    def _fetch_once(self, url: str, robots: bool = True) -> FetchResult:
+        """One attempt: follow redirects (each hop checked against robots.txt when
+        `robots` and enabled), then stream the body."""
         timeout = urllib3.Timeout(connect=self.config.timeout, read=self.config.timeout)
         current = url if isinstance(url, str) else ""
         for _hop in range(self.config.max_redirects + 1):
@@ -281,6 +315,8 @@ class Fetcher:
                 current = browser_url(current)
             except InvalidURL as e:
                 return _failure("invalid_url", f"{e}: {current!r}", None, current or None)
+            if robots and _hop and (refused := self._robots_refusal(current)) is not None:
+                return refused
             started = time.monotonic()
             try:
                 response = self._pool.urlopen("GET", current, headers=self._headers, redirect=False,
@@ -296,13 +332,14 @@ class Fetcher:
                         return _failure("http_error", f"HTTP {status} without Location", status, current)
                     current = urljoin(current, _header_text(location).strip())
                     continue
-                return self._read_final(response, current, started)
+                return self._read_final(response, current, started, opt_out=robots)
             finally:
                 response.release_conn()
         return _failure("too_many_redirects",
                         f"more than {self.config.max_redirects} redirects", None, current)
 
-    def _read_final(self, response: urllib3.BaseHTTPResponse, url: str, started: float) -> FetchResult:
+    def _read_final(self, response: urllib3.BaseHTTPResponse, url: str, started: float,
+                    opt_out: bool = True) -> FetchResult:
         status, cap = response.status, self.config.max_bytes
         if not (200 <= status < 300) or status in (204, 205):
             _discard(response, drain=True)
@@ -310,7 +347,7 @@ class Fetcher:
             wait_s = response.headers.get("Retry-After", "").strip()  # HTTP-date form ignored
             return _failure("http_error", f"HTTP {status} {reason}".strip(), status, url,
                             float(wait_s) if wait_s.isdigit() else None)
-        problem = self._refusal(response.headers)
+        problem = self._refusal(response.headers, opt_out)
         chunks: list[bytes] = []
         size = 0
         try:
@@ -331,9 +368,10 @@ class Fetcher:
         _discard(response, drain=False)  # close, don't drain: we must not download it
         return _failure(*problem, status, url)
 
-    def _refusal(self, headers: urllib3.HTTPHeaderDict) -> tuple[str, str] | None:
-        """Reasons to refuse a 2xx response from its headers alone."""
-        if self._disallowed:
+    def _refusal(self, headers: urllib3.HTTPHeaderDict, opt_out: bool) -> tuple[str, str] | None:
+        """Reasons to refuse a 2xx response from its headers alone (`opt_out`: the
+        X-Robots-Tag check, which does not apply to robots.txt itself)."""
+        if self._disallowed and opt_out:
             directive = _opted_out(headers.getlist("X-Robots-Tag"), self._agents, self._disallowed)
             if directive:
                 return "opted_out", f"X-Robots-Tag: {directive}"
