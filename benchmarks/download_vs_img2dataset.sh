@@ -55,7 +55,8 @@ output: {root: "$WORK/vlc", name: bench, version: "$1"}
 samples_per_shard: $SHARD
 stages:
   - download: {image_size: 256, resize_mode: $RESIZE_MODE, encode_format: jpg, encode_quality: 95,
-               threads: $THREADS, timeout: $TIMEOUT, retries: $RETRIES, allow_networks: [127.0.0.0/8]}
+               threads: $THREADS, timeout: $TIMEOUT, retries: $RETRIES, allow_networks: [127.0.0.0/8],
+               max_connections_per_host: 0}  # one loopback mirror, like img2dataset: no per-host cap
 runner: {name: local, workers: $PROCS}
 EOF
 }

@@ -16,7 +16,7 @@ import hashlib
 import http.client
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from urllib.parse import urljoin
@@ -194,8 +194,12 @@ class Fetcher:
     """Fetches URLs with per-host keep-alive pools. Thread-safe; use as a context
     manager or call close()."""
 
-    def __init__(self, config: FetchConfig) -> None:
+    def __init__(self, config: FetchConfig,
+                 on_retry_after: Callable[[str, float], None] | None = None) -> None:
+        """`on_retry_after(url, seconds)` is called as soon as a 429/503 with a
+        Retry-After arrives (the download stage pauses that host)."""
         self.config = config
+        self._on_retry_after = on_retry_after
         token = config.user_agent_token
         self._headers = {
             "User-Agent": f"{USER_AGENT} (+{token})" if token else USER_AGENT,
@@ -242,6 +246,8 @@ class Fetcher:
         while True:
             attempt += 1
             result = self._fetch_once(url, robots)
+            if result.retry_after is not None and self._on_retry_after is not None:
+                self._on_retry_after(result.final_url or url, result.retry_after)
             if (result.error_kind is None or attempt > self.config.retries
                     or not is_retryable(result.error_kind, result.http_status)):
                 return replace(result, attempts=attempt)
@@ -345,8 +351,8 @@ class Fetcher:
             _discard(response, drain=True)
             reason = getattr(response, "reason", "") or ""
             wait_s = response.headers.get("Retry-After", "").strip()  # HTTP-date form ignored
-            return _failure("http_error", f"HTTP {status} {reason}".strip(), status, url,
-                            float(wait_s) if wait_s.isdigit() else None)
+            asked = float(wait_s) if wait_s.isdigit() and status in (429, 503) else None
+            return _failure("http_error", f"HTTP {status} {reason}".strip(), status, url, asked)
         problem = self._refusal(response.headers, opt_out)
         chunks: list[bytes] = []
         size = 0

@@ -26,7 +26,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vlcurate.download.expected import HASH_MISMATCH, ExpectedHashConfig, phash_problem, sha256_problem
-from vlcurate.download.fetch import Fetcher, FetchConfig
+from vlcurate.download.fetch import Fetcher, FetchConfig, FetchResult
+from vlcurate.download.hosts import HostGate, HostScheduler, PolitenessConfig, host_key
 from vlcurate.download.images import ImageConfig, ImageProcessor, ProcessedImage
 from vlcurate.download.readers import InputSpec
 from vlcurate.download.reuse import ParentShard
@@ -41,10 +42,10 @@ IMAGE_EXT = {"jpg": "jpg", "jpeg": "jpg", "png": "png", "webp": "webp"}
 
 
 @dataclass(frozen=True)
-class DownloadConfig(FetchConfig, ImageConfig, ExpectedHashConfig):
+class DownloadConfig(FetchConfig, ImageConfig, ExpectedHashConfig, PolitenessConfig):
     """Fetch settings (timeouts, retries, SSRF guard, opt-outs), image settings
-    (size, resize mode, bomb limit, encoding) and expected-hash columns in one recipe
-    block, plus:"""
+    (size, resize mode, bomb limit, encoding), expected-hash columns and per-host
+    politeness in one recipe block, plus:"""
 
     decode_slots: int = 0  # images decoded at once per process; 0 = the CPUs this process may use
     # A parent version directory: copy its ok rows (stored files included) and its
@@ -98,17 +99,22 @@ class DownloadStage(Stage):
 
     def setup(self) -> None:
         fetch_cfg, image_cfg = split_config(self.config)
-        self.fetcher = Fetcher(fetch_cfg)
+        self.gate = HostGate(self.config)  # per process: the stage object is shared by its threads
+        self.fetcher = Fetcher(fetch_cfg, on_retry_after=self.gate.pause)
         self.processor = ImageProcessor(image_cfg)
         self.pool = ThreadPoolExecutor(max(1, fetch_cfg.threads), thread_name_prefix="vlcurate-dl")
         slots = self.config.decode_slots or len(os.sched_getaffinity(0))
         self._decode_slots = threading.BoundedSemaphore(slots)
 
-    def _one(self, url: str | None, sha256: object = None, phash: object = None) -> _Outcome:
-        """Fetch, check against the expected hashes (if any), decode one row."""
+    def _fetch(self, url: str | None) -> FetchResult | _Outcome:
         if url is None:
             return _Outcome("invalid_url", "no url (null)", None)
-        fetched = self.fetcher.fetch(url)
+        return self.fetcher.fetch(url)
+
+    def _finish(self, fetched: FetchResult | _Outcome, sha256: object, phash: object) -> _Outcome:
+        """Check a fetched body against the expected hashes (if any) and decode it."""
+        if isinstance(fetched, _Outcome):
+            return fetched
         status = fetched.http_status
         if fetched.error_kind is not None:
             return _Outcome(fetched.error_kind, fetched.error_message, None, status)
@@ -122,6 +128,26 @@ class DownloadStage(Stage):
             return _Outcome(HASH_MISMATCH, problem, image, status)
         return _Outcome(image.error_kind, image.error_message, image, status)
 
+    def _fetch_rows(self, urls: list[str | None], expected: list[list[Any]]) -> list[_Outcome]:
+        """Outcomes of ``urls`` in their order, fetched by host-spreading threads: a
+        row's host slot is held for its request only, not for decoding."""
+        scheduler = HostScheduler(self.gate, [host_key(u) for u in urls])
+        outcomes: list[_Outcome | None] = [None] * len(urls)
+
+        def work() -> None:
+            while (taken := scheduler.take()) is not None:
+                i, key = taken
+                try:
+                    fetched = self._fetch(urls[i])
+                finally:
+                    self.gate.release(key)
+                outcomes[i] = self._finish(fetched, expected[0][i], expected[1][i])
+
+        workers = [self.pool.submit(work) for _ in range(min(self.config.threads, len(urls)))]
+        for worker in workers:
+            worker.result()  # a bug in a worker surfaces here
+        return outcomes  # type: ignore[return-value]
+
     def run_shard(self, shard: int, corpus: Any = None) -> ShardStats:
         if not hasattr(self, "pool"):
             self.setup()
@@ -134,10 +160,9 @@ class DownloadStage(Stage):
         parent = ParentShard.load(self.config.reuse, shard, keys, urls) if self.config.reuse else None
 
         todo = [i for i in range(len(urls)) if parent is None or parent.refetch(i)]
-        expected = [extras[c] if c else [None] * len(urls)
+        expected = [[extras[c][i] for i in todo] if c else [None] * len(todo)
                     for c in (self.config.expected_sha256_col, self.config.expected_phash_col)]
-        outcomes = dict(zip(todo, self.pool.map(self._one, [urls[i] for i in todo],
-                                                [expected[0][i] for i in todo], [expected[1][i] for i in todo])))
+        outcomes = dict(zip(todo, self._fetch_rows([urls[i] for i in todo], expected)))
         copied = parent.files([keys[i] for i in range(len(urls))
                                if i not in outcomes and parent.is_ok(i)]) if parent else {}
 
