@@ -4,6 +4,7 @@ is a failed row with ``hash_mismatch`` and the reason, never silently kept."""
 from __future__ import annotations
 
 import hashlib
+import json
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -54,8 +55,10 @@ def test_build_records_hash_mismatches_with_reasons(fault_corpus, tmp_path, caps
     assert rows["phash-far"]["original_width"] is not None  # decoded, then judged
     assert rows["sha-changed"]["original_width"] is None  # judged before any decode
     assert [rows[c[0]]["sha"] for c in cases] == [c[1] for c in cases]  # carried unchanged
-    stats = (tmp_path / "out/faults/v1/stats").glob("download-*.json")
-    assert any('"failed.hash_mismatch": 3' in p.read_text() for p in stats)
+    manifest = json.loads((tmp_path / "out/faults/v1/manifest.json").read_text())
+    download = next(s for s in manifest["stages"] if s["name"] == "download")
+    assert download["counts"]["failed.hash_mismatch"] == 3
+    assert download["libraries"]["image_path"] == 2  # which decoders wrote the bytes
 
 
 def test_hash_column_must_be_an_extra_column(tmp_path, capsys):

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageCms, ImageOps
 
+from vlcurate.download.decoders import decode_with_opencv
+
 RESIZE_MODES = ("no", "keep_ratio", "center_crop", "border")
 ENCODE_FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
 IMAGE_ERROR_KINDS = ("not_an_image", "decode_error", "bomb", "too_small", "bad_aspect_ratio")
@@ -127,8 +129,8 @@ def phash(img: Image.Image) -> str:
 
     small = img.convert("L").resize((32, 32), Image.Resampling.LANCZOS)
     coeffs = dctn(np.asarray(small, dtype=np.float64), type=2, norm="ortho")[1:9, 1:9]
-    bits = (coeffs > np.median(coeffs)).flatten()
-    return f"{int(''.join('1' if b else '0' for b in bits), 2):016x}"
+    bits = (coeffs > np.median(coeffs)).flatten()  # row-major, first bit most significant
+    return np.packbits(bits).tobytes().hex()
 
 
 def hamming_distance(a: str, b: str) -> int:
@@ -178,9 +180,9 @@ class ImageProcessor:
             head = data[:40].decode("ascii", "replace")
             return _reject("not_an_image", f"unrecognised data starting {head!r}")
         with img:
-            return self._process(img)
+            return self._process(img, data)
 
-    def _process(self, img: Image.Image) -> ProcessedImage:
+    def _process(self, img: Image.Image, data: bytes) -> ProcessedImage:
         cfg = self.config
         w, h = img.size
         if w < 1 or h < 1:
@@ -198,6 +200,8 @@ class ImageProcessor:
             if request is not None:
                 img.draft("RGB", request)
         try:
+            # PNG/WebP: OpenCV when it gives Pillow's very pixels for less CPU (decoders.py)
+            img = decode_with_opencv(img, data) or img
             img.load()
         except Image.DecompressionBombError as e:
             return _reject("bomb", str(e), (w, h))

@@ -25,6 +25,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from vlcurate.download.decoders import image_path_info
 from vlcurate.download.expected import HASH_MISMATCH, ExpectedHashConfig, phash_problem, sha256_problem
 from vlcurate.download.fetch import Fetcher, FetchConfig, FetchResult
 from vlcurate.download.hosts import HostGate, HostScheduler, PolitenessConfig, host_key
@@ -34,7 +35,7 @@ from vlcurate.download.reuse import ParentShard
 from vlcurate.io.parquet import write_parquet
 from vlcurate.io.stats import ShardStats
 from vlcurate.io.tar import TarSample, encode_json, write_tar
-from vlcurate.pipelines.stage import Stage, register_stage
+from vlcurate.pipelines.stage import Stage, StageInfo, register_stage
 from vlcurate.schemas import get_schema
 from vlcurate.typed import local_path
 
@@ -96,6 +97,9 @@ class DownloadStage(Stage):
                 return (f"{name}: column {column!r} is not one of input.extra_cols "
                         f"({', '.join(spec.extra_cols) or 'none'})")
         return None
+
+    def info(self) -> StageInfo:
+        return StageInfo(libraries=image_path_info())
 
     def setup(self) -> None:
         fetch_cfg, image_cfg = split_config(self.config)
