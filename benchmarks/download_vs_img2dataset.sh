@@ -6,7 +6,8 @@
 #                                                loopback corpus; neither tool's code)
 #        RUNS=3 PORT=8765 PROCS=2 THREADS=32 SHARD=500 TIMEOUT=10 RETRIES=0 RESIZE_MODE=border
 #        WORK=/tmp/vlcurate-dl-bench (corpus, outputs, logs)
-#        I2D=<repo>/.venv/bin/img2dataset (pinned 1.47.0 in our dependencies)
+#        PY=<repo>/.venv/bin/python  I2D=<that venv>/bin/img2dataset (pinned 1.47.0 in our dependencies)
+#        (vlcurate itself always runs from this checkout: PYTHONPATH=<repo>)
 #
 # Both tools: the same URL list (url, caption + the `kind` column carried through), resize
 # to 256 in RESIZE_MODE, JPEG quality 95 (img2dataset's default), WebDataset output with
@@ -26,9 +27,9 @@ BENCH=${BENCH:-$REPO/../shared/bench/download}
 RUNS=${RUNS:-3}; PORT=${PORT:-8765}; PROCS=${PROCS:-2}; THREADS=${THREADS:-32}; SHARD=${SHARD:-500}
 TIMEOUT=${TIMEOUT:-10}; RETRIES=${RETRIES:-0}; RESIZE_MODE=${RESIZE_MODE:-border}
 WORK=${WORK:-/tmp/vlcurate-dl-bench}
-PY=$REPO/.venv/bin/python
-VLC=$REPO/.venv/bin/vlcurate
-I2D=${I2D:-$REPO/.venv/bin/img2dataset}
+PY=${PY:-$REPO/.venv/bin/python}  # any venv with the pinned dependencies
+I2D=${I2D:-$(dirname "$PY")/img2dataset}
+export PYTHONPATH=$REPO${PYTHONPATH:+:$PYTHONPATH}  # vlcurate from this checkout, whatever the venv
 export NO_ALBUMENTATIONS_UPDATE=1 WANDB_MODE=disabled  # img2dataset: no update check, no wandb
 
 [ -f "$BENCH/make_corpus.py" ] && [ -f "$BENCH/serve.py" ] || {
@@ -77,7 +78,7 @@ run_tool() {  # $1 = i2d|vlc, $2 = run name (1, 2, ... or startupN), [$3 = URL l
     rm -rf "$WORK/vlc/bench/r$run" "$WORK/vlc/bench/.r$run.building"
     recipe "r$run" "$urls" > "$WORK/recipe-r$run.yaml"
     "$PY" "$REPO/benchmarks/peak_rss.py" "$WORK/rss-vlc-$run.json" -- \
-      "$VLC" build "$WORK/recipe-r$run.yaml" > "$WORK/vlc-$run.log" 2>&1
+      "$PY" -m vlcurate.cli build "$WORK/recipe-r$run.yaml" > "$WORK/vlc-$run.log" 2>&1
   fi
   echo "$tool $run $before | $(cut -d' ' -f1-3 /proc/loadavg)" >> "$WORK/load.txt"
   printf '  %-4s run %s: %6.1f s   (loadavg before %s, after %s)\n' "$tool" "$run" \

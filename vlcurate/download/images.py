@@ -31,8 +31,6 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageCms, ImageOps
 
-from vlcurate.download.decoders import decode_with_opencv
-
 RESIZE_MODES = ("no", "keep_ratio", "center_crop", "border")
 ENCODE_FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
 IMAGE_ERROR_KINDS = ("not_an_image", "decode_error", "bomb", "too_small", "bad_aspect_ratio")
@@ -133,6 +131,21 @@ def phash(img: Image.Image) -> str:
     return np.packbits(bits).tobytes().hex()
 
 
+# Which code decides the stored bytes, for the manifest (a different decoder, resize or
+# encoder changes stored bytes, sha256 and pHash): bump IMAGE_PATH_VERSION when it does.
+# 1: Pillow decodes (JPEG at reduced scale), BICUBIC resize with reducing_gap 2, encodes.
+IMAGE_PATH_VERSION = 1
+
+
+def image_path_info() -> dict[str, object]:
+    """The image path's version and the versions of the libraries behind it."""
+    from PIL import features
+
+    return {"image_path": IMAGE_PATH_VERSION, "decoder": "pillow", "pillow": Image.__version__,
+            "libjpeg": str(features.version("jpg")), "libwebp": str(features.version("webp")),
+            "zlib": str(features.version("zlib"))}
+
+
 def hamming_distance(a: str, b: str) -> int:
     """Number of differing bits between two hex hashes of the same length."""
     return (int(a, 16) ^ int(b, 16)).bit_count()
@@ -180,9 +193,9 @@ class ImageProcessor:
             head = data[:40].decode("ascii", "replace")
             return _reject("not_an_image", f"unrecognised data starting {head!r}")
         with img:
-            return self._process(img, data)
+            return self._process(img)
 
-    def _process(self, img: Image.Image, data: bytes) -> ProcessedImage:
+    def _process(self, img: Image.Image) -> ProcessedImage:
         cfg = self.config
         w, h = img.size
         if w < 1 or h < 1:
@@ -200,8 +213,6 @@ class ImageProcessor:
             if request is not None:
                 img.draft("RGB", request)
         try:
-            # PNG/WebP: OpenCV when it gives Pillow's very pixels for less CPU (decoders.py)
-            img = decode_with_opencv(img, data) or img
             img.load()
         except Image.DecompressionBombError as e:
             return _reject("bomb", str(e), (w, h))

@@ -25,11 +25,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vlcurate.download.decoders import image_path_info
 from vlcurate.download.expected import HASH_MISMATCH, ExpectedHashConfig, phash_problem, sha256_problem
 from vlcurate.download.fetch import Fetcher, FetchConfig, FetchResult
 from vlcurate.download.hosts import HostGate, HostScheduler, PolitenessConfig, host_key
-from vlcurate.download.images import ImageConfig, ImageProcessor, ProcessedImage
+from vlcurate.download.images import ImageConfig, ImageProcessor, ProcessedImage, image_path_info
 from vlcurate.download.readers import InputSpec
 from vlcurate.download.reuse import ParentShard
 from vlcurate.io.parquet import write_parquet
