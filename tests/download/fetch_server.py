@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import threading
 import time
@@ -10,6 +11,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 from PIL import Image
+
+from vlcurate.demo.server import running
 
 
 def _jpeg() -> bytes:
@@ -124,3 +127,9 @@ class _Server(ThreadingHTTPServer):
 
     def url(self, path: str, host: str = "127.0.0.1") -> str:
         return f"http://{host}:{self.server_address[1]}{path}"
+
+
+
+def running_server() -> contextlib.AbstractContextManager[_Server]:
+    """A fresh test server on 127.0.0.1 (a free port), served until the block ends."""
+    return running(_Server())  # type: ignore[return-value]

@@ -5,7 +5,6 @@ so a connect to any non-loopback address is recorded and refused, never sent."""
 
 from __future__ import annotations
 
-import threading
 
 import pytest
 
@@ -13,7 +12,7 @@ from vlcurate.cli import main
 from vlcurate.download.fetch import FetchConfig, Fetcher, address_policy
 from vlcurate.download.guard import AddressPolicy, parse_networks
 from tests.download.conftest import write_recipe
-from tests.download.fetch_server import JPEG, _Server
+from tests.download.fetch_server import JPEG, _Server, running_server
 
 FORBIDDEN = ["http://10.0.0.1/a.jpg", "http://169.254.169.254/latest/meta-data/",
              "http://[::ffff:10.0.0.1]/a.jpg", "http://[fe80::1]/a.jpg", "http://0.0.0.0/a.jpg"]
@@ -21,12 +20,8 @@ FORBIDDEN = ["http://10.0.0.1/a.jpg", "http://169.254.169.254/latest/meta-data/"
 
 @pytest.fixture(scope="module")
 def server():
-    srv = _Server()
-    thread = threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
+    with running_server() as srv:
+        yield srv
 
 
 def _redirect(server: _Server, target: str) -> str:

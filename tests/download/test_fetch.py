@@ -18,19 +18,15 @@ from vlcurate.download.fetch import (
     FetchResult,
     is_retryable,
 )
-from tests.download.fetch_server import JPEG, _Server
+from tests.download.fetch_server import JPEG, _Server, running_server
 
 LOOPBACK = ("127.0.0.0/8",)  # the test server's network; every other non-public address stays blocked
 
 
 @pytest.fixture(scope="module")
 def server():
-    srv = _Server()
-    thread = threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
+    with running_server() as srv:
+        yield srv
 
 
 @pytest.fixture

@@ -4,14 +4,13 @@ null URL stays null), while odd URLs are fetched the way a browser would fetch t
 from __future__ import annotations
 
 import socket
-import threading
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from tests.download.conftest import write_recipe
-from tests.download.fetch_server import _Server
+from tests.download.fetch_server import running_server
 from vlcurate.cli import main
 from vlcurate.download.urls import InvalidURL, browser_url
 
@@ -53,12 +52,8 @@ def test_browser_url_refuses(raw, reason):
 
 @pytest.fixture(scope="module")
 def server():
-    srv = _Server()
-    thread = threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
+    with running_server() as srv:
+        yield srv
 
 
 def test_every_input_column_is_carried_unchanged(server, tmp_path, monkeypatch, capsys):

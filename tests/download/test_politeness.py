@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.download.fetch_server import JPEG
+from vlcurate.demo.server import running
 from vlcurate.download.hosts import HostGate, HostScheduler, PolitenessConfig, host_key
 from vlcurate.download.stage import DownloadConfig, DownloadStage
 from vlcurate.pipelines.stage import Layout
@@ -82,15 +83,8 @@ class CountingServer(ThreadingHTTPServer):
 
 @contextlib.contextmanager
 def serving(*servers: CountingServer):
-    threads = [threading.Thread(target=s.serve_forever, args=(0.02,), daemon=True) for s in servers]
-    for t in threads:
-        t.start()
-    try:
-        yield servers
-    finally:
-        for s in servers:
-            s.shutdown()
-            s.server_close()
+    with contextlib.ExitStack() as stack:
+        yield [stack.enter_context(running(s)) for s in servers]
 
 
 def run_download(tmp_path: Path, urls: list[str], **settings) -> list[dict]:

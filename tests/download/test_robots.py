@@ -3,14 +3,13 @@ before the image is requested, a disallowed URL recorded as opted_out with the r
 
 from __future__ import annotations
 
-import threading
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from tests.download.conftest import write_recipe
-from tests.download.fetch_server import JPEG, _Server
+from tests.download.fetch_server import JPEG, running_server
 from vlcurate.cli import main
 from vlcurate.download.fetch import FetchConfig, Fetcher
 from vlcurate.download.robots import parse_robots
@@ -29,12 +28,8 @@ LOOPBACK = ("127.0.0.0/8",)
 
 @pytest.fixture
 def server():
-    srv = _Server()
-    thread = threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
+    with running_server() as srv:
+        yield srv
 
 
 def test_disallowed_url_is_opted_out_with_the_rule_and_never_requested(server):

@@ -41,8 +41,8 @@ ERROR_KINDS = (
     "http_error",  # the server answered with a non-2xx, non-redirect status
     "timeout",  # connect, first byte or whole body slower than FetchConfig.timeout
     "too_large",  # Content-Length or the streamed body exceeds FetchConfig.max_bytes
-    "opted_out",  # X-Robots-Tag carries a disallowed directive (body not downloaded)
-    "blocked_address",  # host resolves to / connected to a non-public address
+    "opted_out",  # X-Robots-Tag directive (body not downloaded) or robots.txt rule (not requested)
+    "blocked_address",  # host resolves to / connected to a non-public address outside allow_networks
     "invalid_url",  # unparsable, no host, or a scheme other than http/https
     "transfer_error",  # connection broke or body was malformed after the status line
     "connection_error",  # DNS failure, refused, reset or TLS failure before a response
