@@ -6,13 +6,14 @@
 #                                                loopback corpus; neither tool's code)
 #        RUNS=3 PORT=8765 PROCS=2 THREADS=32 SHARD=500 TIMEOUT=10 RETRIES=0 RESIZE_MODE=border
 #        WORK=/tmp/vlcurate-dl-bench (corpus, outputs, logs)
-#        I2D=<repo>/.venv/bin/img2dataset (pinned 1.47.0 in our dependencies)
+#        PY=<repo>/.venv/bin/python  I2D=<that venv>/bin/img2dataset (pinned 1.47.0 in our dependencies)
+#        (vlcurate itself always runs from this checkout: PYTHONPATH=<repo>)
 #
 # Both tools: the same URL list (url, caption + the `kind` column carried through), resize
 # to 256 in RESIZE_MODE, JPEG quality 95 (img2dataset's default), WebDataset output with
 # SHARD samples per shard, PROCS processes x THREADS threads, TIMEOUT s, RETRIES retries,
 # X-Robots-Tag opt-outs honoured (both tools' default). vlcurate runs `vlcurate build` on
-# Beam's local runner (start-up included) with allow_private (the corpus is on 127.0.0.1).
+# Beam's local runner (start-up included) with allow_networks: [127.0.0.0/8] (the corpus is on 127.0.0.1).
 # Runs alternate (odd rounds img2dataset first, even rounds vlcurate first) so that drift
 # in the machine's load hits both. Throughput = input URLs / wall-clock seconds of the
 # whole command; peak RSS = the largest VmHWM of any one process of the command's tree.
@@ -26,9 +27,9 @@ BENCH=${BENCH:-$REPO/../shared/bench/download}
 RUNS=${RUNS:-3}; PORT=${PORT:-8765}; PROCS=${PROCS:-2}; THREADS=${THREADS:-32}; SHARD=${SHARD:-500}
 TIMEOUT=${TIMEOUT:-10}; RETRIES=${RETRIES:-0}; RESIZE_MODE=${RESIZE_MODE:-border}
 WORK=${WORK:-/tmp/vlcurate-dl-bench}
-PY=$REPO/.venv/bin/python
-VLC=$REPO/.venv/bin/vlcurate
-I2D=${I2D:-$REPO/.venv/bin/img2dataset}
+PY=${PY:-$REPO/.venv/bin/python}  # any venv with the pinned dependencies
+I2D=${I2D:-$(dirname "$PY")/img2dataset}
+export PYTHONPATH=$REPO${PYTHONPATH:+:$PYTHONPATH}  # vlcurate from this checkout, whatever the venv
 export NO_ALBUMENTATIONS_UPDATE=1 WANDB_MODE=disabled  # img2dataset: no update check, no wandb
 
 [ -f "$BENCH/make_corpus.py" ] && [ -f "$BENCH/serve.py" ] || {
@@ -55,7 +56,8 @@ output: {root: "$WORK/vlc", name: bench, version: "$1"}
 samples_per_shard: $SHARD
 stages:
   - download: {image_size: 256, resize_mode: $RESIZE_MODE, encode_format: jpg, encode_quality: 95,
-               threads: $THREADS, timeout: $TIMEOUT, retries: $RETRIES, allow_private: true}
+               threads: $THREADS, timeout: $TIMEOUT, retries: $RETRIES, allow_networks: [127.0.0.0/8],
+               max_connections_per_host: 0}  # one loopback mirror, like img2dataset: no per-host cap
 runner: {name: local, workers: $PROCS}
 EOF
 }
@@ -76,7 +78,7 @@ run_tool() {  # $1 = i2d|vlc, $2 = run name (1, 2, ... or startupN), [$3 = URL l
     rm -rf "$WORK/vlc/bench/r$run" "$WORK/vlc/bench/.r$run.building"
     recipe "r$run" "$urls" > "$WORK/recipe-r$run.yaml"
     "$PY" "$REPO/benchmarks/peak_rss.py" "$WORK/rss-vlc-$run.json" -- \
-      "$VLC" build "$WORK/recipe-r$run.yaml" > "$WORK/vlc-$run.log" 2>&1
+      "$PY" -m vlcurate.cli build "$WORK/recipe-r$run.yaml" > "$WORK/vlc-$run.log" 2>&1
   fi
   echo "$tool $run $before | $(cut -d' ' -f1-3 /proc/loadavg)" >> "$WORK/load.txt"
   printf '  %-4s run %s: %6.1f s   (loadavg before %s, after %s)\n' "$tool" "$run" \

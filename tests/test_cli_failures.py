@@ -45,7 +45,7 @@ def recipe(tmp_path, inputs, later=None, name="r.yaml", download=None, **top):
         "input": {"paths": [str(p) for p in inputs], "extra_cols": ["kind"]},
         "output": {"root": "out", "name": "small", "version": "v1"},
         "samples_per_shard": 100,
-        "stages": [{"download": {"allow_private": True, "image_size": 32, "threads": 4, "retries": 0,
+        "stages": [{"download": {"allow_networks": ["127.0.0.0/8"], "image_size": 32, "threads": 4, "retries": 0,
                                  "timeout": 5.0, **(download or {})}}, *(later or [])],
         "runner": {"name": "local", "workers": 1},
         **top,
@@ -112,11 +112,11 @@ def test_every_row_failing_exits_1_naming_the_kind(tmp_path, demo_server, capsys
 
 
 def test_every_row_blocked_names_the_setting(tmp_path, urls, capsys):
-    code, out, err = run(capsys, "build", str(recipe(tmp_path, [urls], download={"allow_private": False})))
+    code, out, err = run(capsys, "build", str(recipe(tmp_path, [urls], download={"allow_networks": []})))
     assert code == 1
     assert err.splitlines()[-1].startswith(
-        "vlcurate: warning: all 3 rows blocked_address: the hosts are on a private network; "
-        "allow it in the download settings (download.allow_private: true)")
+        "vlcurate: warning: all 3 rows blocked_address: the hosts are on a non-public network; "
+        "allow it in the download settings (download.allow_networks: [CIDR, ...])")
 
 
 # --- 5. range errors in the key-path style --------------------------------------------

@@ -5,7 +5,7 @@ input:   {paths: [urls.parquet], url_col: url, caption_col: caption, extra_cols:
 output:  {root: ./datasets, name: demo, version: v1}
 samples_per_shard: 1000
 stages:
-  - download: {image_size: 256, allow_private: false}
+  - download: {image_size: 256, allow_networks: []}
   - exact_dedup: {}
 runner:  {name: local, workers: 2, options: []}
 ```
@@ -200,7 +200,12 @@ def recipe_from_dict(data: Any, base_dir: Path, where: str = "recipe") -> Recipe
     if sps < 1:
         raise ConfigError(f"{where}.samples_per_shard: must be >= 1, got {sps}")
     runner = from_dict(RunnerSpec, data.get("runner"), f"{where}.runner")
-    return Recipe(inp, out, _parse_stages(data["stages"], base_dir, f"{where}.stages"), sps, runner)
+    stages = _parse_stages(data["stages"], base_dir, f"{where}.stages")
+    for i, spec in enumerate(stages):  # settings that name input columns (e.g. expected hashes)
+        check = getattr(stage_class(spec.name), "input_problem", None)
+        if check is not None and (problem := check(spec.config, inp)):
+            raise ConfigError(f"{where}.stages[{i}].{spec.name}.{problem}")
+    return Recipe(inp, out, stages, sps, runner)
 
 
 def load_recipe(path: str | Path) -> Recipe:

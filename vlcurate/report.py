@@ -46,8 +46,8 @@ def plural(count: int, noun: str, many: str | None = None) -> str:
 
 # What to change when every row failed with this kind (the dominant one).
 _ADVICE = {
-    "blocked_address": "the hosts are on a private network; allow it in the download settings "
-                       "(download.allow_private: true) if that is intended",
+    "blocked_address": "the hosts are on a non-public network; allow it in the download settings "
+                       "(download.allow_networks: [CIDR, ...]) if that is intended",
     "invalid_url": "the url column holds no http(s) URLs; check input.url_col",
     "connection_error": "the hosts could not be reached; check the URLs and the network, "
                         "then `vlcurate download --retry-failed`",

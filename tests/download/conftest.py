@@ -11,6 +11,14 @@ import pytest
 import yaml
 
 from tests.download.faults import FaultCorpus, make_fault_corpus
+from tests.download.netjail import NetworkJail
+
+
+@pytest.fixture(autouse=True)
+def network_jail(monkeypatch) -> NetworkJail:
+    """Every download test runs with non-loopback connects and lookups refused and
+    recorded (``network_jail.refused``): nothing may leave the machine."""
+    return NetworkJail().install(monkeypatch)
 
 
 @pytest.fixture(scope="session")

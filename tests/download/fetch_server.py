@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import threading
 import time
@@ -10,6 +11,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 from PIL import Image
+
+from vlcurate.demo.server import running
 
 
 def _jpeg() -> bytes:
@@ -45,7 +48,11 @@ class _Handler(BaseHTTPRequestHandler):
             srv.hits[path] += 1
             hits = srv.hits[path]
             srv.log.append((path, self.client_address[1], self.headers.get("Host")))
-        if path.startswith("/ok"):
+        if path == "/robots.txt":  # what srv.robots_txt says: (status, body), None = 404
+            time.sleep(srv.robots_delay)
+            status, body = srv.robots_txt or (404, b"")
+            self._send(status, body, {"Content-Type": "text/plain"})
+        elif path.startswith("/ok"):
             self._send(200, JPEG, {"Content-Type": "image/jpeg"})
         elif path == "/ua":
             self._send(200, self.headers.get("User-Agent", "").encode())
@@ -117,6 +124,14 @@ class _Server(ThreadingHTTPServer):
         self.lock = threading.Lock()
         self.hits: Counter[str] = Counter()
         self.log: list[tuple[str, int, str | None]] = []
+        self.robots_txt: tuple[int, bytes] | None = None
+        self.robots_delay = 0.0
 
     def url(self, path: str, host: str = "127.0.0.1") -> str:
         return f"http://{host}:{self.server_address[1]}{path}"
+
+
+
+def running_server() -> contextlib.AbstractContextManager[_Server]:
+    """A fresh test server on 127.0.0.1 (a free port), served until the block ends."""
+    return running(_Server())  # type: ignore[return-value]

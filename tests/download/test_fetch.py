@@ -18,23 +18,21 @@ from vlcurate.download.fetch import (
     FetchResult,
     is_retryable,
 )
-from tests.download.fetch_server import JPEG, _Server
+from tests.download.fetch_server import JPEG, _Server, running_server
+
+LOOPBACK = ("127.0.0.0/8",)  # the test server's network; every other non-public address stays blocked
 
 
 @pytest.fixture(scope="module")
 def server():
-    srv = _Server()
-    thread = threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
+    with running_server() as srv:
+        yield srv
 
 
 @pytest.fixture
 def fetcher():
-    # Test server lives on loopback, so the SSRF guard must be off here.
-    with Fetcher(FetchConfig(timeout=0.5, retries=2, backoff=0.01, allow_private=True, threads=4)) as f:
+    # The test server lives on loopback: allow that network (only).
+    with Fetcher(FetchConfig(timeout=0.5, retries=2, backoff=0.01, allow_networks=LOOPBACK, threads=4)) as f:
         yield f
 
 
@@ -65,7 +63,7 @@ def test_500_retried_until_ok(server, fetcher):
 
 
 def test_500_gives_up_after_retries(server):
-    with Fetcher(FetchConfig(retries=1, backoff=0.0, allow_private=True)) as f:
+    with Fetcher(FetchConfig(retries=1, backoff=0.0, allow_networks=LOOPBACK)) as f:
         r = f.fetch(server.url("/flaky-b?fail=5"))
     assert (r.error_kind, r.http_status, r.attempts) == ("http_error", 500, 2)
     assert server.hits["/flaky-b"] == 2
@@ -95,7 +93,7 @@ def test_backoff_is_exponential_and_deterministic(fetcher):
 
 
 def test_timeout_retried(server):
-    with Fetcher(FetchConfig(timeout=0.2, retries=1, backoff=0.0, allow_private=True)) as f:
+    with Fetcher(FetchConfig(timeout=0.2, retries=1, backoff=0.0, allow_networks=LOOPBACK)) as f:
         start = time.monotonic()
         r = f.fetch(server.url("/slow"))
     assert (r.error_kind, r.attempts) == ("timeout", 2)
@@ -105,7 +103,7 @@ def test_timeout_retried(server):
 
 def test_whole_body_deadline(server):
     # Every read returns within the read timeout; the total still must not exceed it.
-    with Fetcher(FetchConfig(timeout=0.5, retries=0, allow_private=True)) as f:
+    with Fetcher(FetchConfig(timeout=0.5, retries=0, allow_networks=LOOPBACK)) as f:
         start = time.monotonic()
         r = f.fetch(server.url("/drip"))
     assert r.error_kind == "timeout" and "body" in r.error_message
@@ -118,7 +116,7 @@ def test_redirect_chain_relative(server, fetcher):
 
 
 def test_too_many_redirects(server):
-    with Fetcher(FetchConfig(max_redirects=2, allow_private=True)) as f:
+    with Fetcher(FetchConfig(max_redirects=2, allow_networks=LOOPBACK)) as f:
         assert f.fetch(server.url("/redirect/3")).error_kind == "too_many_redirects"
         r = f.fetch(server.url("/loop"))
     assert (r.error_kind, r.attempts) == ("too_many_redirects", 1)
@@ -135,7 +133,7 @@ def test_redirect_to_other_scheme_is_invalid(server, fetcher):
 
 
 def test_too_large_declared_and_streamed(server):
-    with Fetcher(FetchConfig(max_bytes=1000, allow_private=True)) as f:
+    with Fetcher(FetchConfig(max_bytes=1000, allow_networks=LOOPBACK)) as f:
         declared = f.fetch(server.url("/big-declared"))
         streamed = f.fetch(server.url("/big-chunked"))
         after = f.fetch(server.url("/ok-after-big"))  # the pool recovers from closed connections
@@ -160,7 +158,7 @@ def test_too_large_declared_and_streamed(server):
 )
 def test_x_robots_tag(server, values, kind):
     query = "&".join(f"v={v}" for v in values)
-    cfg = FetchConfig(allow_private=True, user_agent_token="mytoken")
+    cfg = FetchConfig(allow_networks=LOOPBACK, user_agent_token="mytoken")
     with Fetcher(cfg) as f:
         r = f.fetch(server.url(f"/robots?{query}"))
     assert r.error_kind == kind
@@ -168,7 +166,7 @@ def test_x_robots_tag(server, values, kind):
 
 
 def test_opt_out_check_can_be_disabled(server):
-    with Fetcher(FetchConfig(allow_private=True, disallowed_header_directives=())) as f:
+    with Fetcher(FetchConfig(allow_networks=LOOPBACK, disallowed_header_directives=())) as f:
         assert f.fetch(server.url("/robots?v=noai")).data == JPEG
 
 
@@ -179,9 +177,9 @@ def test_truncated_body(server, fetcher):
 
 
 def test_user_agent(server):
-    with Fetcher(FetchConfig(allow_private=True, user_agent_token="acme-research")) as f:
+    with Fetcher(FetchConfig(allow_networks=LOOPBACK, user_agent_token="acme-research")) as f:
         assert f.fetch(server.url("/ua")).data == b"vlcurate/0.1 (+acme-research)"
-    with Fetcher(FetchConfig(allow_private=True)) as f:
+    with Fetcher(FetchConfig(allow_networks=LOOPBACK)) as f:
         assert f.fetch(server.url("/ua")).data == b"vlcurate/0.1"
 
 

@@ -337,3 +337,14 @@ def test_phash_is_of_stored_image():
 def test_config_validation(kwargs):
     with pytest.raises(ValueError):
         ImageConfig(**kwargs)
+
+
+def test_phash_is_the_row_major_bit_string_of_the_dct_signs():
+    # phash packs its 64 bits with numpy; the value is the documented bit string
+    from scipy.fft import dctn
+
+    img = Image.fromarray(np.random.default_rng(3).integers(0, 256, (6, 9, 3), dtype=np.uint8)).resize((128, 96))
+    small = img.convert("L").resize((32, 32), Image.Resampling.LANCZOS)
+    coeffs = dctn(np.asarray(small, dtype=np.float64), type=2, norm="ortho")[1:9, 1:9]
+    bits = (coeffs > np.median(coeffs)).flatten()
+    assert phash(img) == f"{int(''.join('1' if b else '0' for b in bits), 2):016x}"

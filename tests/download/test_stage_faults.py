@@ -47,7 +47,7 @@ def fault_build(fault_corpus, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp, serve_faults(fault_corpus.files) as server:
         mp.setattr(ImageFile.ImageFile, "load", spy_load)
         urls = write_urls(tmp / "urls.parquet", server.base_url, fault_corpus.rows)
-        recipe = write_recipe(tmp, [str(urls)], {"allow_private": True, "retries": 0,
+        recipe = write_recipe(tmp, [str(urls)], {"allow_networks": ["127.0.0.0/8"], "retries": 0,
                                                  "user_agent_token": TOKEN})
         result = build(load_recipe(recipe), log=lambda s: None)
         requests = collections.Counter(server.requests)
@@ -143,7 +143,7 @@ def test_opt_out_check_can_be_disabled(fault_corpus, tmp_path):
     noai = [r for r in fault_corpus.rows if r["kind"] == "noai"][:2]
     with serve_faults(fault_corpus.files) as server:
         urls = write_urls(tmp_path / "urls.parquet", server.base_url, noai)
-        recipe = write_recipe(tmp_path, [str(urls)], {"allow_private": True,
+        recipe = write_recipe(tmp_path, [str(urls)], {"allow_networks": ["127.0.0.0/8"],
                                                       "disallowed_header_directives": []})
         result = build(load_recipe(recipe), log=lambda s: None)
     assert set(rows_of(result.version_dir)["status"]) == {"ok"}
@@ -156,7 +156,7 @@ def test_loopback_refused_with_blocked_address_through_the_build(fault_corpus, t
         urls = write_urls(tmp_path / "urls.parquet", server.base_url, ok[:2])
         # the same server by name: the guard checks the resolved address, not the spelling
         named = write_urls(tmp_path / "more" / "named.parquet", f"http://localhost:{port}", ok[2:])
-        recipe = write_recipe(tmp_path, [str(urls), str(named)], {})  # allow_private: default (false)
+        recipe = write_recipe(tmp_path, [str(urls), str(named)], {})  # allow_networks: default (none)
         assert main(["build", str(recipe)]) == 1  # no row succeeded: the version is kept, exit 1
         assert sum(server.requests.values()) == 0
     assert "all 3 rows blocked_address" in capsys.readouterr().err

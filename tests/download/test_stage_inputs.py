@@ -39,7 +39,7 @@ def test_gz_files_and_a_directory_with_renamed_and_extra_columns(fault_corpus, s
     (lists / "b" / "d.tsv").write_text("link\ttext\tkind\trank\n"
                                        + "".join(line(r, i, "\t") + "\n" for i, r in enumerate(ok[6:], 6)))
     (lists / "_SUCCESS").write_text("")  # bookkeeping files are skipped
-    recipe = write_recipe(tmp_path, [str(lists)], {"allow_private": True}, samples_per_shard=4,
+    recipe = write_recipe(tmp_path, [str(lists)], {"allow_networks": ["127.0.0.0/8"]}, samples_per_shard=4,
                           input_extra={"url_col": "link", "caption_col": "text", "extra_cols": ["kind", "rank"]})
     assert main(["build", str(recipe)]) == 0, capsys.readouterr().err
     version = tmp_path / "out" / "faults" / "v1"
@@ -64,7 +64,7 @@ def test_missing_extra_column_is_a_one_line_error(fault_corpus, server, tmp_path
     path = tmp_path / "urls.csv.gz"
     with gzip.open(path, "wt") as f:
         f.write(f"url,caption\n{server.base_url}/ok/x.jpg,x\n")
-    recipe = write_recipe(tmp_path, [str(path)], {"allow_private": True})  # extra_cols: [kind]
+    recipe = write_recipe(tmp_path, [str(path)], {"allow_networks": ["127.0.0.0/8"]})  # extra_cols: [kind]
     assert main(["build", str(recipe)]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.startswith("vlcurate: error: input ") and "urls.csv.gz" in err and "'kind'" in err

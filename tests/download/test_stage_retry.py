@@ -60,7 +60,7 @@ def retried(fault_corpus, tmp_path_factory):
     rows = retry_rows(fault_corpus)
     with serve_faults(fault_corpus.files) as server:
         urls = write_urls(tmp / "urls.parquet", server.base_url, rows)
-        recipe = write_recipe(tmp, [str(urls)], {"allow_private": True, "retries": 0},
+        recipe = write_recipe(tmp, [str(urls)], {"allow_networks": ["127.0.0.0/8"], "retries": 0},
                               samples_per_shard=5, filters=FILTERS)
         assert main(["build", str(recipe)]) == 0
         after_build = dict(server.requests)
@@ -178,7 +178,7 @@ def test_nothing_to_retry_writes_no_version(retried, fault_corpus, tmp_path, cap
     ok = [r for r in retried["rows"] if r["kind"] in ("ok", "404")]
     with serve_faults(fault_corpus.files) as server:
         urls = write_urls(tmp_path / "urls.parquet", server.base_url, ok)
-        assert main(["build", str(write_recipe(tmp_path, [str(urls)], {"allow_private": True}))]) == 0
+        assert main(["build", str(write_recipe(tmp_path, [str(urls)], {"allow_networks": ["127.0.0.0/8"]}))]) == 0
         capsys.readouterr()
         clean = tmp_path / "out" / "faults" / "v1"
         assert main(["download", "--retry-failed", str(clean)]) == 0

@@ -25,7 +25,7 @@ def region_version(demo_urls, tmp_path_factory) -> Path:
     urls = tmp / "urls.parquet"
     pq.write_table(pq.read_table(demo_urls).slice(0, REGION_ROWS), urls)
     recipe = make_recipe(tmp, urls, samples_per_shard=25, stages=[
-        {"download": {"image_size": 128, "resize_mode": "keep_ratio", "allow_private": True,
+        {"download": {"image_size": 128, "resize_mode": "keep_ratio", "allow_networks": ["127.0.0.0/8"],
                       "retries": 1, "timeout": 5.0, "threads": 16}},
         {"exact_dedup": {"column": "sha256"}},
         {"region_features": TINY_REGIONS},

@@ -173,7 +173,7 @@ def test_built_version_validates_and_captions_do_not_depend_on_the_shard_size(de
     urls = tmp_path / "urls.parquet"
     pq.write_table(pq.read_table(demo_urls).slice(0, 10), urls)
     captioner = {"captions_per_image": 2, "batch_size": 1, "device": "cpu"}
-    stages = [{"download": {"image_size": 64, "resize_mode": "keep_ratio", "allow_private": True,
+    stages = [{"download": {"image_size": 64, "resize_mode": "keep_ratio", "allow_networks": ["127.0.0.0/8"],
                             "retries": 1, "timeout": 5.0, "threads": 8}},
               {"synthetic_captions": captioner},
               {"vit_features": {"model": TINY, "device": "cpu"}},

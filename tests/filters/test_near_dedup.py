@@ -155,7 +155,7 @@ def test_bands_cover_the_hash_and_fewer_bands_than_distance_plus_one_are_refused
         from_dict(NearDedupConfig, {"distance": 8, "bands": 8}, "stages[1].near_dedup")
 
 
-STAGES = [{"download": {"image_size": 64, "allow_private": True}}, {"near_dedup": {}}]
+STAGES = [{"download": {"image_size": 64, "allow_networks": ["127.0.0.0/8"]}}, {"near_dedup": {}}]
 
 
 def near_decisions(version: Path) -> dict[str, str]:

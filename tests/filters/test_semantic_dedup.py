@@ -144,7 +144,7 @@ def test_a_build_clusters_and_drops_the_demo_copies_and_validates(tmp_path, demo
     from vlcurate.recipe import load_recipe
     from vlcurate.validate import validate_version
 
-    stages = [{"download": {"image_size": 64, "allow_private": True}},
+    stages = [{"download": {"image_size": 64, "allow_networks": ["127.0.0.0/8"]}},
               {"vit_features": {"model": "vlc-tiny-vit", "device": "cpu", "batch_size": 32}},
               {"embedding_clusters": {"clusters": 4, "sample_per_shard": 30}},
               {"semantic_dedup": {"threshold": 0.999}}]

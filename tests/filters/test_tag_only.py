@@ -136,7 +136,7 @@ def test_a_tag_only_build_drops_nothing_and_validates(tmp_path, demo_urls, demo_
     from vlcurate.recipe import load_recipe
     from vlcurate.validate import validate_version
 
-    stages = [{"download": {"image_size": 64, "allow_private": True}},
+    stages = [{"download": {"image_size": 64, "allow_networks": ["127.0.0.0/8"]}},
               {"caption_filter": {"min_chars": 5, "tag_only": True}}]
     result = build(load_recipe(make_recipe(tmp_path, demo_urls, stages=stages)), log=lambda s: None)
     assert validate_version(result.version_dir) == []

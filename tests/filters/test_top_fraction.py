@@ -113,7 +113,7 @@ def test_scores_from_must_name_an_earlier_filter(tmp_path, demo_urls):
         load_recipe(recipe)
 
 
-STAGES = [{"download": {"image_size": 64, "allow_private": True}},
+STAGES = [{"download": {"image_size": 64, "allow_networks": ["127.0.0.0/8"]}},
           {"clip_score": {"model": "vlc-tiny-vit", "device": "cpu", "tag_only": True, "min_score": 1.0}},
           {"top_fraction": {"fraction": 0.3}}]
 

@@ -13,7 +13,7 @@ from vlcurate.io import storage
 from vlcurate.pipelines.build import build
 from vlcurate.recipe import load_recipe
 
-STAGES = [{"download": {"image_size": 64, "allow_private": True}},
+STAGES = [{"download": {"image_size": 64, "allow_networks": ["127.0.0.0/8"]}},
           {"caption_filter": {"min_chars": 5}},
           {"exact_dedup": {"column": "sha256"}}]
 

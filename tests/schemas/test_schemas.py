@@ -41,8 +41,14 @@ def test_type_and_missing_column_problems():
     assert problems == ["column 'url': missing"]
     t2 = t.set_column(t.schema.get_field_index("width"), "width", pa.array(["10", None]))
     assert validate(t2, "sample", raise_error=False) == ["column 'width': type string, expected int32"]
-    nulls = t.set_column(t.schema.get_field_index("url"), pa.field("url", pa.string()), pa.array(["u", None]))
-    assert "column 'url', row 1: null in a non-nullable column" in validate(nulls, "sample", raise_error=False)
+    nulls = t.set_column(t.schema.get_field_index("key"), pa.field("key", pa.string()), pa.array(["u", None]))
+    assert "column 'key', row 1: null in a non-nullable column" in validate(nulls, "sample", raise_error=False)
+
+
+def test_a_null_url_is_valid_since_schema_2():
+    # A null input URL is carried as null (a failed invalid_url row), not as "".
+    t = sample_table(r1={"url": None})
+    assert validate(t, "sample") == []
 
 
 def test_extra_columns_only_on_open_kinds():

@@ -21,7 +21,7 @@ from vlcurate.io import object_store, storage
 
 PER_SHARD = 80
 STAGES = [
-    {"download": {"image_size": 64, "resize_mode": "keep_ratio", "allow_private": True, "retries": 0,
+    {"download": {"image_size": 64, "resize_mode": "keep_ratio", "allow_networks": ["127.0.0.0/8"], "retries": 0,
                   "timeout": 5.0, "threads": 16}},
     {"caption_filter": {"min_chars": 5}},
     {"exact_dedup": {"column": "sha256"}},

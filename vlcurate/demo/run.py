@@ -32,7 +32,7 @@ def demo_recipe(input_path: Path, out: Path, version: str, workers: int) -> dict
         "samples_per_shard": 40,
         "stages": [
             # the demo's server is on loopback, which the SSRF guard refuses by default
-            {"download": {"image_size": 128, "resize_mode": "keep_ratio", "allow_private": True,
+            {"download": {"image_size": 128, "resize_mode": "keep_ratio", "allow_networks": ["127.0.0.0/8"],
                           "retries": 1, "timeout": 5.0, "threads": 16}},
             {"caption_filter": {"min_chars": 5}},
             {"exact_dedup": {"column": "sha256"}},

@@ -16,7 +16,7 @@ import hashlib
 import http.client
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from urllib.parse import urljoin
@@ -24,9 +24,16 @@ from urllib.parse import urljoin
 import certifi
 import urllib3
 from urllib3 import exceptions as ux
-from urllib3.util import parse_url
 
-from vlcurate.download.guard import GUARDED_POOLS, BlockedAddressError
+from vlcurate.download.guard import (
+    PRIVATE_NETWORKS,
+    AddressPolicy,
+    BlockedAddressError,
+    guarded_pools,
+    parse_networks,
+)
+from vlcurate.download.robots import RobotsCache, RobotsFetch
+from vlcurate.download.urls import InvalidURL, browser_url
 from vlcurate.typed import bounded, check_bounds
 
 USER_AGENT = "vlcurate/0.1"
@@ -35,8 +42,8 @@ ERROR_KINDS = (
     "http_error",  # the server answered with a non-2xx, non-redirect status
     "timeout",  # connect, first byte or whole body slower than FetchConfig.timeout
     "too_large",  # Content-Length or the streamed body exceeds FetchConfig.max_bytes
-    "opted_out",  # X-Robots-Tag carries a disallowed directive (body not downloaded)
-    "blocked_address",  # host resolves to / connected to a non-public address
+    "opted_out",  # X-Robots-Tag directive (body not downloaded) or robots.txt rule (not requested)
+    "blocked_address",  # host resolves to / connected to a non-public address outside allow_networks
     "invalid_url",  # unparsable, no host, or a scheme other than http/https
     "transfer_error",  # connection broke or body was malformed after the status line
     "connection_error",  # DNS failure, refused, reset or TLS failure before a response
@@ -72,11 +79,20 @@ class FetchConfig:
     max_bytes: int = bounded(50_000_000, ge=1)  # cap on the body; larger -> too_large
     # X-Robots-Tag directives that mean "do not use"; an empty tuple disables the check.
     disallowed_header_directives: tuple[str, ...] = ("noai", "noimageai", "noindex", "noimageindex")
-    allow_private: bool = False  # allow private/loopback/link-local/multicast/reserved addresses
+    # Networks (CIDR) reachable besides public addresses, e.g. ["127.0.0.0/8"] for a
+    # loopback mirror; every other non-public address stays blocked, redirects included.
+    allow_networks: tuple[str, ...] = ()
+    # Shorthand adding guard.PRIVATE_NETWORKS (10/8, 172.16/12, 192.168/16, 127/8,
+    # fc00::/7, ::1); never link-local, multicast or reserved addresses.
+    allow_private: bool = False
     threads: int = bounded(32, ge=1)  # concurrent fetches in fetch_many
+    # Honour robots.txt (RFC 9309; fetched once per host and cached): a disallowed URL
+    # is opted_out with the rule. Off by default, like img2dataset.
+    robots_txt: bool = False
 
     def __post_init__(self) -> None:
         check_bounds(self)
+        parse_networks(self.allow_networks)  # ValueError naming a bad CIDR
         # Cooperative: a config inheriting from several configs validates them all.
         if (parent := getattr(super(), "__post_init__", None)) is not None:
             parent()
@@ -93,6 +109,13 @@ class FetchResult:
     final_url: str | None  # URL of the last hop tried (after redirects)
     attempts: int  # 1 + retries actually made
     retry_after: float | None = None  # server's Retry-After (seconds) on 429/503, if any
+
+
+def address_policy(config: FetchConfig) -> AddressPolicy:
+    """The SSRF guard's policy for `config`: public addresses plus allow_networks
+    (plus the private ranges when allow_private)."""
+    cidrs = (*config.allow_networks, *(PRIVATE_NETWORKS if config.allow_private else ()))
+    return AddressPolicy(parse_networks(cidrs))
 
 
 def is_retryable(error_kind: str | None, http_status: int | None = None) -> bool:
@@ -143,15 +166,13 @@ def _opted_out(values: list[str], agents: frozenset[str], disallowed: frozenset[
     return None
 
 
-def _url_problem(url: str) -> str | None:
-    """Why `url` cannot be fetched, or None."""
+def _header_text(value: str) -> str:
+    """A header value as its sender meant it: http.client decodes header bytes as
+    Latin-1, browsers read a Location's bytes as UTF-8."""
     try:
-        parsed = parse_url(url)
-    except ValueError:  # LocationParseError is one
-        return "unparsable URL"
-    if parsed.scheme not in ("http", "https"):
-        return f"unsupported scheme {parsed.scheme!r}" if parsed.scheme else "no scheme"
-    return None if parsed.host else "no host"
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return value
 
 
 def _discard(response: urllib3.BaseHTTPResponse, drain: bool) -> None:
@@ -171,8 +192,12 @@ class Fetcher:
     """Fetches URLs with per-host keep-alive pools. Thread-safe; use as a context
     manager or call close()."""
 
-    def __init__(self, config: FetchConfig) -> None:
+    def __init__(self, config: FetchConfig,
+                 on_retry_after: Callable[[str, float], None] | None = None) -> None:
+        """`on_retry_after(url, seconds)` is called as soon as a 429/503 with a
+        Retry-After arrives (the download stage pauses that host)."""
         self.config = config
+        self._on_retry_after = on_retry_after
         token = config.user_agent_token
         self._headers = {
             "User-Agent": f"{USER_AGENT} (+{token})" if token else USER_AGENT,
@@ -187,10 +212,11 @@ class Fetcher:
         # num_pools bounds how many hosts keep idle connections open (LRU).
         self._pool = urllib3.PoolManager(num_pools=max(64, 4 * config.threads), maxsize=config.threads,
                                          block=False, retries=False, ca_certs=certifi.where())
-        if not config.allow_private:
-            self._pool.pool_classes_by_scheme = GUARDED_POOLS
+        self._pool.pool_classes_by_scheme = guarded_pools(address_policy(config))
         self._executor: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
+        tokens = (token, "vlcurate") if token else ("vlcurate",)
+        self._robots = RobotsCache(self._fetch_robots, tokens) if config.robots_txt else None
 
     def __enter__(self) -> Fetcher:
         return self
@@ -209,14 +235,43 @@ class Fetcher:
     def fetch(self, url: str) -> FetchResult:
         """Fetch one URL, retrying retryable failures with backoff. Never raises
         for a bad URL or a network problem."""
+        if (refused := self._robots_refusal(url)) is not None:
+            return refused  # cached per host: trying again now would say the same
+        return self._fetch_retrying(url, robots=True)
+
+    def _fetch_retrying(self, url: str, robots: bool) -> FetchResult:
         attempt = 0
         while True:
             attempt += 1
-            result = self._fetch_once(url)
+            result = self._fetch_once(url, robots)
+            if result.retry_after is not None and self._on_retry_after is not None:
+                self._on_retry_after(result.final_url or url, result.retry_after)
             if (result.error_kind is None or attempt > self.config.retries
                     or not is_retryable(result.error_kind, result.http_status)):
                 return replace(result, attempts=attempt)
             time.sleep(self._backoff_delay(url, attempt, result.retry_after))
+
+    def _robots_refusal(self, url: str) -> FetchResult | None:
+        """The failure for a URL its host's robots.txt refuses (or that we could not
+        learn because robots.txt is unreachable); None when allowed or not checked."""
+        if self._robots is None:
+            return None
+        try:
+            normalised = browser_url(url)
+        except (InvalidURL, TypeError):
+            return None  # _fetch_once reports it
+        refusal = self._robots.refusal(normalised)
+        if refusal is None:
+            return None
+        return _failure(refusal.error_kind, refusal.message, refusal.http_status, normalised)
+
+    def _fetch_robots(self, url: str) -> RobotsFetch:
+        result = self._fetch_retrying(url, robots=False)
+        if result.error_kind is None:
+            return RobotsFetch(result.data, result.http_status)
+        if result.error_kind == "http_error" and 400 <= (result.http_status or 0) < 500:
+            return RobotsFetch(None, result.http_status)  # no robots.txt: no rules
+        return RobotsFetch(None, result.http_status, result.error_kind, result.error_message)
 
     def fetch_many(self, urls: Iterable[str]) -> Iterator[tuple[int, FetchResult]]:
         """Fetch concurrently with `config.threads` workers; yield (index, result) in
@@ -254,13 +309,18 @@ class Fetcher:
             delay = max(delay, min(retry_after, self.config.timeout))
         return delay
 
-    def _fetch_once(self, url: str) -> FetchResult:
-        """One attempt: follow redirects, then stream the body."""
-        current = url.strip() if isinstance(url, str) else ""
+    def _fetch_once(self, url: str, robots: bool = True) -> FetchResult:
+        """One attempt: follow redirects (each hop checked against robots.txt when
+        `robots` and enabled), then stream the body."""
         timeout = urllib3.Timeout(connect=self.config.timeout, read=self.config.timeout)
+        current = url if isinstance(url, str) else ""
         for _hop in range(self.config.max_redirects + 1):
-            if problem := _url_problem(current):
-                return _failure("invalid_url", f"{problem}: {current!r}", None, current or None)
+            try:  # each hop read as a browser would (the Location header too)
+                current = browser_url(current)
+            except InvalidURL as e:
+                return _failure("invalid_url", f"{e}: {current!r}", None, current or None)
+            if robots and _hop and (refused := self._robots_refusal(current)) is not None:
+                return refused
             started = time.monotonic()
             try:
                 response = self._pool.urlopen("GET", current, headers=self._headers, redirect=False,
@@ -274,23 +334,24 @@ class Fetcher:
                     _discard(response, drain=True)
                     if not location:
                         return _failure("http_error", f"HTTP {status} without Location", status, current)
-                    current = urljoin(current, location.strip())
+                    current = urljoin(current, _header_text(location).strip())
                     continue
-                return self._read_final(response, current, started)
+                return self._read_final(response, current, started, opt_out=robots)
             finally:
                 response.release_conn()
         return _failure("too_many_redirects",
                         f"more than {self.config.max_redirects} redirects", None, current)
 
-    def _read_final(self, response: urllib3.BaseHTTPResponse, url: str, started: float) -> FetchResult:
+    def _read_final(self, response: urllib3.BaseHTTPResponse, url: str, started: float,
+                    opt_out: bool = True) -> FetchResult:
         status, cap = response.status, self.config.max_bytes
         if not (200 <= status < 300) or status in (204, 205):
             _discard(response, drain=True)
             reason = getattr(response, "reason", "") or ""
             wait_s = response.headers.get("Retry-After", "").strip()  # HTTP-date form ignored
-            return _failure("http_error", f"HTTP {status} {reason}".strip(), status, url,
-                            float(wait_s) if wait_s.isdigit() else None)
-        problem = self._refusal(response.headers)
+            asked = float(wait_s) if wait_s.isdigit() and status in (429, 503) else None
+            return _failure("http_error", f"HTTP {status} {reason}".strip(), status, url, asked)
+        problem = self._refusal(response.headers, opt_out)
         chunks: list[bytes] = []
         size = 0
         try:
@@ -311,9 +372,10 @@ class Fetcher:
         _discard(response, drain=False)  # close, don't drain: we must not download it
         return _failure(*problem, status, url)
 
-    def _refusal(self, headers: urllib3.HTTPHeaderDict) -> tuple[str, str] | None:
-        """Reasons to refuse a 2xx response from its headers alone."""
-        if self._disallowed:
+    def _refusal(self, headers: urllib3.HTTPHeaderDict, opt_out: bool) -> tuple[str, str] | None:
+        """Reasons to refuse a 2xx response from its headers alone (`opt_out`: the
+        X-Robots-Tag check, which does not apply to robots.txt itself)."""
+        if self._disallowed and opt_out:
             directive = _opted_out(headers.getlist("X-Robots-Tag"), self._agents, self._disallowed)
             if directive:
                 return "opted_out", f"X-Robots-Tag: {directive}"

@@ -1,9 +1,10 @@
 """The SSRF guard and DNS lookups with a timeout, for :mod:`vlcurate.download.fetch`.
 
 urllib3 connection pools whose connect step (``_new_conn``) resolves a host once,
-refuses it if any answer is not a public address, connects to the very addresses it
-vetted (a second, rebinding DNS answer is never consulted) and checks the peer it
-reached. It runs for every new connection, every redirect hop included.
+refuses it if any answer is neither a public address nor inside the allowed networks
+(:class:`AddressPolicy`), connects to the very addresses it vetted (a second,
+rebinding DNS answer is never consulted) and checks the peer it reached. It runs for
+every new connection, every redirect hop included; there is no unguarded pool.
 """
 
 from __future__ import annotations
@@ -19,21 +20,60 @@ from urllib3.util.connection import allowed_gai_family
 from urllib3.util.timeout import _DEFAULT_TIMEOUT
 
 
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# What `allow_private: true` stands for: the private ranges and loopback, never
+# link-local (169.254/16 holds the cloud metadata service; fe80::/10), multicast,
+# CGNAT (100.64/10) or reserved space.
+PRIVATE_NETWORKS: tuple[str, ...] = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "127.0.0.0/8",
+                                     "fc00::/7", "::1/128")
+
+
 class BlockedAddressError(Exception):
-    """The destination is not a public address. Deliberately not an OSError so
+    """The destination is neither public nor allowed. Deliberately not an OSError so
     urllib3 lets it through unwrapped instead of turning it into a ProtocolError."""
 
     def __init__(self, host: str, address: str) -> None:
-        super().__init__(f"{host} resolves to non-public address {address}")
+        super().__init__(f"{host} resolves to non-public address {address} (not in allow_networks)")
+
+
+def _ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 is loopback in disguise
+    return ip
 
 
 def is_public_address(address: str) -> bool:
     """True if `address` (an IP literal, optionally with a %scope) is globally routable."""
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 is loopback in disguise
+    ip = _ip(address)
     return ip.is_global and not (ip.is_private or ip.is_loopback or ip.is_link_local
                                  or ip.is_multicast or ip.is_reserved or ip.is_unspecified)
+
+
+def parse_networks(cidrs: tuple[str, ...] | list[str]) -> tuple[IPNetwork, ...]:
+    """CIDR strings -> networks; ValueError naming the bad one (host bits set count)."""
+    networks = []
+    for cidr in cidrs:
+        try:
+            networks.append(ipaddress.ip_network(str(cidr).strip(), strict=True))
+        except ValueError as e:
+            raise ValueError(f"allow_networks: {cidr!r} is not a network in CIDR form ({e})") from None
+    return tuple(networks)
+
+
+class AddressPolicy:
+    """Which addresses a connection may reach: public ones, plus those inside
+    `allowed` (IPv4-mapped IPv6 addresses are judged as the IPv4 address they carry)."""
+
+    def __init__(self, allowed: tuple[IPNetwork, ...] = ()) -> None:
+        self.allowed = allowed
+
+    def permits(self, address: str) -> bool:
+        if is_public_address(address):  # looked up at call time: tests may patch it
+            return True
+        ip = _ip(address)
+        return any(ip.version == net.version and ip in net for net in self.allowed)
 
 
 # getaddrinfo has no timeout of its own (the system resolver may wait 5 s per try and
@@ -56,9 +96,12 @@ def resolve(host: str, port: int, timeout: float | None) -> list:
 
 
 class _GuardedConnectionMixin:
-    """Replaces urllib3's connect: resolve once, refuse if ANY answer is non-public,
+    """Replaces urllib3's connect: resolve once, refuse if ANY answer is not permitted,
     connect to the vetted addresses only, then check the peer actually reached.
-    (host, port, timeout, socket_options come from urllib3's HTTPConnection.)"""
+    (host, port, timeout, socket_options come from urllib3's HTTPConnection;
+    `policy` from the pool class made by `guarded_pools`.)"""
+
+    policy: AddressPolicy = AddressPolicy()
 
     def _new_conn(self) -> socket.socket:  # type: ignore[misc]
         host = str(getattr(self, "_dns_host", self.host)).strip("[]")
@@ -69,7 +112,7 @@ class _GuardedConnectionMixin:
         except TimeoutError as e:
             raise ux.ConnectTimeoutError(self, str(e)) from e
         for info in infos:
-            if not is_public_address(str(info[4][0])):
+            if not self.policy.permits(str(info[4][0])):
                 raise BlockedAddressError(host, str(info[4][0]))
         last_error: Exception | None = None
         for family, socktype, proto, _, sockaddr in infos:
@@ -87,7 +130,7 @@ class _GuardedConnectionMixin:
                               if isinstance(e, TimeoutError)
                               else ux.NewConnectionError(self, f"connect to {host} failed: {e}"))  # type: ignore[arg-type]
                 continue
-            if not is_public_address(peer):  # belt and braces: what we actually reached
+            if not self.policy.permits(peer):  # belt and braces: what we actually reached
                 sock.close()
                 raise BlockedAddressError(host, peer)
             return sock
@@ -102,7 +145,12 @@ class _GuardedHTTPSConnection(_GuardedConnectionMixin, HTTPSConnection):
     pass  # TLS still verifies the certificate and sends SNI for self.host
 
 
-GUARDED_POOLS = {
-    "http": type("_GuardedHTTPConnectionPool", (HTTPConnectionPool,), {"ConnectionCls": _GuardedHTTPConnection}),
-    "https": type("_GuardedHTTPSConnectionPool", (HTTPSConnectionPool,), {"ConnectionCls": _GuardedHTTPSConnection}),
-}
+def guarded_pools(policy: AddressPolicy) -> dict[str, type]:
+    """urllib3 pool classes by scheme whose connections obey `policy` (for
+    ``PoolManager.pool_classes_by_scheme``)."""
+    http = type("_GuardedHTTPConnection", (_GuardedHTTPConnection,), {"policy": policy})
+    https = type("_GuardedHTTPSConnection", (_GuardedHTTPSConnection,), {"policy": policy})
+    return {
+        "http": type("_GuardedHTTPConnectionPool", (HTTPConnectionPool,), {"ConnectionCls": http}),
+        "https": type("_GuardedHTTPSConnectionPool", (HTTPSConnectionPool,), {"ConnectionCls": https}),
+    }

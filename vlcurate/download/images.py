@@ -128,8 +128,23 @@ def phash(img: Image.Image) -> str:
 
     small = img.convert("L").resize((32, 32), Image.Resampling.LANCZOS)
     coeffs = dctn(np.asarray(small, dtype=np.float64), type=2, norm="ortho")[1:9, 1:9]
-    bits = (coeffs > np.median(coeffs)).flatten()
-    return f"{int(''.join('1' if b else '0' for b in bits), 2):016x}"
+    bits = (coeffs > np.median(coeffs)).flatten()  # row-major, first bit most significant
+    return np.packbits(bits).tobytes().hex()
+
+
+# Which code decides the stored bytes, for the manifest (a different decoder, resize or
+# encoder changes stored bytes, sha256 and pHash): bump IMAGE_PATH_VERSION when it does.
+# 1: Pillow decodes (JPEG at reduced scale), BICUBIC resize with reducing_gap 2, encodes.
+IMAGE_PATH_VERSION = 1
+
+
+def image_path_info() -> dict[str, object]:
+    """The image path's version and the versions of the libraries behind it."""
+    from PIL import features
+
+    return {"image_path": IMAGE_PATH_VERSION, "decoder": "pillow", "pillow": Image.__version__,
+            "libjpeg": str(features.version("jpg")), "libwebp": str(features.version("webp")),
+            "zlib": str(features.version("zlib"))}
 
 
 def hamming_distance(a: str, b: str) -> int:

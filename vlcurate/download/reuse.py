@@ -49,7 +49,7 @@ class ParentShard:
             raise ReuseMismatch(f"reuse {version_dir}: shard {shard} has {len(rows)} rows, "
                                 f"the input shard {len(keys)} (different input or samples_per_shard?)")
         for i, (row, key, url) in enumerate(zip(rows, keys, urls)):
-            if row["key"] != key or row["url"] != (url or ""):
+            if row["key"] != key or row["url"] != url:
                 raise ReuseMismatch(f"reuse {version_dir}: shard {shard} row {i} is {row['key']} "
                                     f"{row['url']!r}, the input has {key} {url!r}")
         return cls(version_dir, shard, rows)

@@ -23,14 +23,17 @@ from typing import Any
 
 import pyarrow as pa
 
-from vlcurate.download.fetch import Fetcher, FetchConfig
-from vlcurate.download.images import ImageConfig, ImageProcessor, ProcessedImage
+from vlcurate.download.expected import HASH_MISMATCH, ExpectedHashConfig, phash_problem, sha256_problem
+from vlcurate.download.fetch import Fetcher, FetchConfig, FetchResult
+from vlcurate.download.hosts import HostGate, HostScheduler, PolitenessConfig, host_key
+from vlcurate.download.images import ImageConfig, ImageProcessor, ProcessedImage, image_path_info
+from vlcurate.download.readers import InputSpec
 from vlcurate.download.reuse import ParentShard
 from vlcurate.io import storage
 from vlcurate.io.parquet import read_parquet, write_parquet
 from vlcurate.io.stats import ShardStats
 from vlcurate.io.tar import TarSample, encode_json, write_tar
-from vlcurate.pipelines.stage import Stage, register_stage
+from vlcurate.pipelines.stage import Stage, StageInfo, register_stage
 from vlcurate.schemas import get_schema
 from vlcurate.typed import FieldError, bounded, local_path
 
@@ -38,9 +41,10 @@ IMAGE_EXT = {"jpg": "jpg", "jpeg": "jpg", "png": "png", "webp": "webp"}
 
 
 @dataclass(frozen=True)
-class DownloadConfig(FetchConfig, ImageConfig):
-    """Fetch settings (timeouts, retries, SSRF guard, opt-outs) and image settings
-    (size, resize mode, bomb limit, encoding) in one recipe block, plus:"""
+class DownloadConfig(FetchConfig, ImageConfig, ExpectedHashConfig, PolitenessConfig):
+    """Fetch settings (timeouts, retries, SSRF guard, opt-outs), image settings
+    (size, resize mode, bomb limit, encoding), expected-hash columns and per-host
+    politeness in one recipe block, plus:"""
 
     decode_slots: int = bounded(0, ge=0)  # images decoded at once per process; 0 = the CPUs this process may use
     # A parent version directory: copy its ok rows (stored files included) and its
@@ -81,24 +85,68 @@ class DownloadStage(Stage):
     Config = DownloadConfig
     reads_input = True
 
+    @staticmethod
+    def input_problem(config: DownloadConfig, spec: InputSpec) -> str | None:
+        """A setting naming an input column the input does not carry, or None."""
+        for name, column in config.columns():
+            if column not in spec.extra_cols:
+                return (f"{name}: column {column!r} is not one of input.extra_cols "
+                        f"({', '.join(spec.extra_cols) or 'none'})")
+        return None
+
+    def info(self) -> StageInfo:
+        return StageInfo(libraries=image_path_info())
+
     def setup(self) -> None:
         fetch_cfg, image_cfg = split_config(self.config)
-        self.fetcher = Fetcher(fetch_cfg)
+        self.gate = HostGate(self.config)  # per process: the stage object is shared by its threads
+        self.fetcher = Fetcher(fetch_cfg, on_retry_after=self.gate.pause)
         self.processor = ImageProcessor(image_cfg)
         self.pool = ThreadPoolExecutor(max(1, fetch_cfg.threads), thread_name_prefix="vlcurate-dl")
         slots = self.config.decode_slots or len(os.sched_getaffinity(0))
         self._decode_slots = threading.BoundedSemaphore(slots)
 
-    def _one(self, url: str | None) -> _Outcome:
-        if not url:
-            return _Outcome("invalid_url", "empty url", None)
-        fetched = self.fetcher.fetch(url)
+    def _fetch(self, url: str | None) -> FetchResult | _Outcome:
+        if url is None:
+            return _Outcome("invalid_url", "no url (null)", None)
+        return self.fetcher.fetch(url)
+
+    def _finish(self, fetched: FetchResult | _Outcome, sha256: object, phash: object) -> _Outcome:
+        """Check a fetched body against the expected hashes (if any) and decode it."""
+        if isinstance(fetched, _Outcome):
+            return fetched
+        status = fetched.http_status
         if fetched.error_kind is not None:
-            return _Outcome(fetched.error_kind, fetched.error_message, None, fetched.http_status)
+            return _Outcome(fetched.error_kind, fetched.error_message, None, status)
+        if problem := sha256_problem(fetched.data, sha256):  # before paying for a decode
+            return _Outcome(HASH_MISMATCH, problem, None, status)
         # Network waits need no slot; decoding does (memory ~ slots x largest image).
         with self._decode_slots:
             image = self.processor(fetched.data)
-        return _Outcome(image.error_kind, image.error_message, image, fetched.http_status)
+        if image.error_kind is None and (problem := phash_problem(image.phash, phash,
+                                                                   self.config.max_phash_distance)):
+            return _Outcome(HASH_MISMATCH, problem, image, status)
+        return _Outcome(image.error_kind, image.error_message, image, status)
+
+    def _fetch_rows(self, urls: list[str | None], expected: list[list[Any]]) -> list[_Outcome]:
+        """Outcomes of ``urls`` in their order, fetched by host-spreading threads: a
+        row's host slot is held for its request only, not for decoding."""
+        scheduler = HostScheduler(self.gate, [host_key(u) for u in urls])
+        outcomes: list[_Outcome | None] = [None] * len(urls)
+
+        def work() -> None:
+            while (taken := scheduler.take()) is not None:
+                i, key = taken
+                try:
+                    fetched = self._fetch(urls[i])
+                finally:
+                    self.gate.release(key)
+                outcomes[i] = self._finish(fetched, expected[0][i], expected[1][i])
+
+        workers = [self.pool.submit(work) for _ in range(min(self.config.threads, len(urls)))]
+        for worker in workers:
+            worker.result()  # a bug in a worker surfaces here
+        return outcomes  # type: ignore[return-value]
 
     def run_shard(self, shard: int, findings: list | None = None) -> ShardStats:
         if not hasattr(self, "pool"):
@@ -112,7 +160,9 @@ class DownloadStage(Stage):
         parent = ParentShard.load(self.config.reuse, shard, keys, urls) if self.config.reuse else None
 
         todo = [i for i in range(len(urls)) if parent is None or parent.refetch(i)]
-        outcomes = dict(zip(todo, self.pool.map(self._one, [urls[i] for i in todo])))
+        expected = [[extras[c][i] for i in todo] if c else [None] * len(todo)
+                    for c in (self.config.expected_sha256_col, self.config.expected_phash_col)]
+        outcomes = dict(zip(todo, self._fetch_rows([urls[i] for i in todo], expected)))
         copied = parent.files([keys[i] for i in range(len(urls))
                                if i not in outcomes and parent.is_ok(i)]) if parent else {}
 
@@ -153,7 +203,7 @@ class DownloadStage(Stage):
         """The sample row of a fetched URL, and its tar files when it succeeded."""
         img = out.image if out.error_kind is None else None
         meta = {
-            "key": key, "url": url or "", "caption": caption, "status": "ok" if img else "failed",
+            "key": key, "url": url, "caption": caption, "status": "ok" if img else "failed",
             "error_kind": out.error_kind, "error_message": out.error_message,
             "http_status": out.http_status,
             "width": img.width if img else None, "height": img.height if img else None,

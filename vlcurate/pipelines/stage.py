@@ -94,6 +94,7 @@ class StageInfo:
     """What the manifest records about a configured stage beyond its settings."""
 
     weights: dict[str, Any] | None = None  # model, weights source, random or not
+    libraries: dict[str, Any] | None = None  # code outside vlcurate that decides the bytes written
 
 
 class Stage(ABC):

@@ -9,7 +9,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 # Bumped whenever any registered schema changes incompatibly; recorded in every manifest.
-# 2: sample rows gained first_error_kind / first_error_message / first_http_status.
+# 2: sample rows gained first_error_kind / first_error_message / first_http_status, and
+#    sample.url is nullable (a null input URL is carried as null, no longer as "").
 SCHEMA_VERSION = "2"
 
 # A row check looks at a whole table and returns (row index, column, problem) triples.

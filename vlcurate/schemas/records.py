@@ -47,7 +47,7 @@ SAMPLE = register(
         schema=pa.schema(
             [
                 pa.field("key", pa.string(), nullable=False),
-                pa.field("url", pa.string(), nullable=False),
+                pa.field("url", pa.string()),  # as in the input: a null URL stays null (schema 2)
                 pa.field("caption", pa.string()),
                 pa.field("status", pa.string(), nullable=False),
                 pa.field("error_kind", pa.string()),
