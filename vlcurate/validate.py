@@ -120,10 +120,11 @@ def _check_shard(version_dir: str, rel: str, listed: set[str]) -> list[str]:
                     problems.append(f"{tar_rel}: sample {key} lacks {', '.join(missing)}")
                     break
     shard_keys = set(table.column("key").to_pylist())
-    shard = rel.rsplit("/", 1)[-1]
+    shard = rel.rsplit("/", 1)[-1].split(".")[0]
     for side in sorted(listed):
         top, _, name = side.partition("/")
-        if name == shard and top not in ("samples", "stats"):
+        # <stage>/<shard>.parquet and a stage's other files of the shard (<shard>.captions.parquet)
+        if name.split(".")[0] == shard and name.endswith(".parquet") and top not in ("samples", "stats"):
             problems += _check_sidecar(version_dir, side, shard_keys)
     return problems
 
