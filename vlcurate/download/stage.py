@@ -27,7 +27,7 @@ from vlcurate.download.expected import HASH_MISMATCH, ExpectedHashConfig, phash_
 from vlcurate.download.fetch import Fetcher, FetchConfig, FetchResult
 from vlcurate.download.hosts import HostGate, HostScheduler, PolitenessConfig, host_key
 from vlcurate.download.images import ImageConfig, ImageProcessor, ProcessedImage, image_path_info
-from vlcurate.download.readers import InputSpec
+from vlcurate.io.inputs import InputSpec
 from vlcurate.download.reuse import ParentShard
 from vlcurate.io import storage
 from vlcurate.io.parquet import read_parquet, write_parquet
