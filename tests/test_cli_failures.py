@@ -65,7 +65,7 @@ def test_a_stage_kind_twice_gets_numbered_names(tmp_path, urls, capsys):
     version = tmp_path / "out" / "small" / "v1"
     manifest = json.loads((version / "manifest.json").read_text())
     assert [s["name"] for s in manifest["stages"]] == ["download", "exact_dedup", "exact_dedup_2", "short_captions"]
-    assert manifest["recipe"]["stages"][2] == {"exact_dedup": {"name": "exact_dedup_2", "column": "phash"}}
+    assert manifest["recipe"]["stages"][2] == {"exact_dedup": {"name": "exact_dedup_2", "tag_only": False, "column": "phash"}}
     for stage in ("exact_dedup", "exact_dedup_2", "short_captions"):
         assert (version / stage / "00000.parquet").is_file() and (version / "stats" / f"{stage}-00000.json").is_file()
     assert "stages download, exact_dedup, exact_dedup_2, short_captions" in err

@@ -202,7 +202,7 @@ def recipe_from_dict(data: Any, base_dir: Path, where: str = "recipe") -> Recipe
     runner = from_dict(RunnerSpec, data.get("runner"), f"{where}.runner")
     stages = _parse_stages(data["stages"], base_dir, f"{where}.stages")
     for i, spec in enumerate(stages):  # settings that name input columns (e.g. expected hashes)
-        check = getattr(stage_class(spec.name), "input_problem", None)
+        check = getattr(stage_class(spec.kind), "input_problem", None)
         if check is not None and (problem := check(spec.config, inp)):
             raise ConfigError(f"{where}.stages[{i}].{spec.name}.{problem}")
     return Recipe(inp, out, stages, sps, runner)

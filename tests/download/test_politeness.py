@@ -89,7 +89,7 @@ def serving(*servers: CountingServer):
 
 def run_download(tmp_path: Path, urls: list[str], **settings) -> list[dict]:
     layout = Layout(tmp_path / "v")
-    layout.input_shard(0).parent.mkdir(parents=True)
+    Path(layout.input_shard(0)).parent.mkdir(parents=True)
     pq.write_table(pa.table({"url": urls, "caption": ["c"] * len(urls)}), layout.input_shard(0))
     config = DownloadConfig(allow_networks=("127.0.0.0/8",), image_size=16, retries=1, backoff=0.0,
                             **settings)
