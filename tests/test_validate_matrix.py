@@ -77,6 +77,9 @@ def test_every_damage_to_every_kind_of_file_is_listed(damaged, damage, capsys):
         assert any(p.startswith(named + ":") for p in problems), (kind, problems)
     for p in problems:  # every line starts with the file it is about
         assert p.split(":")[0] in listed | strays | {"manifest.json"}, p
+    if damage == "delete":  # a missing file is one problem, not one per check that needs it
+        for kind in DATA_KINDS:
+            assert sum(p.startswith(FILES[kind] + ":") for p in problems) == 1, (kind, problems)
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "stray"])
