@@ -83,7 +83,7 @@ def _gather_resolve(pairs: list) -> int:
     return duplicates
 
 
-def run(mode: str, cfg: SyntheticConfig, workers: int, memory_limit: str | None = None) -> dict:
+def run(mode: str, cfg: SyntheticConfig, workers: int) -> dict:
     import apache_beam as beam
     import distributed
     from apache_beam.options.pipeline_options import PipelineOptions
@@ -91,11 +91,8 @@ def run(mode: str, cfg: SyntheticConfig, workers: int, memory_limit: str | None 
     from vlcurate.pipelines.beam import RunStage, StageRun, keyed_step, runner_defaults
 
     shards = -(-cfg.rows // cfg.rows_per_shard)
-    # memory_limit: Dask spills a worker's held results to its disk past 60 % of it
-    # (distributed's defaults), so what a worker must hold at once shows as its peak.
     cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                       dashboard_address=None, host="127.0.0.1", silence_logs=50,
-                                       **({"memory_limit": memory_limit} if memory_limit else {}))
+                                       dashboard_address=None, host="127.0.0.1", silence_logs=50)
     client = distributed.Client(cluster)
     try:
         idle = client.run(peak_rss_mb)
@@ -133,12 +130,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rows-per-shard", type=int, default=10_000)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--modes", nargs="+", default=["keyed", "gather"], choices=["keyed", "gather"])
-    ap.add_argument("--memory-limit", help="each Dask worker's memory limit, e.g. 800MB (default: Dask's, a share of RAM)")
     args = ap.parse_args(argv)
     print(f"{'mode':<8}{'rows':>10}{'shards':>8}{'seconds':>9}  worker peak RSS MB (idle before)")
     for rows in args.rows:
         for mode in args.modes:
-            r = run(mode, SyntheticConfig(rows, args.rows_per_shard), args.workers, args.memory_limit)
+            r = run(mode, SyntheticConfig(rows, args.rows_per_shard), args.workers)
             peaks = ", ".join(f"{p:.0f}" for p in r["peak_mb"])
             idle = ", ".join(f"{p:.0f}" for p in r["idle_mb"])
             print(f"{r['mode']:<8}{r['rows']:>10}{r['shards']:>8}{r['seconds']:>9.1f}  {peaks}  ({idle})", flush=True)
