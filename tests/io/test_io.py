@@ -66,3 +66,21 @@ def test_stats_round_trip(tmp_path):
     assert read_stats(tmp_path / "s.json") == s
     with pytest.raises(SchemaError, match="negative"):
         write_stats(ShardStats("download", 3, 10, {"ok": -1}), tmp_path / "t.json")
+
+
+def test_listing_skips_a_file_renamed_while_it_is_listed(tmp_path, monkeypatch):
+    """A writer may commit (rename its temporary file) while another process lists the
+    directory, e.g. the build's progress thread: the vanished name is skipped."""
+    import os
+
+    (tmp_path / "a.json").write_bytes(b"1")
+    (tmp_path / ".b.json.tmp-1").write_bytes(b"22")
+    real_stat = os.stat
+
+    def stat(path, *args, **kwargs):
+        if str(path).endswith(".tmp-1"):
+            raise FileNotFoundError(path)
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", stat)
+    assert [(f.path, f.size) for f in storage.list_files(tmp_path)] == [("a.json", 1)]

@@ -136,7 +136,11 @@ class LocalBackend(Backend):
         for dirpath, _, names in os.walk(loc):
             for name in names:
                 full = os.path.join(dirpath, name)
-                found.append(FileInfo(Path(os.path.relpath(full, loc)).as_posix(), os.stat(full).st_size))
+                try:
+                    size = os.stat(full).st_size
+                except FileNotFoundError:  # renamed or removed since the walk (a commit in flight)
+                    continue
+                found.append(FileInfo(Path(os.path.relpath(full, loc)).as_posix(), size))
         return sorted(found, key=lambda f: f.path)
 
     def delete(self, loc: str) -> None:
