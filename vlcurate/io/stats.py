@@ -71,11 +71,9 @@ def encode_stats(stats: ShardStats) -> bytes:
     return (json.dumps(body, indent=1) + "\n").encode()
 
 
-def write_stats(stats: ShardStats, loc: str | os.PathLike) -> FileRecord:
-    """Commit the marker; returns its own record (for the manifest)."""
-    data = encode_stats(stats)
-    storage.write_bytes(loc, data)
-    return FileRecord(os.fspath(loc), "shard_stats", _sha256(data), len(data))
+def write_stats(stats: ShardStats, loc: str | os.PathLike) -> None:
+    """Commit the marker (the manifest records its checksum when it reads the markers)."""
+    storage.write_bytes(loc, encode_stats(stats))
 
 
 def decode_stats(data: bytes, where: str) -> ShardStats:
@@ -91,9 +89,3 @@ def decode_stats(data: bytes, where: str) -> ShardStats:
 
 def read_stats(loc: str | os.PathLike) -> ShardStats:
     return decode_stats(storage.read_bytes(loc), os.fspath(loc))
-
-
-def _sha256(data: bytes) -> str:
-    import hashlib
-
-    return hashlib.sha256(data).hexdigest()

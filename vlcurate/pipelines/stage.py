@@ -82,12 +82,6 @@ class Layout:
                 found.append(self.sidecar(entry.name, shard))
         return found
 
-    def relative(self, loc: str) -> str:
-        prefix = storage.join(self.root, "")
-        if not loc.startswith(prefix):
-            raise ValueError(f"{loc}: not inside {self.root}")
-        return loc[len(prefix):].replace(os.sep, "/")
-
 
 @dataclass(frozen=True)
 class StageInfo:
