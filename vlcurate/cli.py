@@ -22,14 +22,6 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 
 
-class _DropImportNoise(logging.Filter):
-    """Beam warns on the root logger at import that its BigQuery client is missing
-    (``apitools not found``), which no vlcurate job uses."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("apitools not found")
-
-
 def _cmd_build(args: argparse.Namespace) -> int:
     from vlcurate.pipelines.build import build
     from vlcurate.recipe import load_recipe
@@ -150,6 +142,18 @@ def _cmd_export_lxmert_tsv(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from vlcurate.export.html_report import ReportOptions, write_report
+
+    out = write_report(args.version_dir, args.out, ReportOptions(seed=args.seed), log=_log)
+    print(f"report written: {out}")
+    return 0
+
+
+def _log(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -222,6 +226,14 @@ def make_parser() -> argparse.ArgumentParser:
     q.add_argument("--include-dropped", action="store_true",
                    help="also samples a filter dropped (default: only samples every filter kept)")
     q.set_defaults(func=_cmd_export_lxmert_tsv)
+
+    p = sub.add_parser("report", help="one self-contained HTML page to check a version by eye",
+                       epilog="Funnel, score histograms with thresholds, thumbnails of kept and dropped samples, "
+                              "duplicate pairs, download errors, model provenance; no network needed to open it.")
+    p.add_argument("version_dir")
+    p.add_argument("--out", help="the .html file to write (default: VERSION_DIR.report.html beside the version)")
+    p.add_argument("--seed", type=int, default=0, help="which shards and samples the page shows (default: 0)")
+    p.set_defaults(func=_cmd_report)
     return parser
 
 
@@ -234,7 +246,6 @@ def main(argv: list[str] | None = None) -> int:
     args.beam_options = beam_options
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
-    logging.getLogger().addFilter(_DropImportNoise())
     # A DaskRunner run without --dask_client_address starts a local cluster, whose
     # dashboard moves to a free port when 8787 is taken, with a three-line warning.
     warnings.filterwarnings("ignore", message=r"Port \d+ is already in use", category=UserWarning)

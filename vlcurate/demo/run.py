@@ -11,6 +11,7 @@ import yaml
 from vlcurate.demo.corpus import make_corpus
 from vlcurate.demo.server import serve
 from vlcurate.demo.shipped import card, model_path
+from vlcurate.export.html_report import write_report
 from vlcurate.io import storage
 from vlcurate.io.parquet import write_work_parquet
 from vlcurate.pipelines.build import BuildResult, build
@@ -77,4 +78,5 @@ def run_demo(out: Path, workers: int = 2, version: str | None = None) -> BuildRe
         print(f"  {p}")
     if problems:
         raise RuntimeError(f"demo version {result.version_dir} failed validation")
+    print(f"report: {write_report(result.version_dir)}")
     return result

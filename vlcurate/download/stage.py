@@ -133,6 +133,7 @@ class DownloadStage(Stage):
         row's host slot is held for its request only, not for decoding."""
         scheduler = HostScheduler(self.gate, [host_key(u) for u in urls])
         outcomes: list[_Outcome | None] = [None] * len(urls)
+        progress = getattr(self._current, "progress", None)  # the calling thread's shard
 
         def work() -> None:
             while (taken := scheduler.take()) is not None:
@@ -142,6 +143,8 @@ class DownloadStage(Stage):
                 finally:
                     self.gate.release(key)
                 outcomes[i] = self._finish(fetched, expected[0][i], expected[1][i])
+                if progress is not None:
+                    progress.add()
 
         workers = [self.pool.submit(work) for _ in range(min(self.config.threads, len(urls)))]
         for worker in workers:
@@ -160,6 +163,7 @@ class DownloadStage(Stage):
         parent = ParentShard.load(self.config.reuse, shard, keys, urls) if self.config.reuse else None
 
         todo = [i for i in range(len(urls)) if parent is None or parent.refetch(i)]
+        self.start_progress(shard, len(todo))
         expected = [[extras[c][i] for i in todo] if c else [None] * len(todo)
                     for c in (self.config.expected_sha256_col, self.config.expected_phash_col)]
         outcomes = dict(zip(todo, self._fetch_rows([urls[i] for i in todo], expected)))

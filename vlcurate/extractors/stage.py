@@ -105,11 +105,13 @@ class _SidecarSink:
     counting outcomes into ``stats``."""
 
     def __init__(self, writer: ParquetStreamWriter, fields: list[pa.Field], tensors: dict[str, dict[str, Any]],
-                 stats: ShardStats):
+                 stats: ShardStats, advance: Callable[[int], None] = lambda n: None):
         self.writer, self.fields, self.tensors, self.stats = writer, fields, tensors, stats
+        self.advance = advance
         self.pending: list[tuple[str, Encoded]] = []
 
     def __call__(self, rows: list[tuple[str, Encoded]]) -> None:
+        self.advance(len(rows))
         for _, r in rows:
             self.stats.add(f"failed.{r.kind}" if isinstance(r, SampleFailure) else "ok")
         self.pending.extend(rows)
@@ -202,7 +204,9 @@ class FeatureStage(Stage):
         metadata = self.sidecar_metadata()
         tensors = declared_features(pa.schema([], metadata=metadata)) or {}
         with ParquetStreamWriter(self.layout.sidecar(self.name, shard), self.record_kind, metadata) as writer:
-            sink = _SidecarSink(writer, self.feature_fields(), tensors, stats)
+            progress = getattr(self._current, "progress", None)  # the sink may run on another thread
+            sink = _SidecarSink(writer, self.feature_fields(), tensors, stats,
+                                progress.add if progress is not None else lambda n: None)
             run_encoder(self.layout.samples_tar(shard), keys, self.image_prepare(),
                         BatchEncoder(self.start_batch, self.finish_batch, self.keyed_batches), self.config.batch_size, sink,
                         self.last_timings, getattr(self.config, "decode_threads", 0), self.decode_processes())

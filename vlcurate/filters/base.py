@@ -100,7 +100,11 @@ class FilterStage(Stage):
         raise NotImplementedError(f"{type(self).__name__} implements neither decide nor decide_shard")
 
     def decide_shard(self, shard: int, rows: list[SampleRow]) -> list[Decision]:
-        return [self.decide(row) for row in rows]
+        decisions = []
+        for row in rows:
+            decisions.append(self.decide(row))
+            self.advance()
+        return decisions
 
     def findings(self) -> list:
         """A keyed filter's findings about the shard being decided on this thread."""

@@ -18,13 +18,28 @@ version's root location gives them.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-import apache_beam as beam
-from apache_beam.metrics import Metrics
-from apache_beam.options.pipeline_options import PipelineOptions
-from apache_beam.utils.shared import Shared
+
+class _NoBigQueryWarning(logging.Filter):
+    """Importing Beam warns on the root logger that its BigQuery client is missing
+    (``apitools not found``); no vlcurate job uses BigQuery."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("apitools not found")
+
+
+_quiet = _NoBigQueryWarning()
+logging.getLogger().addFilter(_quiet)
+try:
+    import apache_beam as beam
+    from apache_beam.metrics import Metrics
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.utils.shared import Shared
+finally:
+    logging.getLogger().removeFilter(_quiet)
 
 from vlcurate.errors import UserError
 from vlcurate.io import storage

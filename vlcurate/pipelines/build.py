@@ -163,6 +163,12 @@ def _log_to_stderr(line: str) -> None:
     print(line, file=sys.stderr)  # looked up at call time: worker_output_to swaps it
 
 
+def _terminal(log: Callable[[str], None]):
+    """stderr when the build logs there and it is a terminal (a progress bar then),
+    else None (plain progress lines through ``log``)."""
+    return sys.stderr if log is _log_to_stderr and sys.stderr.isatty() else None
+
+
 def build(recipe: Recipe, log: Callable[[str], None] = _log_to_stderr) -> BuildResult:
     """Build ``recipe`` into a new version; raise UserError on bad input before writing."""
     check_buildable(recipe)
@@ -176,7 +182,7 @@ def build(recipe: Recipe, log: Callable[[str], None] = _log_to_stderr) -> BuildR
     started = time.monotonic()
     stages = [StageRun(s.kind, s.name, s.config) for s in recipe.stages]
     names = [s.name for s in stages]
-    layout = Layout.for_stages(building_dir(recipe), [(s.name, s.kind) for s in stages])
+    layout = Layout.for_stages(building_dir(recipe), [(s.name, s.kind) for s in stages], track_progress=True)
     # The graph is made before anything is written: a graph error leaves nothing behind.
     pipeline = make_pipeline(recipe.runner.name, recipe.runner.workers, recipe.runner.options)
     build_graph(pipeline, stages, layout, _num_shards(recipe, table))
@@ -185,12 +191,15 @@ def build(recipe: Recipe, log: Callable[[str], None] = _log_to_stderr) -> BuildR
     log_path = _log_path(root)
     try:
         resumed = _started(root)
+        if resumed:  # a killed build's counts of shards that will run again
+            storage.delete_tree(layout.progress_dir())
         num_shards = _shard_inputs(recipe, table, layout)
         log(f"{'resuming' if resumed else 'building'} {recipe.output.name}/{recipe.output.version}: "
             f"{plural(table.num_rows, 'row')} in {plural(num_shards, 'shard')}, stages {', '.join(names)}, "
             f"runner {recipe.runner.name}")
         with worker_output_to(log_path), \
-                Progress(layout, names, num_shards, recipe.samples_per_shard, table.num_rows, log):
+                Progress(layout, names, num_shards, recipe.samples_per_shard, table.num_rows, log,
+                         terminal=_terminal(log)):
             run_to_completion(pipeline)
     except BaseException:
         if claim.created and not _started(root):

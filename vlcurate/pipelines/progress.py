@@ -1,56 +1,207 @@
-"""Progress of a running build, read from the version directory.
+"""Progress of long commands: a bar with rate and ETA on a terminal, plain periodic
+lines otherwise.
 
-Stats files are the completion markers of (stage, shard) pairs, so watching them
-works the same whatever runner and however many processes do the work.
+A build's progress is read from the version directory, so watching it works the same
+whatever the runner and however many processes or machines do the work: stats files
+mark finished (stage, shard) pairs, and while a stage works on a shard it writes how
+many of the shard's samples it has finished to a small progress file
+(``_work/progress/<stage>-<shard>.json``, through the storage layer, at most once a
+second). The launcher counts samples from both, so the count moves as samples
+finish, not only when whole shards do.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator, TextIO
 
 from vlcurate.io import storage
-from vlcurate.pipelines.stage import Layout
+
+if TYPE_CHECKING:
+    from vlcurate.pipelines.stage import Layout
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
+
+
+def _rate_eta(done: float, total: float, new: float, elapsed: float) -> tuple[float, str]:
+    """Units per second since the start (``new`` of them counted in this run), and the
+    time left at that rate."""
+    rate = new / elapsed if elapsed > 0 else 0.0
+    eta = _clock((total - done) / rate) if rate > 0 and total > done else ("0:00" if total <= done else "?")
+    return rate, eta
+
+
+class Display:
+    """Where progress goes. On a terminal: one line redrawn in place (``\\r``), a
+    bar with rate and ETA. Otherwise: a plain line through ``log`` every
+    ``interval`` seconds, when it changed."""
+
+    def __init__(self, log: Callable[[str], None] | None, terminal: TextIO | None = None,
+                 interval: float = 2.0, quiet_if_quick: bool = False):
+        self.log, self.terminal, self.interval = log, terminal, interval
+        # quiet_if_quick: no line at all for a job that ends within the first interval
+        self.quiet_if_quick = quiet_if_quick
+        self._last_line, self._last_time = "", time.monotonic() if quiet_if_quick else float("-inf")
+        self._shown = False
+
+    @staticmethod
+    def for_stderr(log: Callable[[str], None] | None, interval: float = 2.0) -> "Display":
+        """A display that draws a bar when ``sys.stderr`` is a terminal, and shows
+        nothing for a job done within ``interval``."""
+        stream = sys.stderr
+        tty = stream.isatty() if hasattr(stream, "isatty") else False
+        return Display(log, stream if tty and log is not None else None, interval, quiet_if_quick=True)
+
+    @property
+    def period(self) -> float:
+        """How often a caller should offer an update."""
+        return 0.5 if self.terminal else self.interval
+
+    def show(self, bar: str, line: str, final: bool = False) -> None:
+        if self.terminal is not None:
+            self.terminal.write("\r" + bar + "\x1b[K" + ("\n" if final else ""))
+            self.terminal.flush()
+            return
+        now = time.monotonic()
+        due = now - self._last_time >= self.interval or (final and (self._shown or not self.quiet_if_quick))
+        if self.log is not None and line != self._last_line and due:
+            self.log(line)
+            self._last_line, self._last_time, self._shown = line, now, True
+
+
+def bar(fraction: float, width: int = 24) -> str:
+    fraction = min(max(fraction, 0.0), 1.0)
+    full = int(fraction * width)
+    return "[" + "#" * full + "." * (width - full) + "]"
+
+
+class Ticker:
+    """Counts units of a job as they finish: ``advance(n)`` from the job's loop."""
+
+    def __init__(self, label: str, total: int, log: Callable[[str], None] | None = None,
+                 unit: str = "", display: Display | None = None):
+        self.label, self.total, self.unit = label, total, unit
+        self.display = display or Display.for_stderr(log)
+        self.done, self._start = 0, time.monotonic()
+
+    def _lines(self) -> tuple[str, str]:
+        elapsed = time.monotonic() - self._start
+        rate, eta = _rate_eta(self.done, self.total, self.done, elapsed)
+        unit = f" {self.unit}" if self.unit else ""
+        counts = f"{self.done}/{self.total}{unit}"
+        pct = 100.0 * self.done / self.total if self.total else 100.0
+        return (f"{self.label} {bar(pct / 100)} {counts} {pct:3.0f}% {rate:.1f}/s ETA {eta}",
+                f"  [{elapsed:6.1f}s] {self.label}: {counts} ({pct:.0f}%), {rate:.1f}/s, ETA {eta}")
+
+    def advance(self, n: int = 1) -> None:
+        self.done += n
+        self.display.show(*self._lines())
+
+    def __enter__(self) -> "Ticker":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.total and self.done:
+            self.display.show(*self._lines(), final=True)
+
+
+class ShardProgress:
+    """How many of a shard's samples a stage has finished, written to ``loc`` at most
+    once per ``every`` seconds (a shard done sooner writes nothing: its stats marker
+    says it all). Thread-safe: a stage's worker threads may all call :meth:`add`."""
+
+    def __init__(self, loc: str, of: int, every: float = 1.0):
+        self.loc, self.of, self.every = loc, of, every
+        self.done = 0
+        self._lock = threading.Lock()
+        self._last = time.monotonic()
+
+    def add(self, n: int = 1) -> None:
+        with self._lock:
+            self.done += n
+            now = time.monotonic()
+            if now - self._last < self.every:
+                return
+            self._last = now
+            storage.write_bytes(self.loc, json.dumps({"done": self.done, "of": self.of}).encode())
+
+
+def read_shard_progress(loc: str) -> float | None:
+    """The finished fraction a progress file records (None if unreadable: a file
+    being replaced, or one from another version of the code)."""
+    try:
+        body = json.loads(storage.read_bytes(loc))
+        return min(1.0, body["done"] / body["of"]) if body["of"] else 1.0
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 class Progress:
-    """Logs 'shards done / total, samples/s' every ``interval`` seconds while running."""
+    """Shows a running build's samples done per stage, samples/s and ETA: a bar on a
+    terminal (``terminal``), else a line through ``log`` every ``interval`` seconds."""
 
-    def __init__(self, layout: Layout, stages: list[str], num_shards: int, samples_per_shard: int,
-                 rows: int, log: Callable[[str], None], interval: float = 2.0):
+    def __init__(self, layout: "Layout", stages: list[str], num_shards: int, samples_per_shard: int,
+                 rows: int, log: Callable[[str], None], interval: float = 2.0, terminal: TextIO | None = None):
         self.layout, self.stages, self.num_shards = layout, stages, num_shards
-        self.samples_per_shard, self.rows, self.log, self.interval = samples_per_shard, rows, log, interval
+        self.samples_per_shard, self.rows = samples_per_shard, rows
+        self.display = Display(log, terminal, interval)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
-    def _done(self) -> dict[str, int]:
-        names = [f.path for f in storage.list_files(storage.join(self.layout.root, "stats"))]
-        return {s: sum(n.startswith(f"{s}-") for n in names) for s in self.stages}
+    def shard_rows(self, shard: int) -> int:
+        """Input rows of ``shard`` (inputs are cut into equal shards, the last one shorter)."""
+        return max(0, min(self.samples_per_shard, self.rows - shard * self.samples_per_shard))
 
-    def _line(self, start_done: dict[str, int], elapsed: float) -> str:
+    def _done(self) -> dict[str, float]:
+        """Samples (input rows) each stage has finished: whole finished shards, plus the
+        finished part of shards in flight."""
+        names = {f.path for f in storage.list_files(storage.join(self.layout.root, "stats"))}
+        done: dict[str, float] = {s: 0.0 for s in self.stages}
+        finished: set[tuple[str, int]] = set()
+        for s in self.stages:
+            for shard in range(self.num_shards):
+                if f"{s}-{shard:05d}.json" in names:
+                    done[s] += self.shard_rows(shard)
+                    finished.add((s, shard))
+        progress_dir = self.layout.progress_dir()
+        for f in storage.list_files(progress_dir):
+            if storage.is_tmp(f.path):
+                continue
+            stage, _, shard_text = f.path.removesuffix(".json").rpartition("-")
+            if stage not in done or not shard_text.isdigit() or (stage, int(shard_text)) in finished:
+                continue
+            fraction = read_shard_progress(storage.join(progress_dir, f.path))
+            if fraction is not None:
+                done[stage] += fraction * self.shard_rows(int(shard_text))
+        return done
+
+    def _lines(self, start: float, elapsed: float) -> tuple[str, str]:
         done = self._done()
-        total = len(self.stages) * self.num_shards
-        finished = sum(done.values())
-        # input samples per second: shards through the first stage (the rest follow behind)
-        new_shards = done[self.stages[0]] - start_done[self.stages[0]]
-        rate = min(new_shards * self.samples_per_shard, self.rows) / elapsed if elapsed > 0 else 0.0
-        per_stage = ", ".join(f"{s} {done[s]}/{self.num_shards}" for s in self.stages)
-        return f"  [{elapsed:6.1f}s] {finished}/{total} stage-shards ({per_stage}), {rate:.1f} samples/s"
+        units = sum(done.values())
+        total = len(self.stages) * self.rows
+        # samples/s through the whole pipeline: stage-samples per second over the stages
+        rate, eta = _rate_eta(units, total, units - start, elapsed)
+        rate /= max(len(self.stages), 1)
+        per_stage = ", ".join(f"{s} {done[s]:.0f}/{self.rows}" for s in self.stages)
+        pct = 100.0 * units / total if total else 100.0
+        return (f"{bar(pct / 100)} {pct:3.0f}% {rate:.1f} samples/s ETA {eta} | {per_stage}",
+                f"  [{elapsed:6.1f}s] {pct:.0f}% ({per_stage}), {rate:.1f} samples/s, ETA {eta}")
 
     def _loop(self) -> None:
-        start, start_done = time.monotonic(), self._done()
-        last = ""
-        while not self._stop.wait(self.interval):
-            line = self._line(start_done, time.monotonic() - start)
-            if line.split("]", 1)[1] != last:
-                self.log(line)
-                last = line.split("]", 1)[1]
-        self.log(self._line(start_done, time.monotonic() - start))
+        begin = time.monotonic()
+        start = sum(self._done().values())  # a resumed build's finished work is not this run's rate
+        while not self._stop.wait(self.display.period):
+            self.display.show(*self._lines(start, time.monotonic() - begin))
+        self.display.show(*self._lines(start, time.monotonic() - begin), final=True)
 
     def __enter__(self) -> "Progress":
         self._thread.start()

@@ -23,6 +23,7 @@ from typing import Any, ClassVar, Iterable
 
 from vlcurate.io import storage
 from vlcurate.io.stats import ShardStats
+from vlcurate.pipelines.progress import ShardProgress
 
 WORK_DIR = "_work"
 STAGES_ENTRY_POINTS = "vlcurate.stages"  # third-party packages register stages here
@@ -45,16 +46,19 @@ class Layout:
 
     root: str
     stages: tuple[StageEntry, ...] = ()
+    track_progress: bool = False  # stages write per-shard progress files (a build sets it)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", os.fspath(self.root))
 
     @classmethod
-    def for_stages(cls, root: str | os.PathLike, stages: Iterable[str | tuple[str, str]]) -> "Layout":
+    def for_stages(cls, root: str | os.PathLike, stages: Iterable[str | tuple[str, str]],
+                   track_progress: bool = False) -> "Layout":
         """A layout for stages given as ``(name, kind)`` pairs, or as a kind alone
         (the stage's name is then its kind, as in most recipes)."""
         pairs = [(s, s) if isinstance(s, str) else s for s in stages]
-        return cls(os.fspath(root), tuple(StageEntry(name, stage_class(kind).record_kind) for name, kind in pairs))
+        return cls(os.fspath(root), tuple(StageEntry(name, stage_class(kind).record_kind) for name, kind in pairs),
+                   track_progress)
 
     def input_shard(self, shard: int) -> str:
         return storage.join(self.root, WORK_DIR, f"input-{shard:05d}.parquet")
@@ -67,6 +71,12 @@ class Layout:
 
     def sidecar(self, stage: str, shard: int, ext: str = "parquet") -> str:
         return storage.join(self.root, stage, f"{shard:05d}.{ext}")
+
+    def progress_dir(self) -> str:
+        return storage.join(self.root, WORK_DIR, "progress")
+
+    def progress_file(self, stage: str, shard: int) -> str:
+        return storage.join(self.progress_dir(), f"{stage}-{shard:05d}.json")
 
     def stats(self, stage: str, shard: int) -> str:
         return storage.join(self.root, "stats", f"{stage}-{shard:05d}.json")
@@ -130,10 +140,28 @@ class Stage(ABC):
         stats.add(name, n)
 
     def new_stats(self, shard: int, rows: int) -> ShardStats:
-        """The shard's stats object; :meth:`count` adds to it until the next call."""
+        """The shard's stats object; :meth:`count` adds to it until the next call.
+        Also starts the shard's progress count (:meth:`advance`) of ``rows`` samples."""
         stats = ShardStats(self.name, shard, rows)
         self._current.stats = stats
+        self.start_progress(shard, rows)
         return stats
+
+    def start_progress(self, shard: int, rows: int) -> ShardProgress | None:
+        """Start counting the shard's finished samples on this thread (done by
+        :meth:`new_stats`; a stage that makes its stats otherwise calls it). Returns the
+        counter, which the stage's own worker threads may also ``add`` to."""
+        progress = (ShardProgress(self.layout.progress_file(self.name, shard), rows)
+                    if self.layout.track_progress else None)
+        self._current.progress = progress
+        return progress
+
+    def advance(self, n: int = 1) -> None:
+        """``n`` more samples of the shard being processed on this thread are done: the
+        build's progress display counts them (cheap; written at most once a second)."""
+        progress: ShardProgress | None = getattr(self._current, "progress", None)
+        if progress is not None:
+            progress.add(n)
 
 
 _STAGES: dict[str, type[Stage]] = {}

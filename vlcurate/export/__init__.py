@@ -1,0 +1,1 @@
+"""Training exports, format conversions and reports of a version."""
