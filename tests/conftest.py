@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import shutil
 import stat
@@ -93,3 +95,28 @@ def damaged(demo_version, tmp_path) -> Path:
     for p in copy.rglob("*"):
         p.chmod(p.stat().st_mode | stat.S_IWUSR)
     return copy
+
+
+@contextlib.contextmanager
+def local_dask_cluster():
+    """A 2-process dask.distributed cluster on loopback and a client of it, both closed
+    at the end; yields the cluster. Quiet: the scheduler's HTTP server takes any free
+    port (8787 may be taken, which distributed warns about), each worker preloads
+    vlcurate's Beam module (which drops Beam's import warning, that a worker would
+    print when it first unpickles a Beam task), and the nanny's notice that a worker
+    took longer than its 4 s to exit at teardown (a loaded machine) is not printed."""
+    distributed = pytest.importorskip("distributed")
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+                                       host="127.0.0.1", preload=["vlcurate.pipelines.beam"])
+    client = distributed.Client(cluster)
+    try:
+        yield cluster, client
+    finally:
+        client.close()
+        nanny = logging.getLogger("distributed.nanny")
+        level = nanny.level
+        nanny.setLevel(logging.ERROR)
+        try:
+            cluster.close()
+        finally:
+            nanny.setLevel(level)

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image, ImageEnhance
 
-from tests.conftest import make_recipe
+from tests.conftest import local_dask_cluster, make_recipe
 from vlcurate.demo.corpus import draw_scene
 from vlcurate.download.images import phash
 from vlcurate.filters.near_dedup import NearDedup, NearDedupConfig, band_masks
@@ -165,22 +165,16 @@ def near_decisions(version: Path) -> dict[str, str]:
 
 @pytest.mark.slow
 def test_one_representative_across_shards_on_one_and_two_workers_and_dask(tmp_path, demo_urls):
-    distributed = pytest.importorskip("distributed")
+    pytest.importorskip("distributed")
     results = {}
     for workers in (1, 2):
         recipe = make_recipe(tmp_path, demo_urls, root=f"w{workers}", samples_per_shard=24, stages=STAGES,
                              runner={"name": "local", "workers": workers})
         results[f"local-{workers}"] = Path(build(load_recipe(recipe), log=lambda s: None).version_dir)
-    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                       dashboard_address=None, host="127.0.0.1")
-    client = distributed.Client(cluster)
-    try:
+    with local_dask_cluster() as (cluster, client):
         recipe = make_recipe(tmp_path, demo_urls, root="dask", samples_per_shard=24, stages=STAGES, runner={
             "name": "DaskRunner", "options": [f"--dask_client_address={cluster.scheduler_address}"]})
         results["dask"] = Path(build(load_recipe(recipe), log=lambda s: None).version_dir)
-    finally:
-        client.close()
-        cluster.close()
     first = results["local-1"]
     samples = [r for p in sorted((first / "samples").glob("*.parquet")) for r in pq.read_table(p).to_pylist()
                if r["status"] == "ok"]

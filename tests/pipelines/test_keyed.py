@@ -8,7 +8,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import make_recipe
+from tests.conftest import local_dask_cluster, make_recipe
 from vlcurate.io import storage
 from vlcurate.pipelines.build import build
 from vlcurate.recipe import load_recipe
@@ -51,22 +51,16 @@ def test_demo_dedup_points_every_copy_at_the_smallest_key(demo_version):
 
 @pytest.mark.slow
 def test_twenty_shards_same_decisions_on_one_and_two_workers_and_dask(tmp_path, demo_urls):
-    distributed = pytest.importorskip("distributed")
+    pytest.importorskip("distributed")
     builds = {}
     for workers in (1, 2):
         recipe = make_recipe(tmp_path, demo_urls, root=f"w{workers}", samples_per_shard=12, stages=STAGES,
                              runner={"name": "local", "workers": workers})
         builds[f"local-{workers}"] = build(load_recipe(recipe), log=lambda s: None)
-    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                       dashboard_address=None, host="127.0.0.1")
-    client = distributed.Client(cluster)
-    try:
+    with local_dask_cluster() as (cluster, client):
         recipe = make_recipe(tmp_path, demo_urls, root="dask", samples_per_shard=12, stages=STAGES, runner={
             "name": "DaskRunner", "options": [f"--dask_client_address={cluster.scheduler_address}"]})
         builds["dask"] = build(load_recipe(recipe), log=lambda s: None)
-    finally:
-        client.close()
-        cluster.close()
     first = Path(builds["local-1"].version_dir)
     assert builds["local-1"].manifest["stages"][0]["shards"] == 20
     decisions = dedup_decisions(first)

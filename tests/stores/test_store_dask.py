@@ -7,6 +7,7 @@ import tempfile
 
 import pytest
 
+from tests.conftest import local_dask_cluster
 from tests.stores.test_store_build import small_recipe, version_files
 from vlcurate.io import storage
 from vlcurate.pipelines.build import build
@@ -20,22 +21,16 @@ def _own_working_directory() -> str:
 
 @pytest.mark.slow
 def test_dask_runner_to_a_store_equals_fnapi_runner(stores, local_build, demo_urls, tmp_path):
-    distributed = pytest.importorskip("distributed")
+    pytest.importorskip("distributed")
     store = stores["s3"]
     storage.write_bytes(store.url("dask-inputs", "urls.parquet"), demo_urls.read_bytes())
-    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                       dashboard_address=":0", host="127.0.0.1")
-    client = distributed.Client(cluster)
-    try:
+    with local_dask_cluster() as (cluster, client):
         cwds = set(client.run(_own_working_directory).values())
         assert len(cwds) == 2 and os.getcwd() not in cwds
         root = store.url("dask")
         recipe = small_recipe(tmp_path, demo_urls, root, store.url("dask-inputs", "urls.parquet"),
                               name="DaskRunner", options=[f"--dask_client_address={cluster.scheduler_address}"])
         result = build(load_recipe(recipe), log=lambda s: None)
-    finally:
-        client.close()
-        cluster.close()
     assert result.version_dir == storage.join(root, "demo", "v1")
     assert version_files(result.version_dir) == version_files(str(local_build.version_dir))
     assert result.manifest["files"] == local_build.manifest["files"]

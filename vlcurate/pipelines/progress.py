@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import sys
 import threading
 import time
@@ -68,7 +69,8 @@ class Display:
 
     def show(self, bar: str, line: str, final: bool = False) -> None:
         if self.terminal is not None:
-            self.terminal.write("\r" + bar + "\x1b[K" + ("\n" if final else ""))
+            width = shutil.get_terminal_size().columns - 1  # a wrapped line cannot be redrawn in place
+            self.terminal.write("\r" + bar[:width] + "\x1b[K" + ("\n" if final else ""))
             self.terminal.flush()
             return
         now = time.monotonic()
