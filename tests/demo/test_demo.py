@@ -55,6 +55,8 @@ def test_demo_command_end_to_end_is_reproducible(tmp_path):
         assert run.returncode == 0, run.stderr
         assert f"validate {tmp_path / 'demo' / version}: OK" in run.stdout
         assert "=> kept" in run.stdout and "dropped.duplicate" in run.stdout
+        report = tmp_path / "demo" / f"{version}.report.html"  # beside the immutable version
+        assert f"report: {report}" in run.stdout.splitlines() and report.stat().st_size > 10_000
     files = [{f["path"]: f["sha256"] for f in manifest(tmp_path / "demo" / v)["files"]} for v in ("v1", "v2")]
     assert files[0] == files[1]
     listing = subprocess.run([sys.executable, "-m", "vlcurate.cli", "versions", "list", str(tmp_path)],
