@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 import stat
+import warnings
 from pathlib import Path
 
 import pyarrow as pa
@@ -100,14 +101,19 @@ def damaged(demo_version, tmp_path) -> Path:
 @contextlib.contextmanager
 def local_dask_cluster():
     """A 2-process dask.distributed cluster on loopback and a client of it, both closed
-    at the end; yields the cluster. Quiet: the scheduler's HTTP server takes any free
+    at the end; yields both. Quiet: the scheduler's HTTP server takes any free
     port (8787 may be taken, which distributed warns about), each worker preloads
     vlcurate's Beam module (which drops Beam's import warning, that a worker would
     print when it first unpickles a Beam task), and the nanny's notice that a worker
-    took longer than its 4 s to exit at teardown (a loaded machine) is not printed."""
+    took longer than its 4 s to exit at teardown, and the warning that making scratch
+    directories was slow (both happen on a loaded machine), are not printed."""
     distributed = pytest.importorskip("distributed")
-    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
-                                       host="127.0.0.1", preload=["vlcurate.pipelines.beam"])
+    with warnings.catch_warnings():
+        # a loaded machine: making the workers' scratch directories took over a second
+        warnings.filterwarnings("ignore", message="Creating scratch directories is taking a surprisingly long time",
+                                category=UserWarning)
+        cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+                                           host="127.0.0.1", preload=["vlcurate.pipelines.beam"])
     client = distributed.Client(cluster)
     try:
         yield cluster, client
