@@ -248,7 +248,7 @@ def open_in_chromium(path: Path, profile: Path) -> tuple[str, list[str]]:
     logs nothing, breaks no policy and raises nothing has none)."""
     run = subprocess.run(
         [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-extensions",
-         "--disable-background-networking", "--disable-component-update", f"--user-data-dir={profile}",
+         "--disable-background-networking", "--disable-component-update", "--disable-dev-shm-usage", f"--user-data-dir={profile}",
          "--enable-logging=stderr", "--v=0", "--dump-dom", path.resolve().as_uri()],
         capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
@@ -276,3 +276,27 @@ def test_report_opens_in_chromium_with_no_console_message(report, tmp_path):
     assert 'data-broken-images="0"' in body
     for section in SECTIONS:
         assert f'<section id="{section}">' in dom
+
+
+def test_a_version_where_every_download_failed(demo_server, tmp_path):
+    """No image, no filter, no score: every section still there, saying so."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tests.conftest import make_recipe
+    from vlcurate.pipelines.build import build
+    from vlcurate.recipe import load_recipe
+
+    urls = [f"{demo_server.base_url}/missing/{i}.jpg" for i in range(5)]
+    pq.write_table(pa.table({"url": urls, "caption": ["a red square"] * 5, "kind": ["404"] * 5}),
+                   tmp_path / "urls.parquet")
+    recipe = make_recipe(tmp_path, tmp_path / "urls.parquet", stages=[
+        {"download": {"allow_networks": ["127.0.0.0/8"], "retries": 0}}])
+    version = Path(build(load_recipe(recipe), log=lambda s: None).version_dir)
+    text = Path(write_report(version)).read_text()
+    page = Page(text)
+    assert [s for s in SECTIONS if page.find("section", id=s)] == list(SECTIONS)
+    assert page.find("img") == [] and external_references(text) == []
+    assert "No stage recorded scores." in text and "No duplicates in the sampled shards." in text
+    row = re.search(r'<tr data-kind="http_error"><td>http_error</td><td class="n">5</td><td><ul>(.*?)</ul>', text)
+    assert row and len(re.findall(r'<span class="url">', row.group(1))) == ReportOptions().urls_per_kind

@@ -201,7 +201,9 @@ class Progress:
     def _loop(self) -> None:
         begin = time.monotonic()
         start = sum(self._done().values())  # a resumed build's finished work is not this run's rate
-        while not self._stop.wait(self.display.period):
+        # a bar is redrawn every second (the progress files change no faster), lines every interval
+        period = min(self.display.interval, 1.0) if self.display.terminal else self.display.interval
+        while not self._stop.wait(period):
             self.display.show(*self._lines(start, time.monotonic() - begin))
         self.display.show(*self._lines(start, time.monotonic() - begin), final=True)
 
