@@ -5,8 +5,8 @@ SVG, and a Content-Security-Policy forbids every other source. Its size is bound
 whatever the version's size: counts come from the manifest (summed from the stats
 markers), and everything per sample (score histograms, thumbnails, duplicate pairs,
 example URLs) from a seeded sample of at most ``max_shards`` shards, with a fixed
-number of thumbnails per group. The same version, options and seed give the same
-bytes.
+number of thumbnails per group (:mod:`vlcurate.export.report_sample`). The same
+version, options and seed give the same bytes.
 
 Sections (each a ``<section id=...>``): ``funnel``, ``scores``, ``kept``, ``dropped``,
 ``duplicates``, ``errors``, ``provenance``.
@@ -14,60 +14,21 @@ Sections (each a ``<section id=...>``): ``funnel``, ``scores``, ``kept``, ``drop
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 import os
-import random
-from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
-import pyarrow.compute as pc
 
+from vlcurate.export.report_sample import ReportOptions, Sampled, choose, num_shards, sample, thumbnails
 from vlcurate.io import storage
-from vlcurate.io.parquet import read_parquet
-from vlcurate.io.tar import iter_tar_files
-from vlcurate.pipelines.keyed import shard_of
-from vlcurate.pipelines.progress import Ticker
-from vlcurate.pipelines.samples import DECISION
-from vlcurate.pipelines.stage import Layout
 from vlcurate.report import funnel, weights_notes
 from vlcurate.versions import load_manifest, version_layout
 
 SECTIONS = ("funnel", "scores", "kept", "dropped", "duplicates", "errors", "provenance")
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 # Every source other than the page itself and data: images is refused by the browser.
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
-DUPLICATE_SUFFIX = "duplicate"  # reasons of dedup filters: duplicate, near_duplicate, semantic_duplicate
-
-
-@dataclass(frozen=True)
-class ReportOptions:
-    """What the page samples; every limit bounds its size."""
-
-    seed: int = 0
-    max_shards: int = 64  # shards read for histograms, thumbnails and examples
-    kept: int = 24  # thumbnails of kept samples
-    per_reason: int = 8  # thumbnails per drop reason
-    pairs: int = 6  # duplicate pairs
-    urls_per_kind: int = 3  # example URLs per download error kind
-    thumb_px: int = 112
-    bins: int = 30
-
-
-@dataclass
-class _Sampled:
-    """What the sampled shards hold, before images are read."""
-
-    shards: list[int] = field(default_factory=list)
-    scores: dict[str, list[tuple[float, bool]]] = field(default_factory=dict)  # stage -> (score, kept)
-    kept: list[tuple[int, str]] = field(default_factory=list)  # (shard, key)
-    dropped: dict[tuple[str, str], list[tuple[int, str, str | None]]] = field(default_factory=dict)
-    pairs: dict[str, list[tuple[int, str, str]]] = field(default_factory=dict)  # stage -> (shard, key, representative)
-    errors: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # kind -> (url, message)
-    captions: dict[str, str] = field(default_factory=dict)
 
 
 def default_out(version_dir: str | os.PathLike) -> str:
@@ -89,13 +50,13 @@ def write_report(version_dir: str | os.PathLike, out: str | os.PathLike | None =
 def render(version_dir: str | os.PathLike, manifest: dict, options: ReportOptions = ReportOptions(),
            log: Callable[[str], None] | None = None) -> str:
     layout = version_layout(version_dir, manifest)
-    sampled = _choose(_sample(layout, manifest, options, log), manifest, options)
-    thumbs = _thumbnails(layout, sampled, options)
+    sampled = choose(sample(layout, manifest, options, log), manifest, options)
+    thumbs = thumbnails(layout, sampled, options)
     title = f"{manifest['name']}/{manifest['version']}"
     body = [
         f"<header><h1>vlcurate report: {_e(title)}</h1>",
         f"<p>{_e(_headline(manifest))}; per-sample parts from {len(sampled.shards)} of "
-        f"{_num_shards(manifest)} shards (seed {options.seed}).</p>",
+        f"{num_shards(manifest)} shards (seed {options.seed}).</p>",
         *(f'<p class="warn">{_e(note)}</p>' for note in weights_notes(manifest) if "RANDOM" in note),
         "<nav>" + " ".join(f'<a href="#{s}">{s}</a>' for s in SECTIONS) + "</nav></header>",
         _funnel_section(manifest),
@@ -107,109 +68,6 @@ def render(version_dir: str | os.PathLike, manifest: dict, options: ReportOption
         _provenance_section(manifest),
     ]
     return _PAGE.format(csp=_e(CSP), title=_e(title), style=_STYLE, body="\n".join(body), script=_SCRIPT)
-
-
-# --- sampling -----------------------------------------------------------------------
-
-def _num_shards(manifest: dict) -> int:
-    return manifest["stages"][0]["shards"] if manifest["stages"] else 0
-
-
-def _sample(layout: Layout, manifest: dict, options: ReportOptions,
-            log: Callable[[str], None] | None) -> _Sampled:
-    rng = random.Random(options.seed)
-    order = list(range(_num_shards(manifest)))
-    rng.shuffle(order)
-    sampled = _Sampled(shards=sorted(order[: options.max_shards]))
-    with Ticker("report: shards read", len(sampled.shards), log=log) as ticker:
-        for shard in sampled.shards:
-            _read_shard(layout, shard, sampled, options)
-            ticker.advance(1)
-    return sampled
-
-
-def _read_shard(layout: Layout, shard: int, sampled: _Sampled, options: ReportOptions) -> None:
-    rows = read_parquet(layout.samples_parquet(shard),
-                        columns=["key", "url", "caption", "status", "error_kind", "error_message"]).to_pylist()
-    for r in rows:
-        if r["status"] != "ok":
-            examples = sampled.errors.setdefault(r["error_kind"] or "unknown", [])
-            if len(examples) < options.urls_per_kind:
-                examples.append((r["url"] or "", r["error_message"] or ""))
-    dropped: set[str] = set()
-    for loc in layout.sidecars(shard, DECISION):
-        d = read_parquet(loc, columns=["key", "stage", "keep", "reason", "score", "detail"])
-        scored = d.filter(pc.is_valid(d.column("score")))
-        if scored.num_rows:
-            sampled.scores.setdefault(d.column("stage")[0].as_py(), []).extend(
-                zip(scored.column("score").to_pylist(), scored.column("keep").to_pylist()))
-        for r in d.filter(pc.invert(d.column("keep"))).to_pylist():
-            dropped.add(r["key"])
-            sampled.dropped.setdefault((r["stage"], r["reason"]), []).append((shard, r["key"], r["detail"]))
-            if r["reason"].endswith(DUPLICATE_SUFFIX) and r["detail"]:
-                sampled.pairs.setdefault(r["stage"], []).append((shard, r["key"], r["detail"]))
-    ok = [r for r in rows if r["status"] == "ok"]
-    sampled.kept += [(shard, r["key"]) for r in ok if r["key"] not in dropped]
-    sampled.captions.update((r["key"], r["caption"] or "") for r in ok)
-
-
-def _choose(sampled: _Sampled, manifest: dict, options: ReportOptions) -> _Sampled:
-    """The samples the page shows: a seeded draw of ``options``' size from each group,
-    groups in pipeline order."""
-    rng = random.Random(options.seed + 1)
-    order = {s["name"]: i for i, s in enumerate(manifest["stages"])}
-
-    def pick(items: list, n: int) -> list:
-        return sorted(rng.sample(items, n)) if len(items) > n else sorted(items)
-
-    return replace(
-        sampled, kept=pick(sampled.kept, options.kept),
-        dropped={g: pick(v, options.per_reason)
-                 for g, v in sorted(sampled.dropped.items(), key=lambda kv: (order.get(kv[0][0], -1), kv[0]))},
-        pairs={s: pick(v, options.pairs)
-               for s, v in sorted(sampled.pairs.items(), key=lambda kv: (order.get(kv[0], -1), kv[0]))})
-
-
-def _thumbnails(layout: Layout, sampled: _Sampled, options: ReportOptions) -> dict[str, str]:
-    """key -> data URI of its thumbnail, for every sample the page shows (a
-    representative from an unsampled shard included)."""
-    wanted: dict[int, set[str]] = {}
-    for shard, key in sampled.kept:
-        wanted.setdefault(shard, set()).add(key)
-    for items in sampled.dropped.values():
-        for shard, key, _ in items:
-            wanted.setdefault(shard, set()).add(key)
-    for items in sampled.pairs.values():
-        for shard, key, representative in items:
-            wanted.setdefault(shard, set()).add(key)
-            try:
-                wanted.setdefault(shard_of(representative), set()).add(representative)
-            except ValueError:
-                pass  # not a <shard>_<row> key: shown without its image
-    thumbs: dict[str, str] = {}
-    for shard, keys in sorted(wanted.items()):
-        tar = layout.samples_tar(shard)
-        if not storage.exists(tar):
-            continue
-        for key, _, payload in iter_tar_files(tar, IMAGE_EXTS, keys):
-            uri = _thumbnail(payload, options.thumb_px)
-            if uri:
-                thumbs[key] = uri
-    return thumbs
-
-
-def _thumbnail(payload: bytes, px: int) -> str | None:
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(payload)) as img:
-            img = img.convert("RGB")
-            img.thumbnail((px, px))
-            buf = io.BytesIO()
-            img.save(buf, format="JPEG", quality=80)
-    except (OSError, ValueError, Image.DecompressionBombError):
-        return None
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
 # --- sections -----------------------------------------------------------------------
@@ -286,7 +144,7 @@ def _histogram(stage: str, values: list[tuple[float, bool]], thresholds: dict[st
     return "".join(parts)
 
 
-def _scores_section(manifest: dict, sampled: _Sampled, options: ReportOptions) -> str:
+def _scores_section(manifest: dict, sampled: Sampled, options: ReportOptions) -> str:
     out = ['<section id="scores"><h2>Scores</h2>']
     if not sampled.scores:
         out.append("<p>No stage recorded scores.</p>")
@@ -307,13 +165,13 @@ def _figure(key: str, thumbs: dict[str, str], caption: str | None, note: str | N
     return f'<figure data-key="{_e(key)}">{img}<figcaption><b>{_e(key)}</b> {text}{extra}</figcaption></figure>'
 
 
-def _kept_section(sampled: _Sampled, thumbs: dict[str, str]) -> str:
+def _kept_section(sampled: Sampled, thumbs: dict[str, str]) -> str:
     figures = "".join(_figure(k, thumbs, sampled.captions.get(k)) for _, k in sampled.kept)
     return (f'<section id="kept"><h2>Kept samples</h2><p>{len(sampled.kept)} samples every filter kept, '
             f'drawn at random from the sampled shards.</p><div class="grid">{figures}</div></section>')
 
 
-def _dropped_section(manifest: dict, sampled: _Sampled, thumbs: dict[str, str]) -> str:
+def _dropped_section(manifest: dict, sampled: Sampled, thumbs: dict[str, str]) -> str:
     totals = {(stage, outcome.removeprefix("dropped.")): n for stage, outcome, n in funnel(manifest)
               if outcome.startswith("dropped.")}
     out = ['<section id="dropped"><h2>Dropped samples by reason</h2>']
@@ -329,7 +187,7 @@ def _dropped_section(manifest: dict, sampled: _Sampled, thumbs: dict[str, str]) 
     return "\n".join(out)
 
 
-def _duplicates_section(sampled: _Sampled, thumbs: dict[str, str]) -> str:
+def _duplicates_section(sampled: Sampled, thumbs: dict[str, str]) -> str:
     out = ['<section id="duplicates"><h2>Duplicate pairs</h2>'
            "<p>Each dropped copy beside the representative its filter kept.</p>"]
     if not sampled.pairs:
@@ -344,7 +202,7 @@ def _duplicates_section(sampled: _Sampled, thumbs: dict[str, str]) -> str:
     return "\n".join(out)
 
 
-def _errors_section(manifest: dict, sampled: _Sampled) -> str:
+def _errors_section(manifest: dict, sampled: Sampled) -> str:
     first = manifest["stages"][0] if manifest["stages"] else {"name": "-", "counts": {}}
     failures = sorted(((k.removeprefix("failed."), v) for k, v in first["counts"].items() if k.startswith("failed.")),
                       key=lambda kv: (-kv[1], kv[0]))
