@@ -234,6 +234,11 @@ def test_cli_report_default_location_and_bad_input(demo_version, tmp_path, capsy
     err = capsys.readouterr().err.strip()
     assert err.startswith("vlcurate: error: version ") and "no such directory" in err and "\n" not in err
     assert not (tmp_path / "missing.report.html").exists()
+    (tmp_path / "adir").mkdir()
+    assert main(["report", str(demo_version), "--out", str(tmp_path / "adir")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"vlcurate: error: output {tmp_path / 'adir'}: is a directory (name the .html file to write)"
+    assert list((tmp_path / "adir").iterdir()) == []
 
 
 # --- headless Chromium -----------------------------------------------------------------

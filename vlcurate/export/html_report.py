@@ -21,6 +21,7 @@ from typing import Callable
 
 import numpy as np
 
+from vlcurate.errors import UserError
 from vlcurate.export.report_sample import ReportOptions, Sampled, choose, num_shards, sample, thumbnails
 from vlcurate.io import storage
 from vlcurate.report import funnel, weights_notes
@@ -39,10 +40,16 @@ def default_out(version_dir: str | os.PathLike) -> str:
 
 def write_report(version_dir: str | os.PathLike, out: str | os.PathLike | None = None,
                  options: ReportOptions = ReportOptions(), log: Callable[[str], None] | None = None) -> str:
-    """Write the report of ``version_dir`` to ``out`` (atomically) and return where."""
+    """Write the report of ``version_dir`` to ``out`` (atomically) and return where.
+    Raises :class:`UserError` before any work when ``version_dir`` is not a version
+    or ``out`` cannot be written."""
     manifest = load_manifest(version_dir)
-    page = render(version_dir, manifest, options, log)
     target = os.fspath(out) if out is not None else default_out(version_dir)
+    problem = storage.write_problem(target)
+    if problem:
+        suffix = " (name the .html file to write)" if problem == "is a directory" else ""
+        raise UserError(f"output {target}: {problem}{suffix}")
+    page = render(version_dir, manifest, options, log)
     storage.write_bytes(target, page.encode())
     return target
 
