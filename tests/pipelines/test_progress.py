@@ -42,6 +42,11 @@ def test_plain_lines_at_most_once_per_interval_and_a_final_one():
             ticker.advance(1)
     assert len(lines) == 2  # the first update, then the last (interval not reached between)
     assert re.search(r"job: 1/100 \(1%\)", lines[0]) and re.search(r"job: 50/100 \(50%\), [\d.]+/s, ETA ", lines[1])
+    again: list[str] = []
+    display = Display(again.append, interval=0)
+    display.show("", "[1s] 100% (a 5/5), 3.0/s", counts="a 5/5")
+    display.show("", "[2s] 100% (a 5/5), 2.5/s", final=True, counts="a 5/5")  # the same counts: not again
+    assert again == ["[1s] 100% (a 5/5), 3.0/s"]
     quiet: list[str] = []
     with Ticker("quick", 3, log=quiet.append) as quick:  # a job done within the interval says nothing
         quick.advance(3)
@@ -70,7 +75,7 @@ def test_progress_adds_the_finished_part_of_shards_in_flight(tmp_path):
     storage.write_bytes(storage.join(layout.progress_dir(), ".caption_filter-00001.json.tmp123"), b"{")
     progress = Progress(layout, ["download", "caption_filter"], 2, 40, 50, log=lambda s: None)
     assert progress._done() == {"download": 45.0, "caption_filter": 10.0}
-    bar, line = progress._lines(0.0, 2.0)
+    bar, line, _ = progress._lines(0.0, 2.0)
     assert "download 45/50, caption_filter 10/50" in line and " 55%" in bar
 
 

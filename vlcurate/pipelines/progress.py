@@ -52,6 +52,7 @@ class Display:
         # quiet_if_quick: no line at all for a job that ends within the first interval
         self.quiet_if_quick = quiet_if_quick
         self._last_line, self._last_time = "", time.monotonic() if quiet_if_quick else float("-inf")
+        self._last_counts: str | None = None
         self._shown = False
 
     @staticmethod
@@ -67,7 +68,9 @@ class Display:
         """How often a caller should offer an update."""
         return 0.5 if self.terminal else self.interval
 
-    def show(self, bar: str, line: str, final: bool = False) -> None:
+    def show(self, bar: str, line: str, final: bool = False, counts: str | None = None) -> None:
+        """Offer an update; ``counts`` (what was done, without rates): a final line
+        that repeats the last shown line's counts is not shown again."""
         if self.terminal is not None:
             width = shutil.get_terminal_size().columns - 1  # a wrapped line cannot be redrawn in place
             self.terminal.write("\r" + bar[:width] + "\x1b[K" + ("\n" if final else ""))
@@ -75,9 +78,10 @@ class Display:
             return
         now = time.monotonic()
         due = now - self._last_time >= self.interval or (final and (self._shown or not self.quiet_if_quick))
-        if self.log is not None and line != self._last_line and due:
+        repeated = final and counts is not None and counts == self._last_counts
+        if self.log is not None and line != self._last_line and due and not repeated:
             self.log(line)
-            self._last_line, self._last_time, self._shown = line, now, True
+            self._last_line, self._last_time, self._last_counts, self._shown = line, now, counts, True
 
 
 def bar(fraction: float, width: int = 24) -> str:
@@ -186,7 +190,8 @@ class Progress:
                 done[stage] += fraction * self.shard_rows(int(shard_text))
         return done
 
-    def _lines(self, start: float, elapsed: float) -> tuple[str, str]:
+    def _lines(self, start: float, elapsed: float) -> tuple[str, str, str]:
+        """The bar, the plain line and the counts they show."""
         done = self._done()
         units = sum(done.values())
         total = len(self.stages) * self.rows
@@ -196,7 +201,7 @@ class Progress:
         per_stage = ", ".join(f"{s} {done[s]:.0f}/{self.rows}" for s in self.stages)
         pct = 100.0 * units / total if total else 100.0
         return (f"{bar(pct / 100)} {pct:3.0f}% {rate:.1f} samples/s ETA {eta} | {per_stage}",
-                f"  [{elapsed:6.1f}s] {pct:.0f}% ({per_stage}), {rate:.1f} samples/s, ETA {eta}")
+                f"  [{elapsed:6.1f}s] {pct:.0f}% ({per_stage}), {rate:.1f} samples/s, ETA {eta}", per_stage)
 
     def _loop(self) -> None:
         begin = time.monotonic()
@@ -204,8 +209,10 @@ class Progress:
         # a bar is redrawn every second (the progress files change no faster), lines every interval
         period = min(self.display.interval, 1.0) if self.display.terminal else self.display.interval
         while not self._stop.wait(period):
-            self.display.show(*self._lines(start, time.monotonic() - begin))
-        self.display.show(*self._lines(start, time.monotonic() - begin), final=True)
+            bar_text, line, counts = self._lines(start, time.monotonic() - begin)
+            self.display.show(bar_text, line, counts=counts)
+        bar_text, line, counts = self._lines(start, time.monotonic() - begin)
+        self.display.show(bar_text, line, final=True, counts=counts)
 
     def __enter__(self) -> "Progress":
         self._thread.start()
