@@ -64,6 +64,10 @@ def test_shard_progress_writes_at_most_once_per_period(tmp_path):
     assert json.loads(storage.read_bytes(loc)) == {"done": 10, "of": 40}
     assert read_shard_progress(loc) == 0.25
     assert read_shard_progress(str(tmp_path / "absent.json")) is None
+    (tmp_path / "file").write_text("")
+    unwritable = ShardProgress(str(tmp_path / "file" / "x.json"), 40, every=0)  # its directory is a file
+    unwritable.add(5)  # no error: progress never fails a shard
+    assert unwritable.done == 5
 
 
 def test_progress_adds_the_finished_part_of_shards_in_flight(tmp_path):
