@@ -150,6 +150,20 @@ def _cmd_export_lxmert_tsv(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export_training(args: argparse.Namespace) -> int:
+    from vlcurate.export.training import ExportRecipe, export_training
+    from vlcurate.report import plural
+
+    features = tuple(f.strip() for f in args.features.split(",") if f.strip()) if args.features else ()
+    recipe = ExportRecipe(args.version_dir, args.export_format, args.samples_per_shard, args.shuffle_seed, features,
+                          args.runner, args.workers, tuple(args.beam_options))
+    r = export_training(recipe, args.out)
+    left = "".join(f", {n} without {name}" for name, n in sorted(r.left_out.items()))
+    print(f"exported {plural(r.exported, 'sample')} in {plural(r.shards, 'shard')} ({args.export_format}) "
+          f"to {r.version_dir}{' (left out' + left[1:] + ')' if left else ''}; parent {args.version_dir}")
+    return 0
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -222,6 +236,17 @@ def make_parser() -> argparse.ArgumentParser:
     q.add_argument("--include-dropped", action="store_true",
                    help="also samples a filter dropped (default: only samples every filter kept)")
     q.set_defaults(func=_cmd_export_lxmert_tsv)
+    for fmt in ("webdataset", "parquet"):
+        q = esub.add_parser(fmt, help=f"the samples every filter kept as {fmt} training shards, a version of its own",
+                            epilog="Beam pipeline options go after '--'")
+        q.add_argument("version_dir")
+        q.add_argument("out", help="the new version directory (ROOT/NAME/VERSION); must not exist")
+        q.add_argument("--samples-per-shard", type=_positive_int, default=1000)
+        q.add_argument("--shuffle-seed", type=int, help="shuffle the samples across shards with this seed")
+        q.add_argument("--features", help="comma-separated: vit (ViT tokens), regions (region features + boxes)")
+        q.add_argument("--runner", default="local", help="Beam runner (default: local, the FnApiRunner)")
+        q.add_argument("--workers", type=_positive_int, default=1, help="local runner processes")
+        q.set_defaults(func=_cmd_export_training)
     return parser
 
 
