@@ -140,6 +140,14 @@ def _cmd_versions_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_versions_diff(args: argparse.Namespace) -> int:
+    from vlcurate.versions import diff_versions, show_diff
+
+    d = diff_versions(args.a, args.b)
+    print(json.dumps(d, indent=1) if args.json else show_diff(d))
+    return 0
+
+
 def _cmd_export_lxmert_tsv(args: argparse.Namespace) -> int:
     from vlcurate.extractors.lxmert_tsv import export_lxmert_tsv
     from vlcurate.report import plural
@@ -161,6 +169,17 @@ def _cmd_export_training(args: argparse.Namespace) -> int:
     left = "".join(f", {n} without {name}" for name, n in sorted(r.left_out.items()))
     print(f"exported {plural(r.exported, 'sample')} in {plural(r.shards, 'shard')} ({args.export_format}) "
           f"to {r.version_dir}{' (left out' + left[1:] + ')' if left else ''}; parent {args.version_dir}")
+    return 0
+
+
+def _cmd_query(args: argparse.Namespace) -> int:
+    from vlcurate.export.query import format_table, run_query
+
+    table = run_query(args.version_dir, args.sql, args.out)
+    if args.out:
+        print(f"wrote {table.num_rows} rows to {args.out}")
+    else:
+        print(format_table(table, args.max_rows))
     return 0
 
 
@@ -226,6 +245,21 @@ def make_parser() -> argparse.ArgumentParser:
     q.add_argument("version_dir")
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=_cmd_versions_show)
+    q = vsub.add_parser("diff", help="what changed from version A to B: recipe, counts, samples added, removed, "
+                                     "and whose decision changed")
+    q.add_argument("a")
+    q.add_argument("b")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=_cmd_versions_diff)
+
+    p = sub.add_parser("query", help="SQL (DuckDB) over a version: views samples, decisions, kept, one per sidecar",
+                       epilog="e.g. vlcurate query datasets/demo/v1 \"SELECT stage, reason, count(*) FROM decisions "
+                              "GROUP BY ALL\"")
+    p.add_argument("version_dir")
+    p.add_argument("sql")
+    p.add_argument("--out", help="write the result to this .csv or .parquet file instead of printing it")
+    p.add_argument("--max-rows", type=_positive_int, default=50, help="rows to print (default: 50)")
+    p.set_defaults(func=_cmd_query)
 
     p = sub.add_parser("export", help="write a version's features in another tool's format")
     esub = p.add_subparsers(dest="export_format", required=True)
