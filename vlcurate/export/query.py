@@ -103,7 +103,7 @@ def run_query(version_dir: str | os.PathLike, sql: str, out: str | None = None) 
     con = connect(version_dir)
     try:
         relation = con.sql(sql)
-        table = None if relation is None else relation.fetch_arrow_table()
+        table = None if relation is None else relation.to_arrow_table()
     except duckdb.Error as e:
         raise UserError(f"query: {str(e).splitlines()[0]}") from None
     if table is None:

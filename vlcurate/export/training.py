@@ -205,6 +205,8 @@ def export_training(recipe: ExportRecipe, out: str) -> ExportResult:
     layout = version_layout(source, manifest)
     specs = feature_specs(layout, sources, 0)
     root = _building_dir(out)
+    parent = storage.parent(out)
+    made_parent = bool(parent) and not storage.exists(parent)
     job = _Job(layout, sources, root, recipe.format, recipe.samples_per_shard, recipe.shuffle_seed, specs)
     pipeline = make_pipeline(recipe.runner, recipe.workers, recipe.options)
     build_export_graph(pipeline, job, num_source)
@@ -215,6 +217,8 @@ def export_training(recipe: ExportRecipe, out: str) -> ExportResult:
             storage.move_tree(root, out)
     except BaseException:
         storage.delete_tree(root)
+        if made_parent:
+            storage.delete_empty_dir(parent)
         raise
     select = next(s for s in manifest_out["stages"] if s["name"] == SELECT)
     fmt = next(s for s in manifest_out["stages"] if s["name"] == recipe.format)
