@@ -24,7 +24,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
+import tempfile
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
@@ -37,6 +40,7 @@ from vlcurate.io import storage
 from vlcurate.io.parquet import read_parquet_schema
 from vlcurate.io.stats import FileRecord, ShardStats, write_stats
 from vlcurate.pipelines.beam import LOCAL, check_pipeline_options, make_pipeline, resolve_runner, run_to_completion
+from vlcurate.pipelines.progress import worker_output_to
 from vlcurate.pipelines.stage import Layout, StageInfo
 from vlcurate.versions import MANIFEST, load_manifest, read_markers, version_layout, write_manifest
 
@@ -210,8 +214,12 @@ def export_training(recipe: ExportRecipe, out: str) -> ExportResult:
     job = _Job(layout, sources, root, recipe.format, recipe.samples_per_shard, recipe.shuffle_seed, specs)
     pipeline = make_pipeline(recipe.runner, recipe.workers, recipe.options)
     build_export_graph(pipeline, job, num_source)
+    log_dir = tempfile.mkdtemp(prefix="vlcurate-export-")
+    log_path = Path(log_dir) / "beam.log"
     try:
-        run_to_completion(pipeline)
+        with worker_output_to(log_path):  # worker processes' INFO logs, kept only on failure
+            run_to_completion(pipeline)
+        storage.delete_tree(log_dir)
         manifest_out = _commit(root, recipe, manifest, specs, num_source)
         if root != out:
             storage.move_tree(root, out)
@@ -219,6 +227,10 @@ def export_training(recipe: ExportRecipe, out: str) -> ExportResult:
         storage.delete_tree(root)
         if made_parent:
             storage.delete_empty_dir(parent)
+        if storage.exists(log_path) and storage.size(log_path):
+            print(f"worker logs: {log_path}", file=sys.stderr)
+        else:
+            storage.delete_tree(log_dir)
         raise
     select = next(s for s in manifest_out["stages"] if s["name"] == SELECT)
     fmt = next(s for s in manifest_out["stages"] if s["name"] == recipe.format)
