@@ -1,4 +1,4 @@
-"""Exports of the shared demo version (tests/conftest.py builds it once per session)."""
+"""Helpers of the export tests (the shared exports of the demo version are in tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import pytest
 
 from vlcurate.cli import main
 
@@ -32,21 +31,3 @@ def export(capsys, fmt: str, source: Path, out: Path, *flags: str) -> str:
     captured = capsys.readouterr()
     assert code == 0, captured.err
     return captured.out
-
-
-@pytest.fixture(scope="session")
-def wds_export(demo_version, tmp_path_factory) -> Path:
-    """The demo's kept samples as webdataset shards of 50, shuffled (seed 3), with features."""
-    out = tmp_path_factory.mktemp("exports") / "demo" / "v1-wds"
-    assert main(["export", "webdataset", str(demo_version), str(out), "--samples-per-shard", "50",
-                 "--shuffle-seed", "3", "--features", "vit,regions"]) == 0
-    return out
-
-
-@pytest.fixture(scope="session")
-def parquet_export(demo_version, tmp_path_factory) -> Path:
-    """The same as Parquet shards of 64, not shuffled, with features."""
-    out = tmp_path_factory.mktemp("exports") / "demo" / "v1-parquet"
-    assert main(["export", "parquet", str(demo_version), str(out), "--samples-per-shard", "64",
-                 "--features", "vit,regions"]) == 0
-    return out

@@ -11,7 +11,9 @@ Views, from the files the manifest lists:
   columns are BLOBs of the little-endian array bytes (shapes in the sidecar's metadata).
 
 On local disk DuckDB scans the files itself (only the columns and row groups a query
-needs); a version on an object store is read through the storage layer first.
+needs); a version on an object store is read whole through the storage layer into
+memory first (float16 arrays widened to float32), so query big remote versions from
+a machine with the memory, or a local copy.
 """
 
 from __future__ import annotations
@@ -54,6 +56,20 @@ def version_views(manifest: dict) -> list[View]:
     return [View(name, tuple(sorted(f["path"] for f in fs)), fs[0].get("kind")) for name, fs in sorted(groups.items())]
 
 
+def _widen_half(t: pa.DataType) -> pa.DataType:
+    """``t`` with float16 (which DuckDB's Arrow import lacks; its Parquet reader has it)
+    as float32, inside lists and structs too."""
+    if pa.types.is_float16(t):
+        return pa.float32()
+    if pa.types.is_fixed_size_list(t):
+        return pa.list_(_widen_half(t.value_type), t.list_size)
+    if pa.types.is_list(t):
+        return pa.list_(_widen_half(t.value_type))
+    if pa.types.is_struct(t):
+        return pa.struct([f.with_type(_widen_half(f.type)) for f in t])
+    return t
+
+
 def _register(con, version_dir: str, view: View) -> None:
     local = [storage.local_path(storage.join(version_dir, p)) for p in view.files]
     if all(p is not None for p in local):
@@ -61,7 +77,9 @@ def _register(con, version_dir: str, view: View) -> None:
         con.execute(f'CREATE VIEW "{view.name}" AS SELECT * FROM read_parquet([{listing}], union_by_name=true)')
         return
     tables = [read_parquet(storage.join(version_dir, p)) for p in view.files]
-    con.register(f"{view.name}_arrow", pa.concat_tables(tables, promote_options="permissive"))
+    table = pa.concat_tables(tables, promote_options="permissive")
+    table = table.cast(pa.schema([f.with_type(_widen_half(f.type)) for f in table.schema]))
+    con.register(f"{view.name}_arrow", table)
     con.execute(f'CREATE VIEW "{view.name}" AS SELECT * FROM "{view.name}_arrow"')
 
 
