@@ -97,7 +97,7 @@ def test_webdataset_export_loads_in_hf_datasets_with_arrays(demo_version, wds_ex
             assert np.array_equal(row["regions.npy"], regions[row["__key__"]].astype(np.float32))
 
 
-def test_parquet_export_loads_in_polars_hf_and_duckdb(demo_version, parquet_export):
+def test_parquet_export_loads_in_polars_hf_and_duckdb(demo_version, parquet_export, tmp_path):
     import datasets
     import duckdb
     import polars as pl
@@ -116,7 +116,7 @@ def test_parquet_export_loads_in_polars_hf_and_duckdb(demo_version, parquet_expo
         assert np.array_equal(np.asarray(row["regions"], np.float16), regions[k])
         assert np.array_equal(np.asarray(row["boxes"], np.float32), boxes[k]) and row["num_boxes"] == len(boxes[k])
         assert row["texts"] == [row["text"]]
-    ds = datasets.load_dataset(str(parquet_export), split="train").with_format("numpy")
+    ds = datasets.load_dataset(str(parquet_export), split="train", cache_dir=str(tmp_path)).with_format("numpy")
     row = ds[3]
     assert isinstance(row["vit"], np.ndarray) and np.array_equal(row["vit"], vit[row["key"]].astype(np.float32))
     assert isinstance(row["regions"], np.ndarray) and row["regions"].shape == regions[row["key"]].shape

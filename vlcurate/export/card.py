@@ -95,6 +95,9 @@ def dataset_card(recipe, source_manifest: dict, stats: dict[str, list[ShardStats
         *(["- models:", *models] if models else []),
         *(["- **some stages ran with random weights: their scores and features are not meaningful**"]
           if src.get("random_weights") else []),
+        "", "## Source recipe", "",
+        *[f"- `{kind}`: `{json.dumps(settings, sort_keys=True)}`" for item in src["recipe"].get("stages", [])
+          for kind, settings in item.items()],
         "", "## Export recipe", "",
         f"- format: {fmt}; {recipe.samples_per_shard} samples per shard; "
         + (f"shuffled with seed {recipe.shuffle_seed}" if recipe.shuffle_seed is not None else "not shuffled "
