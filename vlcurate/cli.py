@@ -162,7 +162,7 @@ def _cmd_export_training(args: argparse.Namespace) -> int:
     from vlcurate.export.training import ExportRecipe, export_training
     from vlcurate.report import plural
 
-    features = tuple(f.strip() for f in args.features.split(",") if f.strip()) if args.features else ()
+    features = tuple(dict.fromkeys(f.strip() for f in (args.features or "").split(",") if f.strip()))
     recipe = ExportRecipe(args.version_dir, args.export_format, args.samples_per_shard, args.shuffle_seed, features,
                           args.runner, args.workers, tuple(args.beam_options))
     r = export_training(recipe, args.out)

@@ -179,3 +179,29 @@ def test_shuffle_positions_are_a_permutation():
         assert sorted(placed) == list(range(total))
     assert [position(i, 183, None) for i in range(183)] == list(range(183))
     assert [position(i, 183, 1) for i in range(183)] != [position(i, 183, 2) for i in range(183)]
+
+
+def test_feature_sources_are_stages_not_side_files():
+    """A clip_score filter's stored embeddings are vit_features records too, but hold no
+    tokens: --features vit takes the vit_features stage; without one it is an error."""
+    import pytest
+
+    from vlcurate.errors import UserError
+    from vlcurate.export.select import find_sources
+
+    def manifest(*stages):
+        files = [{"path": f"{d}/00000.parquet", "kind": k} for d, k in
+                 [("clip_score", "decision"), ("clip_score.embeddings", "vit_features"),
+                  *((s, "vit_features") for s in stages)]]
+        return {"files": files, "stages": [{"name": n} for n in ("download", *stages, "clip_score")]}
+
+    assert find_sources(manifest("vit_features", "vit_2"), ("vit",), "v").features == {"vit": "vit_2"}
+    with pytest.raises(UserError, match="no vit_features sidecars"):
+        find_sources(manifest(), ("vit",), "v")
+
+
+def test_an_export_cannot_be_exported_again(wds_export, tmp_path, capsys):
+    assert main(["export", "parquet", str(wds_export), str(tmp_path / "again")]) == 2
+    err = capsys.readouterr().err
+    assert "no samples/ shards to export" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "again").exists()

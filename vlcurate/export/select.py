@@ -71,7 +71,8 @@ def find_sources(manifest: dict, features: tuple[str, ...], where: str) -> Sourc
     for name in features:
         if name not in FEATURE_KINDS:
             raise UserError(f"--features {name}: unknown feature (known: {', '.join(sorted(FEATURE_KINDS))})")
-        found = kinds.get(FEATURE_KINDS[name], [])
+        # stages only: a filter's side files of the same kind (clip_score.embeddings) hold no tokens
+        found = [s for s in kinds.get(FEATURE_KINDS[name], []) if s in order]
         if not found:
             raise UserError(f"version {where}: no {FEATURE_KINDS[name]} sidecars, so no '{name}' features to "
                             f"export (its stages: {', '.join(order)})")

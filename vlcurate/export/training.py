@@ -202,8 +202,9 @@ def export_training(recipe: ExportRecipe, out: str) -> ExportResult:
         raise UserError(f"runner {recipe.runner!r}: unknown (use 'local' or a Beam runner name)")
     check_pipeline_options(recipe.options)
     num_source = manifest["stages"][0]["shards"] if manifest["stages"] else 0
-    if not num_source:
-        raise UserError(f"version {source}: has no shards to export")
+    if not num_source or not any(f["path"].startswith("samples/") for f in manifest["files"]):
+        raise UserError(f"version {source}: no samples/ shards to export (a training export cannot be "
+                        "exported again; export its source version)")
     recipe = ExportRecipe(**{**asdict(recipe), "features": tuple(recipe.features), "options": tuple(recipe.options),
                              "output": _output(out, source)})
     layout = version_layout(source, manifest)
