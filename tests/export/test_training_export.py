@@ -121,6 +121,11 @@ def test_parquet_export_loads_in_polars_hf_and_duckdb(demo_version, parquet_expo
     assert isinstance(row["vit"], np.ndarray) and np.array_equal(row["vit"], vit[row["key"]].astype(np.float32))
     assert isinstance(row["regions"], np.ndarray) and row["regions"].shape == regions[row["key"]].shape
     assert row["image"].ndim == 3
+    plain = datasets.load_dataset("parquet", data_files={"train": str(parquet_export / "train" / "*.parquet")},
+                                  split="train", cache_dir=str(tmp_path / "plain")).with_format("numpy")
+    row = plain[len(plain) - 1]
+    assert isinstance(row["vit"], np.ndarray) and np.array_equal(row["vit"], vit[row["key"]].astype(np.float32))
+    assert np.array_equal(row["regions"], regions[row["key"]].astype(np.float32))
     n = duckdb.sql(f"SELECT count(*) FROM read_parquet('{parquet_export}/train/*.parquet')").fetchall()[0][0]
     assert n == len(kept)
 

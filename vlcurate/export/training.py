@@ -127,8 +127,7 @@ class _Select(beam.DoFn):
         for i, sample in enumerate(export_samples(job.layout, shard, job.sources, keys)):
             pos = position(offset + i, total, job.seed)
             yield pos // job.samples_per_shard, (pos, sample)
-        rows = len(keys) + sum(v for k, v in mine.items() if k.startswith("left_out."))
-        write_stats(ShardStats(SELECT, shard, rows, mine), storage.join(job.out, "stats", f"{SELECT}-{shard:05d}.json"))
+        write_stats(ShardStats(SELECT, shard, mine["kept"], mine), storage.join(job.out, "stats", f"{SELECT}-{shard:05d}.json"))
 
 
 class _Write(beam.DoFn):
@@ -193,6 +192,8 @@ def export_training(recipe: ExportRecipe, out: str) -> ExportResult:
     unknown format or feature, a feature the version lacks, an existing target, an
     unknown runner or option."""
     source, out = os.fspath(recipe.source), os.fspath(out)
+    if not storage.is_remote(source):
+        source = os.path.abspath(source)  # the parent the manifest names, wherever it is read from
     if recipe.format not in FORMATS:
         raise UserError(f"export format {recipe.format!r}: unknown (known: {', '.join(FORMATS)})")
     manifest = load_manifest(source)
@@ -205,8 +206,8 @@ def export_training(recipe: ExportRecipe, out: str) -> ExportResult:
     if not num_source or not any(f["path"].startswith("samples/") for f in manifest["files"]):
         raise UserError(f"version {source}: no samples/ shards to export (a training export cannot be "
                         "exported again; export its source version)")
-    recipe = ExportRecipe(**{**asdict(recipe), "features": tuple(recipe.features), "options": tuple(recipe.options),
-                             "output": _output(out, source)})
+    recipe = ExportRecipe(**{**asdict(recipe), "source": source, "features": tuple(recipe.features),
+                             "options": tuple(recipe.options), "output": _output(out, source)})
     layout = version_layout(source, manifest)
     specs = feature_specs(layout, sources, 0)
     root = _building_dir(out)
