@@ -128,3 +128,23 @@ def test_a_failed_export_leaves_nothing(demo_version, tmp_path, capsys, monkeypa
         main(["export", "parquet", str(demo_version), str(tmp_path / "demo" / "x"), "--samples-per-shard", "100"])
     capsys.readouterr()
     assert tree(tmp_path) == []
+
+
+def test_validate_finds_a_damaged_export(wds_export, tmp_path, capsys):
+    """A tar of the export rewritten without its .txt members: checksum and member problems."""
+    import shutil
+    import stat
+
+    from vlcurate.io.tar import TarSample, read_tar, write_tar
+
+    copy = tmp_path / "v"
+    shutil.copytree(wds_export, copy)
+    tar = copy / "train" / "00000.tar"
+    tar.chmod(tar.stat().st_mode | stat.S_IWUSR)
+    samples = read_tar(tar)
+    write_tar(tar, [TarSample(s["__key__"], {k: v for k, v in s.items() if k not in ("__key__", "txt")})
+                    for s in samples])
+    assert main(["validate", str(copy)]) == 1
+    out = capsys.readouterr().out
+    assert "train/00000.tar: sha256 differs from the manifest" in out
+    assert f"train/00000.tar: sample {samples[0]['__key__']} lacks txt" in out
