@@ -108,7 +108,7 @@ class _Count(beam.DoFn):
         self.job = job
 
     def process(self, shard: int):
-        keys, counts = exported_keys(self.job.layout, shard, self.job.sources)
+        _, counts = exported_keys(self.job.layout, shard, self.job.sources)
         yield shard, counts
 
 
@@ -124,10 +124,13 @@ class _Select(beam.DoFn):
         total = sum(c["exported"] for c in counts.values())
         offset = sum(c["exported"] for s, c in counts.items() if s < shard)
         keys, mine = exported_keys(job.layout, shard, job.sources)
+        if mine != counts[shard]:  # the offsets of every shard were computed from the counts
+            raise RuntimeError(f"source shard {shard} changed during the export: {mine} != {counts[shard]}")
         for i, sample in enumerate(export_samples(job.layout, shard, job.sources, keys)):
             pos = position(offset + i, total, job.seed)
             yield pos // job.samples_per_shard, (pos, sample)
-        write_stats(ShardStats(SELECT, shard, mine["kept"], mine), storage.join(job.out, "stats", f"{SELECT}-{shard:05d}.json"))
+        marker = storage.join(job.out, "stats", f"{SELECT}-{shard:05d}.json")
+        write_stats(ShardStats(SELECT, shard, mine["kept"], mine), marker)
 
 
 class _Write(beam.DoFn):
@@ -153,6 +156,8 @@ def _as_dict(pairs) -> dict:
 
 
 def build_export_graph(p: beam.Pipeline, job: _Job, num_source_shards: int):
+    """The export's graph (module docstring). A worker holds one source shard's exported
+    samples while placing them, and one output shard's while writing it."""
     shards = p | "Shards" >> beam.Create(list(range(num_source_shards))) | "Distribute" >> beam.Reshuffle()
     counts = shards | "Count" >> beam.ParDo(_Count(job))
     side = beam.pvalue.AsSingleton(counts | "Counts" >> beam.combiners.ToList() | "AsDict" >> beam.Map(_as_dict))
