@@ -210,3 +210,12 @@ def test_an_export_cannot_be_exported_again(wds_export, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "no samples/ shards to export" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "again").exists()
+
+
+def test_the_card_names_the_image_member_the_source_wrote():
+    from vlcurate.export.card import card_features, image_ext
+
+    manifest = {"recipe": {"stages": [{"download": {"encode_format": "webp"}}, {"caption_filter": {}}]}}
+    assert image_ext(manifest) == "webp"
+    assert card_features("webdataset", {}, image_ext(manifest))[0] == {"name": "webp", "dtype": "image"}
+    assert image_ext({"recipe": {"stages": [{"download": {"encode_format": "jpeg"}}]}}) == "jpg"

@@ -70,7 +70,7 @@ def dataset_card(recipe, source_manifest: dict, stats: dict[str, list[ShardStats
     for s in stats.get("select", []):
         for k, v in s.counts.items():
             counts[k] = counts.get(k, 0) + v
-    features = card_features(fmt, specs)
+    features = card_features(fmt, specs, image_ext(source_manifest))
     if fmt == "webdataset":
         features = [f if f["name"] != "json" else {"name": "json", "struct": json_struct(sample_schema)}
                     for f in features]
@@ -127,6 +127,16 @@ def dataset_card(recipe, source_manifest: dict, stats: dict[str, list[ShardStats
         f"- contact: {TO_FILL}", "",
     ]
     return "\n".join(lines)
+
+
+def image_ext(manifest: dict) -> str:
+    """The tar member extension of the images: the download stage's ``encode_format``."""
+    for item in manifest["recipe"].get("stages", []):
+        for settings in item.values():
+            fmt = (settings or {}).get("encode_format")
+            if fmt:
+                return "jpg" if fmt == "jpeg" else fmt
+    return "jpg"
 
 
 def _has_captions(manifest: dict) -> bool:
