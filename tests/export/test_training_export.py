@@ -124,6 +124,7 @@ def test_parquet_export_loads_in_polars_hf_and_duckdb(demo_version, parquet_expo
     plain = datasets.load_dataset("parquet", data_files={"train": str(parquet_export / "train" / "*.parquet")},
                                   split="train", cache_dir=str(tmp_path / "plain")).with_format("numpy")
     row = plain[len(plain) - 1]
+    assert row["image"].ndim == 3  # the Image feature, from the Parquet file's own metadata
     assert isinstance(row["vit"], np.ndarray) and np.array_equal(row["vit"], vit[row["key"]].astype(np.float32))
     assert np.array_equal(row["regions"], regions[row["key"]].astype(np.float32))
     n = duckdb.sql(f"SELECT count(*) FROM read_parquet('{parquet_export}/train/*.parquet')").fetchall()[0][0]

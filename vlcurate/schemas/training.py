@@ -41,6 +41,13 @@ def _check_texts(table: pa.Table) -> list[tuple[int, str, str]]:
     return problems
 
 
+def _check_images(table: pa.Table) -> list[tuple[int, str, str]]:
+    for row, image in enumerate(table.column("image").to_pylist()):
+        if not image or not image.get("bytes"):
+            return [(row, "image", "every exported sample needs its image bytes")]
+    return []
+
+
 def _check_regions(table: pa.Table) -> list[tuple[int, str, str]]:
     names = table.schema.names
     if "num_boxes" not in names:
@@ -62,7 +69,9 @@ register(
         version=SCHEMA_VERSION,
         schema=pa.schema([
             pa.field("key", pa.string(), nullable=False),
-            pa.field("image", IMAGE_TYPE, nullable=False),
+            # nullable in the schema so that `datasets` matches it to its Image feature
+            # (it compares whole fields); a row check refuses a missing image
+            pa.field("image", IMAGE_TYPE),
             pa.field("text", pa.string(), nullable=False),
             pa.field("texts", pa.list_(pa.string()), nullable=False),
             pa.field("url", pa.string()),
@@ -70,6 +79,6 @@ register(
             pa.field("height", pa.int32()),
         ]),
         open_columns=True,  # the requested feature columns follow
-        row_checks=(_check_keys, _check_texts, _check_regions),
+        row_checks=(_check_keys, _check_images, _check_texts, _check_regions),
     )
 )
