@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 
 from tests.export.conftest import export, kept_keys
 from vlcurate.cli import main
@@ -190,8 +191,6 @@ def test_shuffle_positions_are_a_permutation():
 def test_feature_sources_are_stages_not_side_files():
     """A clip_score filter's stored embeddings are vit_features records too, but hold no
     tokens: --features vit takes the vit_features stage; without one it is an error."""
-    import pytest
-
     from vlcurate.errors import UserError
     from vlcurate.export.select import find_sources
 
@@ -220,3 +219,29 @@ def test_the_card_names_the_image_member_the_source_wrote():
     assert image_ext(manifest) == "webp"
     assert card_features("webdataset", {}, image_ext(manifest))[0] == {"name": "webp", "dtype": "image"}
     assert image_ext({"recipe": {"stages": [{"download": {"encode_format": "jpeg"}}]}}) == "jpg"
+
+
+@pytest.mark.slow
+def test_two_workers_and_dask_write_the_same_bytes(demo_version, wds_export, tmp_path, capsys):
+    """The export is a Beam job: on two local worker processes and on the DaskRunner
+    (a local 2-process dask.distributed cluster) it writes the same shards."""
+    distributed = pytest.importorskip("distributed")
+    args = ("--samples-per-shard", "50", "--shuffle-seed", "3", "--features", "vit,regions")
+    export(capsys, "webdataset", demo_version, tmp_path / "w2", *args, "--workers", "2")
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                       dashboard_address=None, host="127.0.0.1")
+    client = distributed.Client(cluster)
+    try:
+        export(capsys, "webdataset", demo_version, tmp_path / "dask", *args, "--runner", "DaskRunner", "--",
+               f"--dask_client_address={cluster.scheduler_address}")
+    finally:
+        client.close()
+        cluster.close()
+    def shards(root: Path) -> dict[str, bytes]:  # the data and its markers (the card names the version)
+        return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
+                if p.suffix == ".tar" or p.name.startswith(("select-", "webdataset-"))}
+
+    want = shards(wds_export)
+    assert len(want) == 2 * len(list((wds_export / "train").glob("*.tar"))) + 6  # + one select marker per source shard
+    for name in ("w2", "dask"):
+        assert shards(tmp_path / name) == want, name
