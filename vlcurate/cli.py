@@ -275,7 +275,8 @@ def make_parser() -> argparse.ArgumentParser:
                             epilog="Beam pipeline options go after '--'")
         q.add_argument("version_dir")
         q.add_argument("out", help="the new version directory (ROOT/NAME/VERSION); must not exist")
-        q.add_argument("--samples-per-shard", type=_positive_int, default=1000)
+        q.add_argument("--samples-per-shard", type=_positive_int, default=1000,
+                       help="samples per output shard (default: 1000)")
         q.add_argument("--shuffle-seed", type=int, help="shuffle the samples across shards with this seed")
         q.add_argument("--features", help="comma-separated: vit (ViT tokens), regions (region features + boxes)")
         q.add_argument("--runner", default="local", help="Beam runner (default: local, the FnApiRunner)")
