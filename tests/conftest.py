@@ -126,3 +126,24 @@ def local_dask_cluster():
             cluster.close()
         finally:
             nanny.setLevel(level)
+# Training exports of the shared demo version, read by tests/export and tests/stores.
+@pytest.fixture(scope="session")
+def wds_export(demo_version, tmp_path_factory) -> Path:
+    """The demo's kept samples as webdataset shards of 50, shuffled (seed 3), with features."""
+    out = tmp_path_factory.mktemp("exports") / "demo" / "v1-wds"
+    from vlcurate.cli import main
+
+    assert main(["export", "webdataset", str(demo_version), str(out), "--samples-per-shard", "50",
+                 "--shuffle-seed", "3", "--features", "vit,regions"]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def parquet_export(demo_version, tmp_path_factory) -> Path:
+    """The same as Parquet shards of 64, not shuffled, with features."""
+    out = tmp_path_factory.mktemp("exports") / "demo" / "v1-parquet"
+    from vlcurate.cli import main
+
+    assert main(["export", "parquet", str(demo_version), str(out), "--samples-per-shard", "64",
+                 "--features", "vit,regions"]) == 0
+    return out

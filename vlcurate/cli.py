@@ -132,6 +132,14 @@ def _cmd_versions_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_versions_diff(args: argparse.Namespace) -> int:
+    from vlcurate.versions import diff_versions, show_diff
+
+    d = diff_versions(args.a, args.b)
+    print(json.dumps(d, indent=1) if args.json else show_diff(d))
+    return 0
+
+
 def _cmd_export_lxmert_tsv(args: argparse.Namespace) -> int:
     from vlcurate.extractors.lxmert_tsv import export_lxmert_tsv
     from vlcurate.report import plural
@@ -152,6 +160,29 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _log(line: str) -> None:
     print(line, file=sys.stderr)
+def _cmd_export_training(args: argparse.Namespace) -> int:
+    from vlcurate.export.training import ExportRecipe, export_training
+    from vlcurate.report import plural
+
+    features = tuple(dict.fromkeys(f.strip() for f in (args.features or "").split(",") if f.strip()))
+    recipe = ExportRecipe(args.version_dir, args.export_format, args.samples_per_shard, args.shuffle_seed, features,
+                          args.runner, args.workers, tuple(args.beam_options))
+    r = export_training(recipe, args.out)
+    left = "".join(f", {n} without {name}" for name, n in sorted(r.left_out.items()))
+    print(f"exported {plural(r.exported, 'sample')} in {plural(r.shards, 'shard')} ({args.export_format}) "
+          f"to {r.version_dir}{' (left out' + left[1:] + ')' if left else ''}; parent {args.version_dir}")
+    return 0
+
+
+def _cmd_query(args: argparse.Namespace) -> int:
+    from vlcurate.export.query import format_table, run_query
+
+    table = run_query(args.version_dir, args.sql, args.out)
+    if args.out:
+        print(f"wrote {table.num_rows} rows to {args.out}")
+    else:
+        print(format_table(table, args.max_rows))
+    return 0
 
 
 def _positive_int(text: str) -> int:
@@ -216,6 +247,21 @@ def make_parser() -> argparse.ArgumentParser:
     q.add_argument("version_dir")
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=_cmd_versions_show)
+    q = vsub.add_parser("diff", help="what changed from version A to B: recipe, counts, samples added, removed, "
+                                     "and whose decision changed")
+    q.add_argument("a")
+    q.add_argument("b")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=_cmd_versions_diff)
+
+    p = sub.add_parser("query", help="SQL (DuckDB) over a version: views samples, decisions, kept, one per sidecar",
+                       epilog="e.g. vlcurate query datasets/demo/v1 \"SELECT stage, reason, count(*) FROM decisions "
+                              "GROUP BY ALL\"")
+    p.add_argument("version_dir")
+    p.add_argument("sql")
+    p.add_argument("--out", help="write the result to this .csv or .parquet file instead of printing it")
+    p.add_argument("--max-rows", type=_positive_int, default=50, help="rows to print (default: 50)")
+    p.set_defaults(func=_cmd_query)
 
     p = sub.add_parser("export", help="write a version's features in another tool's format")
     esub = p.add_subparsers(dest="export_format", required=True)
@@ -234,6 +280,18 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="the .html file to write (default: VERSION_DIR.report.html beside the version)")
     p.add_argument("--seed", type=int, default=0, help="which shards and samples the page shows (default: 0)")
     p.set_defaults(func=_cmd_report)
+    for fmt in ("webdataset", "parquet"):
+        q = esub.add_parser(fmt, help=f"the samples every filter kept as {fmt} training shards, a version of its own",
+                            epilog="Beam pipeline options go after '--'")
+        q.add_argument("version_dir")
+        q.add_argument("out", help="the new version directory (ROOT/NAME/VERSION); must not exist")
+        q.add_argument("--samples-per-shard", type=_positive_int, default=1000,
+                       help="samples per output shard (default: 1000)")
+        q.add_argument("--shuffle-seed", type=int, help="shuffle the samples across shards with this seed")
+        q.add_argument("--features", help="comma-separated: vit (ViT tokens), regions (region features + boxes)")
+        q.add_argument("--runner", default="local", help="Beam runner (default: local, the FnApiRunner)")
+        q.add_argument("--workers", type=_positive_int, default=1, help="local runner processes")
+        q.set_defaults(func=_cmd_export_training)
     return parser
 
 

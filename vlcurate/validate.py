@@ -141,6 +141,23 @@ def _check_sidecar(version_dir: str, rel: str, shard_keys: set[str]) -> list[str
     return [f"{rel}: keys not in the shard's samples: {stray[:3]}"] if stray else []
 
 
+def _check_export_tar(version_dir: str, rel: str) -> list[str]:
+    """Every sample of a training export's tar has an image, its text and its json."""
+    loc = storage.join(version_dir, rel)
+    try:
+        if not storage.exists(loc):
+            return []
+        keys = _read(rel, lambda: tar_keys(loc))
+    except Unreadable:
+        return []  # reported by the file check
+    for key, exts in keys.items():
+        missing = [e for e in ("txt", "json") if e not in exts] + \
+            ([] if {"jpg", "png", "webp"} & set(exts) else ["an image"])
+        if missing:
+            return [f"{rel}: sample {key} lacks {', '.join(missing)}"]
+    return []
+
+
 def _check_counts(version_dir: str, manifest: dict, present: list[str]) -> list[str]:
     problems = []
     for stage in manifest.get("stages", []):
@@ -182,5 +199,8 @@ def validate_version(version_dir: str | os.PathLike) -> list[str]:
     for rel in sorted(listed):
         if rel.startswith("samples/") and rel.endswith(".parquet"):
             problems += _check_shard(version_dir, rel, listed)
+    for rel in sorted(listed):
+        if rel.endswith(".tar") and not rel.startswith("samples/"):  # a training export's shards
+            problems += _check_export_tar(version_dir, rel)
     problems += _check_counts(version_dir, manifest, present)
     return list(dict.fromkeys(problems))  # one line per problem, in the order found

@@ -236,3 +236,104 @@ def show(version_dir: str | os.PathLike) -> str:
         shards = "shard" if st["shards"] == 1 else "shards"
         lines.append(f"  stage {st['name']:<14} {st['rows']} rows in {st['shards']} {shards}: {counts}")
     return "\n".join(lines)
+
+
+# ---- diff: what changed between two versions ---------------------------------------
+
+KEPT = "kept"
+
+
+def sample_outcomes(version_dir: str | os.PathLike) -> dict[str, str]:
+    """``{key: outcome}`` for every input row of a version: ``failed:<error kind>``,
+    ``dropped:<filter>:<reason>`` (the first filter, in recipe order, that dropped it)
+    or ``kept``. Read from the samples parquets and the filters' decision files."""
+    import pyarrow.compute as pc
+
+    from vlcurate.io.parquet import read_parquet
+
+    version_dir = os.fspath(version_dir)
+    manifest = load_manifest(version_dir)
+    layout = version_layout(version_dir, manifest)
+    listed = {f["path"] for f in manifest["files"]}
+    outcomes: dict[str, str] = {}
+    for rel in manifest_files(manifest, "samples", ".parquet"):
+        t = read_parquet(storage.join(version_dir, rel), columns=["key", "status", "error_kind"])
+        for key, status, kind in zip(*(t.column(c).to_pylist() for c in ("key", "status", "error_kind"))):
+            outcomes[key] = KEPT if status == "ok" else f"failed:{kind}"
+    shards = sorted({int(p.split("/")[1].split(".")[0]) for p in manifest_files(manifest, "samples", ".parquet")})
+    for entry in layout.stages:
+        if entry.record_kind != "decision":
+            continue
+        for shard in shards:
+            loc = layout.sidecar(entry.name, shard)
+            if f"{entry.name}/{shard:05d}.parquet" not in listed:
+                continue
+            d = read_parquet(loc, columns=["key", "keep", "reason"])
+            d = d.filter(pc.invert(d.column("keep")))
+            for key, reason in zip(d.column("key").to_pylist(), d.column("reason").to_pylist()):
+                if outcomes.get(key) == KEPT:
+                    outcomes[key] = f"dropped:{entry.name}:{reason}"
+    return outcomes
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        out = {}
+        for i, v in enumerate(value):
+            out.update(_flatten(v, f"{prefix}[{i}]"))
+        return out
+    return {prefix: value}
+
+
+def diff_versions(a: str | os.PathLike, b: str | os.PathLike) -> dict[str, Any]:
+    """What changed from version ``a`` to version ``b``: recipe settings, per-stage counts
+    (every failure kind, drop reason, kept), and samples added, removed and whose
+    outcome (kept, dropped by which filter and why, failed) changed."""
+    ma, mb = load_manifest(a), load_manifest(b)
+    ra, rb = _flatten(ma["recipe"]), _flatten(mb["recipe"])
+    recipe = [{"setting": k, "a": ra.get(k), "b": rb.get(k)} for k in sorted(set(ra) | set(rb), key=_setting_order)
+              if ra.get(k) != rb.get(k)]
+    counts = []
+    names = [s["name"] for s in ma["stages"]] + [s["name"] for s in mb["stages"] if s["name"] not in
+                                                  {x["name"] for x in ma["stages"]}]
+    ca = {s["name"]: s["counts"] for s in ma["stages"]}
+    cb = {s["name"]: s["counts"] for s in mb["stages"]}
+    for name in names:
+        for key in sorted(set(ca.get(name, {})) | set(cb.get(name, {}))):
+            va, vb = ca.get(name, {}).get(key, 0), cb.get(name, {}).get(key, 0)
+            counts.append({"stage": name, "count": key, "a": va, "b": vb, "change": vb - va})
+    oa, ob = sample_outcomes(a), sample_outcomes(b)
+    return {
+        "a": os.fspath(a), "b": os.fspath(b), "recipe": recipe, "counts": counts,
+        "added": sorted(set(ob) - set(oa)), "removed": sorted(set(oa) - set(ob)),
+        "changed": [{"key": k, "a": oa[k], "b": ob[k]} for k in sorted(set(oa) & set(ob)) if oa[k] != ob[k]],
+        "kept": {"a": sum(v == KEPT for v in oa.values()), "b": sum(v == KEPT for v in ob.values())},
+    }
+
+
+def _setting_order(path: str) -> tuple:
+    return tuple(int(p) if p.isdigit() else p for p in path.replace("[", ".").replace("]", "").split("."))
+
+
+def show_diff(d: dict[str, Any]) -> str:
+    """The diff as text: recipe, counts that changed, then the samples."""
+    from vlcurate.report import plural
+
+    lines = [f"a: {d['a']}", f"b: {d['b']}", f"recipe: {plural(len(d['recipe']), 'difference')}"]
+    lines += [f"  {r['setting']}: {json.dumps(r['a'])} -> {json.dumps(r['b'])}" for r in d["recipe"]]
+    changed = [c for c in d["counts"] if c["change"]]
+    lines.append(f"counts: {plural(len(changed), 'change')}")
+    if changed:
+        lines.append(f"  {'stage':<16}{'count':<34}{'a':>8}{'b':>8}{'change':>8}")
+        lines += [f"  {c['stage']:<16}{c['count']:<34}{c['a']:>8}{c['b']:>8}{c['change']:>+8}" for c in changed]
+    lines.append(f"kept: {d['kept']['a']} -> {d['kept']['b']}")
+    lines.append(f"samples: {len(d['added'])} added, {len(d['removed'])} removed, "
+                 f"{len(d['changed'])} whose decision changed")
+    lines += [f"  + {k}" for k in d["added"]] + [f"  - {k}" for k in d["removed"]]
+    lines += [f"  {c['key']}: {c['a']} -> {c['b']}" for c in d["changed"]]
+    return "\n".join(lines)

@@ -1,1 +1,1 @@
-"""Training exports, format conversions and reports of a version."""
+"""Exports of a version: training shards of the kept samples, SQL over a version, reports."""

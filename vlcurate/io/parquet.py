@@ -81,6 +81,12 @@ def write_work_parquet(table: pa.Table, path: str | os.PathLike) -> None:
         pq.write_table(table, f)
 
 
+def write_plain_parquet(table: pa.Table, path: str | os.PathLike) -> None:
+    """Commit any table (no record kind: a query's result a user asked for) atomically."""
+    with storage.open_write(path) as f:
+        pq.write_table(table, f, compression=_COMPRESSION)
+
+
 class ParquetStreamWriter:
     """A Parquet file written one row group at a time and committed atomically.
 
