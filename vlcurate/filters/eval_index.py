@@ -111,8 +111,9 @@ class EmbeddingIndexInfo:
 
 
 def ivf_lists(n: int) -> int:
-    """IVF cell count for ``n`` vectors: ~4 sqrt(n) (FAISS's guideline), at least 16."""
-    return int(max(16, min(65536, round(4 * np.sqrt(n)))))
+    """IVF cell count for ``n`` vectors: ~4 sqrt(n) (FAISS's guideline), at least 16,
+    and at most n / 40 (k-means wants ~40 training points per cell)."""
+    return int(max(16, min(65536, round(4 * np.sqrt(n)), n // 40)))
 
 
 def recall_at_1(index: Any, queries: np.ndarray, truth: np.ndarray) -> float:
@@ -172,9 +173,11 @@ def check_model(name: str, manifest: dict, fingerprint: dict | None) -> None:
                         f"{fingerprint['model']}; add it again with --model")
     if built != fingerprint:
         diff = sorted(k for k in set(built) | set(fingerprint) if built.get(k) != fingerprint.get(k))
-        raise UserError(f"eval set {name}: built with model {built.get('model')} "
-                        f"({', '.join(f'{k}={built.get(k)}' for k in diff)}), but the stage asks for "
-                        f"{fingerprint.get('model')} ({', '.join(f'{k}={fingerprint.get(k)}' for k in diff)})")
+        def says(fp: dict) -> str:
+            parts = [f"{k}={fp[k]}" for k in diff if fp.get(k) is not None]
+            return f"{fp.get('model')} ({', '.join(parts) or 'random weights'})"
+
+        raise UserError(f"eval set {name}: built with model {says(built)}, but the stage asks for {says(fingerprint)}")
 
 
 def read_manifest(root: str, name: str) -> dict:
