@@ -75,8 +75,8 @@ def generated(tmp_path_factory):
     return tmp, source, copies, negatives
 
 
-def run_stage(layout: Layout, shards: list[int], root: Path, **settings) -> tuple[dict, dict]:
-    config = DecontaminateConfig(root=str(root), evalsets=(EvalSetSettings("gen", **settings),))
+def run_stage(layout: Layout, shards: list[int], root: Path, tag_only: bool = False, **settings) -> tuple[dict, dict]:
+    config = DecontaminateConfig(root=str(root), evalsets=(EvalSetSettings("gen", **settings),), tag_only=tag_only)
     stage = Decontaminate(config, layout)
     decisions, matches = {}, {}
     for shard in shards:
@@ -120,3 +120,14 @@ def test_hash_path_precision_and_recall_on_transformed_copies_and_hard_negatives
                 nearest = json.loads(d["detail"])["gen"]["hash"]
                 assert nearest[0].startswith("img") and 0 <= nearest[1] <= 64
                 assert (nearest[1] <= distance) == (not d["keep"])
+
+
+def test_tag_only_drops_nothing_and_still_writes_the_match_report(generated):
+    tmp, source, copies, negatives = generated
+    layout = Layout.for_stages(tmp / "tag", ["download", "decontaminate"])
+    write_samples(layout, 0, copies[:40] + negatives[:40])
+    dropping, report = run_stage(layout, [0], tmp / "root")
+    tagged, tagged_report = run_stage(layout, [0], tmp / "root", tag_only=True)
+    assert all(d["keep"] for d in tagged.values()) and report and tagged_report == report
+    assert {k for k, d in tagged.items() if d["reason"] == "would_drop:eval_contamination"} == \
+        {k for k, d in dropping.items() if not d["keep"]}
