@@ -197,6 +197,13 @@ def test_same_decisions_on_one_and_two_workers_dask_and_resharded(tmp_path, demo
     print(f"\n{len(decided)} samples, {len(dropped)} dropped "
           f"({sum('hash' in row[-1][2] for row in decided if row[-1])} by hash, "
           f"{sum('embedding' in row[-1][2] for row in decided if row[-1])} by embedding)")
+    # a version as a source: its samples, ids = keys, failed downloads as failed items
+    code, out, err = run(capsys, "evalsets", "add", "from_version", first, "--root", root)
+    assert code == 0, err
+    items = pq.read_table(root / "_evalsets" / "from_version" / "items.parquet").to_pylist()
+    samples = [r for p in sorted((first / "samples").glob("*.parquet")) for r in pq.read_table(p).to_pylist()]
+    assert [(i["id"], i["source"], i["status"], i["phash"]) for i in items] == \
+        [(r["key"], r["url"], r["status"], r["phash"]) for r in samples]
     for name, version in results.items():
         other, other_similarity = decisions_by_url(Path(version))
         assert other == decided, name
