@@ -231,6 +231,7 @@ class EvalSetIndex:
         items = read_parquet(storage.join(where, ITEMS), columns=["id", "status"])
         ids = [i for i, s in zip(items.column("id").to_pylist(), items.column("status").to_pylist()) if s == "ok"]
         hash_index = faiss.deserialize_index_binary(np.frombuffer(data[HASH_INDEX], np.uint8))
+        hash_index.use_heap = False  # k=1: the counting search is ~2x faster (benchmarks/README.md)
         embedding_index = vectors = None
         if EMBEDDING_INDEX in data:
             embedding_index = faiss.deserialize_index(np.frombuffer(data[EMBEDDING_INDEX], np.uint8))
