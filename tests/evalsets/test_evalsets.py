@@ -20,7 +20,8 @@ from vlcurate.cli import main
 from vlcurate.demo.corpus import draw_scene
 from vlcurate.demo.shipped import card, model_path
 from vlcurate.io import storage
-from vlcurate.filters.eval_index import build_embedding_index, load_evalset, perturbed_queries, recall_at_1
+from vlcurate.errors import UserError
+from vlcurate.filters.eval_index import EvalSetIndex, build_embedding_index, load_evalset, perturbed_queries, recall_at_1
 
 
 def run(capsys, *argv):
@@ -60,6 +61,12 @@ def test_add_list_show_a_folder_with_embeddings(tmp_path, capsys):
     # an eval image against the index: distance 0 and itself as the nearest
     assert index.nearest_hash([items[3]["phash"]])[0].eval_id == "003.png"
     assert index.nearest_embedding(index.vectors[5:6])[0].eval_id == "005.png"
+    # immutable: a changed file is refused when the set is loaded
+    damaged = root / "_evalsets" / "tiny" / "hash.faiss"
+    damaged.chmod(0o644)
+    damaged.write_bytes(damaged.read_bytes()[:-1] + b"\x00")
+    with pytest.raises(UserError, match=r"hash.faiss differs from its manifest's sha256"):
+        EvalSetIndex.load(str(root), "tiny")
     code, out, _ = run(capsys, "evalsets", "list", root)
     assert code == 0 and out.splitlines()[1].split()[:5] == ["tiny", "11", "10", "vlc-tiny-resnet", "flat"]
     code, out, _ = run(capsys, "evalsets", "show", root, "tiny")
@@ -189,6 +196,9 @@ def test_same_decisions_on_one_and_two_workers_dask_and_resharded(tmp_path, demo
         cluster.close()
     first = Path(results["local-1"])
     assert validate_version(first) == []
+    stage = json.loads((first / "manifest.json").read_text())["stages"][1]
+    assert stage["libraries"]["evalsets"]["demo_eval"]["files"] == {f["path"]: f["sha256"] for f in manifest["files"]}
+    assert stage["weights"]["label"] == "demo-domain weights"
     decided, similarity = decisions_by_url(first)
     eval_urls = {r["url"] for r in eval_rows[:18]}
     dropped = {url for url, keep, *_ in decided if not keep}
