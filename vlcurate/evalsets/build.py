@@ -125,21 +125,34 @@ def source_kind(source: str) -> str:
     raise UserError(f"source {source}: no such file or directory")
 
 
-def _embed(items: list[EvalItem], config: ClipModelConfig, batch_size: int = 64) -> np.ndarray:
+class _Embedder:
     """Unit, fp16-rounded CLIP image embeddings of the ok items (as the stage rounds
-    the training side)."""
-    from PIL import Image
+    the training side), encoded ``batch_size`` at a time as items stream by, so a
+    large eval set's image bytes are never all in memory."""
 
-    from vlcurate.extractors.clip_models import ClipImageInput, load_clip
+    def __init__(self, config: ClipModelConfig, batch_size: int = 64):
+        from vlcurate.extractors.clip_models import ClipImageInput, load_clip
 
-    clip = load_clip(config.clip_config())
-    prep = ClipImageInput(clip)
-    out = []
-    for start in range(0, len(items), batch_size):
-        batch = [prep.prepare(Image.open(io.BytesIO(it.data)).convert("RGB")) for it in items[start:start + batch_size]]
-        out.append(clip.encode_images(prep.batch(batch)).embedding.cpu().numpy())
-    emb = np.concatenate(out).astype(np.float16).astype(np.float64)
-    return (emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+        self.clip = load_clip(config.clip_config())
+        self.input = ClipImageInput(self.clip)
+        self.batch_size, self.pending, self.done = batch_size, [], []
+
+    def add(self, data: bytes) -> None:
+        from PIL import Image
+
+        self.pending.append(self.input.prepare(Image.open(io.BytesIO(data)).convert("RGB")))
+        if len(self.pending) == self.batch_size:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.pending:
+            self.done.append(self.clip.encode_images(self.input.batch(self.pending)).embedding.cpu().numpy())
+            self.pending = []
+
+    def result(self) -> np.ndarray:
+        self._flush()
+        emb = np.concatenate(self.done).astype(np.float16).astype(np.float64)
+        return (emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
 def _write(loc: str, data: bytes) -> dict[str, Any]:
@@ -165,29 +178,38 @@ def add_evalset(root: str, name: str, source: str, model: ClipModelConfig | None
     storage.delete_tree(where)  # a build killed earlier left it; it was never visible
     try:
         if kind == "folder":
-            items = list(_folder_items(source))
+            stream = _folder_items(source)
         elif kind == "version":
-            items = list(_version_items(source))
+            stream = _version_items(source)
         else:
-            items = list(_url_list_items(source, storage.join(where, "_download"), dict(download or {}), workers))
-            storage.delete_tree(storage.join(where, "_download"))
-        ok = [it for it in items if it.data is not None]
+            stream = _url_list_items(source, storage.join(where, "_download"), dict(download or {}), workers)
+        embedder = _Embedder(model) if model is not None else None
+        items, ok = [], []
+        for it in stream:  # kept without their image bytes
+            if it.data is not None and it.phash is None:  # a version's row from before pHashes were stored
+                it = EvalItem(it.id, it.source, None, None, "no pHash stored for it")
+            items.append(EvalItem(it.id, it.source, None, it.phash, it.error_message))
+            if it.data is not None:
+                ok.append(it.phash)
+                if embedder is not None:
+                    embedder.add(it.data)
+        storage.delete_tree(storage.join(where, "_download"))
         if not ok:
             raise UserError(f"source {source}: no images" + (f" ({len(items)} failed: {items[0].error_message})"
                                                              if items else " found"))
         log(f"eval set {name}: {len(ok)} of {len(items)} images ok")
         files = []
         table = pa.table({"id": [it.id for it in items], "source": [it.source for it in items],
-                          "status": ["ok" if it.data is not None else "failed" for it in items],
+                          "status": ["ok" if it.phash is not None else "failed" for it in items],
                           "error_message": [it.error_message for it in items],
                           "phash": [it.phash for it in items]}, schema=get_schema("eval_item").schema)
         rec = write_parquet(table, storage.join(where, ITEMS), "eval_item")
         files.append({"path": ITEMS, "sha256": rec.sha256, "bytes": rec.bytes, "rows": rec.rows})
         files.append({"path": HASH_INDEX, "rows": len(ok),
-                      **_write(storage.join(where, HASH_INDEX), serialize(build_hash_index([it.phash for it in ok])))})
+                      **_write(storage.join(where, HASH_INDEX), serialize(build_hash_index(ok)))})
         info: EmbeddingIndexInfo | None = None
-        if model is not None:
-            emb = _embed(ok, model)
+        if embedder is not None:
+            emb = embedder.result()
             index, info = build_embedding_index(emb, **({"exact_max": exact_max} if exact_max is not None else {}))
             buf = io.BytesIO()
             np.save(buf, emb, allow_pickle=False)
