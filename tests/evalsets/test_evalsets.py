@@ -21,6 +21,9 @@ from vlcurate.demo.corpus import draw_scene
 from vlcurate.demo.shipped import card, model_path
 from vlcurate.io import storage
 from vlcurate.errors import UserError
+from vlcurate.evalsets.build import add_evalset
+from vlcurate.extractors.clip_models import ClipModelConfig
+from vlcurate.typed import from_dict
 from vlcurate.filters.eval_index import EvalSetIndex, build_embedding_index, load_evalset, perturbed_queries, recall_at_1
 
 
@@ -71,6 +74,14 @@ def test_add_list_show_a_folder_with_embeddings(tmp_path, capsys):
     assert code == 0 and out.splitlines()[1].split()[:5] == ["tiny", "11", "10", "vlc-tiny-resnet", "flat"]
     code, out, _ = run(capsys, "evalsets", "show", root, "tiny")
     assert code == 0 and "10 ok, 1 failed" in out and "flat index, 64-d" in out
+    # above exact_max items the embedding index is IVF, its nprobe measured and shown
+    ivf = add_evalset(str(root), "tiny_ivf", str(folder), model=from_dict(ClipModelConfig, {
+        "model": "vlc-tiny-resnet", "weights": str(model_path("clip"))}), exact_max=5)
+    emb = ivf.manifest["embedding_index"]
+    assert emb["kind"] == "ivf" and emb["recall_at_1"] >= 0.99 and emb["calibration_queries"] == 10
+    code, out, _ = run(capsys, "evalsets", "show", root, "tiny_ivf")
+    assert f"ivf index, 64-d, nlist {emb['nlist']}, nprobe {emb['nprobe']}: recall@1" in out
+    assert load_evalset(str(root), "tiny_ivf").nearest_embedding(index.vectors[2:3])[0].eval_id == "002.png"
     # stored beside the datasets, not a dataset version
     code, _, err = run(capsys, "versions", "list", root)
     assert code == 2 and "no versions under it" in err

@@ -111,9 +111,9 @@ class EmbeddingIndexInfo:
 
 
 def ivf_lists(n: int) -> int:
-    """IVF cell count for ``n`` vectors: ~4 sqrt(n) (FAISS's guideline), at least 16,
-    and at most n / 40 (k-means wants ~40 training points per cell)."""
-    return int(max(16, min(65536, round(4 * np.sqrt(n)), n // 40)))
+    """IVF cell count for ``n`` vectors: ~4 sqrt(n) (FAISS's guideline), at most
+    n / 40 (k-means wants ~40 training points per cell), at least 1."""
+    return int(max(1, min(65536, round(4 * np.sqrt(n)), n // 40)))
 
 
 def recall_at_1(index: Any, queries: np.ndarray, truth: np.ndarray) -> float:
