@@ -13,7 +13,7 @@ LEVEL = {"errors": 0, "typed": 0, "schemas": 0, "io": 1,
          "pipelines": 2, "versions": 2, "recipe": 2, "validate": 2, "report": 2,
          # stage packages: none imports another's stage modules
          "download": 3, "extractors": 3, "filters": 3, "interleave": 3, "export": 3,
-         "demo": 4, "cli": 5}
+         "demo": 4, "evalsets": 4, "cli": 5}
 CORE = 2
 # The one module below the stage packages that names them: the registry of built-in
 # stages, imported lazily by the stage contract.

@@ -160,6 +160,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _log(line: str) -> None:
     print(line, file=sys.stderr)
+
+
 def _cmd_export_training(args: argparse.Namespace) -> int:
     from vlcurate.export.training import ExportRecipe, export_training
     from vlcurate.report import plural
@@ -182,6 +184,54 @@ def _cmd_query(args: argparse.Namespace) -> int:
         print(f"wrote {table.num_rows} rows to {args.out}")
     else:
         print(format_table(table, args.max_rows))
+    return 0
+
+
+def _cmd_evalsets_add(args: argparse.Namespace) -> int:
+    import yaml
+
+    from vlcurate.evalsets.build import add_evalset
+    from vlcurate.extractors.clip_models import ClipModelConfig
+    from vlcurate.typed import from_dict
+
+    model = None
+    if args.model:
+        model = from_dict(ClipModelConfig, {"model": args.model, "weights": args.weights,
+                                            **({"quick_gelu": True} if args.quick_gelu else {})}, "--model")
+    try:
+        download = yaml.safe_load(args.download) if args.download else {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--download: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(download, dict):
+        raise ConfigError(f"--download: expected a mapping of download settings, got {args.download!r}")
+    source = args.source if "://" in args.source else os.path.abspath(args.source)
+    r = add_evalset(args.root, args.name, source, model=model, download=download, workers=args.workers,
+                    log=lambda s: print(s, file=sys.stderr))
+    counts = r.manifest["counts"]
+    print(f"eval set {args.name}: {counts['ok']} of {counts['items']} images indexed "
+          f"({'hash + ' + r.manifest['embedding_index']['kind'] + ' embedding index' if r.manifest['model'] else 'hash index only'}) "
+          f"at {r.path}")
+    return 0
+
+
+def _cmd_evalsets_list(args: argparse.Namespace) -> int:
+    from vlcurate.evalsets.build import evalset_rows
+
+    rows = evalset_rows(args.root)
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    print(f"{'name':<20}{'items':>8}{'ok':>8}  {'model':<18}{'embeddings':<12}created")
+    for r in rows:
+        print(f"{r['name']:<20}{r['items']:>8}{r['ok']:>8}  {r['model'] or '-':<18}{r['embedding_index'] or '-':<12}"
+              f"{r['created_at']}")
+    return 0
+
+
+def _cmd_evalsets_show(args: argparse.Namespace) -> int:
+    from vlcurate.evalsets.build import show_evalset
+
+    print(show_evalset(args.root, args.name))
     return 0
 
 
@@ -262,6 +312,28 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write the result to this .csv or .parquet file instead of printing it")
     p.add_argument("--max-rows", type=_positive_int, default=50, help="rows to print (default: 50)")
     p.set_defaults(func=_cmd_query)
+
+    p = sub.add_parser("evalsets", help="named eval-set indexes to decontaminate against (ROOT/_evalsets/NAME)")
+    vsub = p.add_subparsers(dest="evalsets_command", required=True)
+    q = vsub.add_parser("add", help="index a folder of images, a URL list or a version as eval set NAME")
+    q.add_argument("name")
+    q.add_argument("source", help="a folder of images, a URL list (fetched by the download stage) or a version")
+    q.add_argument("--root", required=True, help="the datasets root the eval set is stored beside")
+    q.add_argument("--model", help="also index CLIP image embeddings of this open_clip model")
+    q.add_argument("--weights", help="the model's weights (file, local-dir:, hf-hub: or pretrained tag)")
+    q.add_argument("--quick-gelu", action="store_true", help="the model uses QuickGELU (OpenAI weights)")
+    q.add_argument("--download", help="URL list: download stage settings as YAML, e.g. "
+                                      "'{allow_networks: [10.0.0.0/8], input: {url_col: link}}'")
+    q.add_argument("--workers", type=_positive_int, default=1, help="URL list: download processes")
+    q.set_defaults(func=_cmd_evalsets_add)
+    q = vsub.add_parser("list", help="every eval set under ROOT")
+    q.add_argument("root")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=_cmd_evalsets_list)
+    q = vsub.add_parser("show", help="one eval set's manifest, summarised")
+    q.add_argument("root")
+    q.add_argument("name")
+    q.set_defaults(func=_cmd_evalsets_show)
 
     p = sub.add_parser("export", help="write a version's features in another tool's format")
     esub = p.add_subparsers(dest="export_format", required=True)
