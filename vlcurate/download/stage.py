@@ -27,7 +27,7 @@ from vlcurate.download.expected import HASH_MISMATCH, ExpectedHashConfig, phash_
 from vlcurate.download.fetch import Fetcher, FetchConfig, FetchResult
 from vlcurate.download.hosts import HostGate, HostScheduler, PolitenessConfig, host_key
 from vlcurate.download.images import ImageConfig, ImageProcessor, ProcessedImage, image_path_info
-from vlcurate.io.inputs import InputSpec
+from vlcurate.io.inputs import PAGE_FORMATS, InputSpec
 from vlcurate.download.reuse import ParentShard
 from vlcurate.io import storage
 from vlcurate.io.parquet import read_parquet, write_parquet
@@ -88,6 +88,8 @@ class DownloadStage(Stage):
     @staticmethod
     def input_problem(config: DownloadConfig, spec: InputSpec) -> str | None:
         """A setting naming an input column the input does not carry, or None."""
+        if spec.format in PAGE_FORMATS:
+            return f"input.format: {spec.format} inputs are pages: the first stage reading them is interleave"
         for name, column in config.columns():
             if column not in spec.extra_cols:
                 return (f"{name}: column {column!r} is not one of input.extra_cols "

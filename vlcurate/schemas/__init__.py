@@ -18,6 +18,7 @@ from vlcurate.schemas import records  # noqa: F401  (registers the built-in reco
 from vlcurate.schemas import features  # noqa: F401  (feature sidecars: vit_features)
 from vlcurate.schemas import regions  # noqa: F401  (region_features sidecars)
 from vlcurate.schemas import captions  # noqa: F401  (synthetic_captions, caption_scores)
+from vlcurate.schemas import interleaved  # noqa: F401  (interleaved documents, pages, chunks)
 
 __all__ = [
     "SCHEMA_VERSION",
