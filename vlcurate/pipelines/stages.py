@@ -16,3 +16,4 @@ from vlcurate.filters import basic as _basic  # noqa: F401
 from vlcurate.filters import top_fraction as _top_fraction  # noqa: F401
 from vlcurate.filters import semantic_dedup as _semantic_dedup  # noqa: F401
 from vlcurate.interleave import stage as _interleave  # noqa: F401
+from vlcurate.interleave import boilerplate as _image_url_boilerplate  # noqa: F401
