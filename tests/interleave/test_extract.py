@@ -51,8 +51,8 @@ def test_srcset_takes_the_largest_candidate():
     assert best_srcset("https://x.org/a,b.jpg 100w") == "https://x.org/a,b.jpg"
 
 
-@pytest.mark.parametrize("parser", ["selectolax", "resiliparse"])
-def test_reading_order_base_href_and_boilerplate(parser):
+@pytest.mark.parametrize("parser,walk", [("selectolax", False), ("selectolax", True), ("resiliparse", True)])
+def test_reading_order_base_href_and_boilerplate(parser, walk):
     html = """<html><head><base href="https://cdn.example.org/media/"><meta name="robots" content="noimageai">
     <title>T</title></head><body>
     <div class="site-nav">Home About</div><div id="cookie-consent">Accept cookies</div>
@@ -60,7 +60,7 @@ def test_reading_order_base_href_and_boilerplate(parser):
     <img src="a.png" alt=" An   image "><p hidden>secret</p><p style="display:none">gone</p>
     <p>Second para</p><img src="/abs.png" data-src="https://other.org/real.png"><noscript>no js</noscript>
     <img src="javascript:void(0)"></article><aside>side</aside></body></html>"""
-    got = extract(html, "https://example.org/page.html", parser)
+    got = extract(html, "https://example.org/page.html", parser, walk)
     assert got.robots == "noimageai" and got.title == "T" and got.base_url == "https://cdn.example.org/media/"
     assert got.nodes == [
         TextBlock("Title here"), TextBlock("First bold words."),
@@ -71,17 +71,38 @@ def test_reading_order_base_href_and_boilerplate(parser):
     ]
 
 
-def test_both_parsers_agree_on_the_sample_crawl(crawl):
-    for rec in crawl.records:
-        if rec.record_type != "response" or not rec.content_type.startswith("text/html") or len(rec.body) > 10**6:
-            continue
-        text = decode_page(rec.body, rec.content_type).text
-        a = extract(text, "https://example.org" + rec.path, "selectolax")
-        b = extract(text, "https://example.org" + rec.path, "resiliparse")
-        assert a == b, rec.path
+def test_both_parsers_and_the_walk_agree_on_the_sample_crawl_and_benchmark_pages(crawl):
+    import random
+
+    from vlcurate.demo.pages import varied_page
+
+    rng = random.Random(3)
+    pages = [(rec.path, rec.body, rec.content_type) for rec in crawl.records
+             if rec.record_type == "response" and rec.content_type.startswith("text/html") and len(rec.body) < 10**6]
+    pages += [(f"/b{i}.html", *varied_page(i, rng)) for i in range(40)]
+    for path, body, content_type in pages:
+        text = decode_page(body, content_type).text
+        fast = extract(text, "https://example.org" + path, "selectolax")
+        assert fast.nodes, path
+        assert fast == extract(text, "https://example.org" + path, "selectolax", walk=True), path
+        assert fast == extract(text, "https://example.org" + path, "resiliparse"), path
 
 
 def test_deep_nesting_does_not_overflow():
     html = "<div>" * 50000 + "<p>deep text here now</p>" + "</div>" * 10
-    got = extract(html, "https://example.org/", "selectolax")
-    assert got.nodes == [TextBlock("deep text here now")]
+    for walk in (False, True):
+        assert extract(html, "https://example.org/", "selectolax", walk).nodes == [TextBlock("deep text here now")]
+
+
+@pytest.mark.parametrize("src,want", [
+    ("https://a.org/x.png#frag", "https://a.org/x.png"), ("/x/y.png", "https://b.org/x/y.png"),
+    ("//c.org/z.png", "https://c.org/z.png"), ("../up.png", "https://b.org/up.png"), ("/a/../b.png", "https://b.org/b.png"),
+    ("rel.png", "https://b.org/dir/rel.png"), ("http://", None), ("mailto:x@y.org", None), ("  /s.png ", "https://b.org/s.png"),
+])
+def test_url_resolution(src, want):
+    from vlcurate.interleave.extract import resolve_url
+    from urllib.parse import urljoin
+
+    assert resolve_url("https://b.org/dir/page.html", src) == want
+    if want:
+        assert want == urljoin("https://b.org/dir/page.html", src.strip()).split("#")[0]

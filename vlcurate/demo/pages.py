@@ -13,6 +13,7 @@ records; and a record cut off at the end of the file.
 from __future__ import annotations
 
 import io
+import random
 from dataclasses import dataclass, field
 
 from vlcurate.demo.corpus import Served
@@ -193,3 +194,49 @@ def served_files(c: Crawl) -> dict[str, Served]:
         if rec.record_type == "response":
             files.setdefault(rec.path, Served(rec.status, rec.content_type, rec.body))
     return files
+
+
+WORDS = ("river bridge boat market bread garden tomato city train station museum painting music concert "
+         "mountain lake forest village harbour island festival kitchen recipe oven flour coffee tea school "
+         "library book author history science planet engine bicycle street window door garden light").split()
+
+
+def sentence(rng: random.Random, n: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(n)).capitalize() + "."
+
+
+def varied_page(i: int, rng: random.Random) -> tuple[bytes, str]:
+    """A generated page of ~7 KB (article, navigation, footer, aside, script, lists,
+    tables, figures, lazy images, srcset, a tracking pixel, an icon; every tenth in
+    windows-1252) and its content type: the benchmark's pages."""
+    parts = [f"<header class='site-header'><a href='/'>Site {i % 17}</a> {sentence(rng, 6)}</header>",
+             "<nav><ul>" + "".join(f"<li><a href='/s{j}'>{rng.choice(WORDS)}</a></li>" for j in range(12)) +
+             "</ul></nav>", "<div class='cookie-banner'>We use cookies on this site.</div>",
+             "<img src='/t/pixel.gif' width='1' height='1'>", "<img src='/static/logo.png' width='40' height='40'>",
+             "<main><article>", f"<h1>{sentence(rng, 7)}</h1>"]
+    for j in range(rng.randint(18, 28)):
+        parts.append(f"<p>{' '.join(sentence(rng, rng.randint(6, 16)) for _ in range(rng.randint(1, 3)))}</p>")
+        kind = rng.random()
+        if kind < 0.25:
+            parts.append(f"<figure><img src='/img/{i}-{j}.jpg' width='640' height='480' alt='{sentence(rng, 4)}'>"
+                         f"<figcaption>{sentence(rng, 8)}</figcaption></figure>")
+        elif kind < 0.4:
+            parts.append(f"<img data-src='/img/{i}-{j}.jpg' src='data:image/gif;base64,R0lGOD' alt='lazy'>")
+        elif kind < 0.5:
+            parts.append(f"<img srcset='/img/{i}-{j}-s.jpg 320w, /img/{i}-{j}-l.jpg 1024w' src='/img/{i}-{j}.jpg'>")
+        elif kind < 0.6:
+            parts.append("<ul>" + "".join(f"<li>{sentence(rng, 6)}</li>" for _ in range(4)) + "</ul>")
+        elif kind < 0.65:
+            parts.append("<table>" + "".join(f"<tr><td>{rng.choice(WORDS)}</td><td>{rng.randint(1, 99)}</td></tr>"
+                                             for _ in range(5)) + "</table>")
+    parts += ["</article></main>", f"<aside class='sidebar'><h3>Related</h3><p>{sentence(rng, 12)}</p></aside>",
+              f"<footer><p>Copyright {2000 + i % 26}. {sentence(rng, 10)}</p></footer>",
+              "<script>window.dataLayer = window.dataLayer || []; function gtag(){dataLayer.push(arguments);}</script>",
+              "<style>.x { color: red } .y { margin: 0 }</style><!-- generated -->"]
+    body = "".join(parts)
+    encoding = "utf-8" if i % 10 else "windows-1252"
+    html = (f"<!DOCTYPE html><html><head><meta charset='{encoding}'><title>{sentence(rng, 5)}</title>"
+            f"<link rel='stylesheet' href='/s.css'></head><body>{body}</body></html>")
+    if encoding == "windows-1252":
+        html = html.replace("river", "rivi\u00e8re")
+    return html.encode("cp1252" if encoding == "windows-1252" else "utf-8"), f"text/html; charset={encoding}"

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
 from vlcurate.interleave.extract import ImageRef, TextBlock
 from vlcurate.typed import bounded, check_bounds
@@ -72,11 +71,20 @@ class Document:
         return sum(len(n.text.split()) for n in self.nodes if isinstance(n, TextBlock))
 
 
+def _path(url: str) -> str:
+    """The path of an absolute URL (what ``urlsplit(url).path`` gives, without its cost)."""
+    rest = url.split("//", 1)[-1]
+    slash = rest.find("/")
+    if slash < 0:
+        return ""
+    return rest[slash:].split("?", 1)[0].split("#", 1)[0]
+
+
 def image_problem(image: ImageRef, rules: DocumentRules) -> tuple[str, str] | None:
     """Why an image is not kept, from its URL and declared size, or None."""
     if image.url is None:
         return "bad_url", f"cannot make an http(s) URL of {image.src[:200]!r}"
-    path = urlsplit(image.url).path
+    path = _path(image.url)
     name = path.rsplit("/", 1)[-1].lower()
     if name.endswith(_UNSUPPORTED):
         return "unsupported_format", name

@@ -146,6 +146,8 @@ _ADAPTERS = {"selectolax": _Selectolax, "resiliparse": _Resiliparse}
 def _int(value: str | None) -> int | None:
     if not value:
         return None
+    if value.isdigit():
+        return int(value)
     m = re.match(r"\s*(\d+)", value)
     return int(m.group(1)) if m else None
 
@@ -212,8 +214,20 @@ def image_source(attrs: dict) -> str | None:
 
 
 def resolve_url(base: str, src: str) -> str | None:
+    """``src`` resolved against ``base``: an absolute http(s) URL without its fragment,
+    or None. Absolute and root-relative sources without dot segments or backslashes
+    (most of them) take a shortcut that gives what ``urljoin`` gives."""
+    src = src.strip()
+    if "/." not in src and "\\" not in src:
+        if src.startswith(("https://", "http://")):
+            if src.split("/", 3)[2]:
+                return src.split("#", 1)[0]
+        elif src.startswith("/") and not src.startswith("//") and base.startswith(("https://", "http://")):
+            origin = "/".join(base.split("/", 3)[:3])
+            if len(origin) > len("https://"):
+                return (origin + src).split("#", 1)[0]
     try:
-        url = urljoin(base, src.strip())
+        url = urljoin(base, src)
         parts = urlsplit(url)
     except ValueError:
         return None
@@ -240,8 +254,23 @@ def _head_info(adapter: Any, head: Any, page_url: str) -> tuple[str, str | None,
     return base, robots, title
 
 
-def extract(html: str, page_url: str, parser: Parser = "selectolax") -> Extracted:
-    """Text blocks and images of ``html`` in reading order (see the module doc)."""
+_ATTRIBUTE_SELECTOR = "[class],[id],[role],[style],[hidden],[aria-hidden]"
+_BLOCK_SELECTOR = ",".join(sorted(BLOCK_TAGS - {"body", "html"}))
+_BLOCK_MARK, _IMAGE_MARK = "\x01", "\x00"
+
+
+def extract(html: str, page_url: str, parser: Parser = "selectolax", walk: bool = False) -> Extracted:
+    """Text blocks and images of ``html`` in reading order (see the module doc).
+
+    With selectolax the work runs in Lexbor's C code where it can (``walk=False``):
+    boilerplate subtrees are removed by tag and by a selector over elements that carry
+    a class, id, role, style or hidden attribute (each judged by the same rule as the
+    walk), each image is replaced by a marker, each block element is framed by
+    markers, and the text of the body, taken in one call, is split at the markers. It
+    gives what the node-by-node walk gives (a test compares them) at a fraction of the
+    cost. ``walk=True``, or resiliparse, walks the nodes in Python."""
+    if parser == "selectolax" and not walk:
+        return _extract_lexbor(html, page_url)
     adapter = _ADAPTERS[parser]
     tree = adapter.parse(html)
     head, body = adapter.head_body(tree)
@@ -256,7 +285,7 @@ def extract(html: str, page_url: str, parser: Parser = "selectolax") -> Extracte
 
     def flush() -> None:
         if parts:
-            text = _SPACE.sub(" ", "".join(parts)).strip()
+            text = " ".join("".join(parts).split())
             parts.clear()
             if text:
                 nodes.append(TextBlock(text))
@@ -297,6 +326,45 @@ def extract(html: str, page_url: str, parser: Parser = "selectolax") -> Extracte
             child = nxt(child)
         stack.extend(reversed(children))
     flush()
+    return out
+
+
+def _extract_lexbor(html: str, page_url: str) -> Extracted:
+    tree = _Selectolax.parse(html.replace(_IMAGE_MARK, "").replace(_BLOCK_MARK, ""))
+    base, robots, title = _head_info(_Selectolax, tree.head, page_url)
+    out = Extracted(robots=robots, title=title, base_url=base)
+    body = tree.body
+    if body is None:
+        return out
+    tree.strip_tags(list(SKIP_TAGS - {"head", "title", "meta", "link"}))
+    for node in body.css(_ATTRIBUTE_SELECTOR):
+        if _is_boilerplate(node.attributes):
+            node.decompose()  # (a node inside one removed before is detached already: harmless)
+    images: list[ImageRef] = []
+    for node in body.css("img"):
+        attrs = node.attributes
+        src = image_source(attrs)
+        if src is None:
+            node.decompose()
+            continue
+        alt = attrs.get("alt")
+        images.append(ImageRef(resolve_url(base, src), src, " ".join(alt.split()) if alt else None,
+                               _int(attrs.get("width")), _int(attrs.get("height"))))
+        node.replace_with(f"{_IMAGE_MARK}{len(images) - 1}{_IMAGE_MARK}")
+    for node in body.css(_BLOCK_SELECTOR):
+        node.insert_before(_BLOCK_MARK)
+        node.insert_after(_BLOCK_MARK)
+    nodes = out.nodes
+    for block in body.text(deep=True, separator="").split(_BLOCK_MARK):
+        if _IMAGE_MARK not in block:
+            if text := " ".join(block.split()):
+                nodes.append(TextBlock(text))
+            continue
+        for k, part in enumerate(block.split(_IMAGE_MARK)):
+            if k % 2:
+                nodes.append(images[int(part)])
+            elif text := " ".join(part.split()):
+                nodes.append(TextBlock(text))
     return out
 
 
