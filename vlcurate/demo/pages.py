@@ -65,13 +65,42 @@ def _page(title: str, body: str, head: str = "", charset: str = "utf-8") -> str:
             f"{CHROME_BOTTOM}</body></html>")
 
 
+IMAGE_NAMES = ("bread", "oven", "loaf", "garden", "tomato", "river", "bridge", "boat", "kyoto", "cafe", "market",
+               "lazy1", "lazy2", "wide", "big-loaf")
+SHAPES_SEED = 14_014  # the demo-domain images of /shapes.html (the demo corpus uses seed 0)
+
+
+def shape_images() -> list:
+    """Four demo-domain images (what the shipped CLIP knows): the first three are
+    described on /shapes.html, the fourth is not."""
+    from vlcurate.demo.domain import samples
+
+    return samples(4, SHAPES_SEED)
+
+
+def _shapes_page(shapes: list) -> bytes:
+    a, b, c, d = shapes
+    return _page("Shapes", f"""
+<h2>Shapes we drew this week for the gallery</h2>
+<img src="/img/shape-0.{a.fmt.lower()}" alt="first">
+<p>We drew these pictures with a ruler and a compass. {c.caption.capitalize()}.</p>
+<img src="/img/shape-1.{b.fmt.lower()}" alt="second">
+<p>{a.caption.capitalize()}. It took the longest of all to draw.</p>
+<img src="/img/shape-2.{c.fmt.lower()}" alt="third">
+<img src="/img/shape-3.{d.fmt.lower()}" alt="fourth">
+<p>{b.caption.capitalize()}. That one was the easiest.</p>""").encode()
+
+
 def crawl() -> Crawl:
     """The sample crawl's records (paths only: the WARC writer adds the host)."""
-    images = {f"/img/{name}.png": Served(200, "image/png", _png(320, 240, i))
-              for i, name in enumerate(["bread", "oven", "loaf", "garden", "tomato", "river", "bridge", "boat",
-                                        "kyoto", "cafe", "market", "lazy1", "lazy2", "wide"])}
-    images["/img/big-loaf.png"] = Served(200, "image/png", _png(480, 360, 99))
+    images = {f"/img/{name}.png": Served(200, "image/png", _png(480 if name == "big-loaf" else 320,
+                                                                360 if name == "big-loaf" else 240, i))
+              for i, name in enumerate(IMAGE_NAMES)}
+    shapes = shape_images()
+    for i, shape in enumerate(shapes):
+        images[f"/img/shape-{i}.{shape.fmt.lower()}"] = Served(200, f"image/{shape.fmt.lower()}", shape.body)
     r = []
+    r.append(CrawlRecord("/shapes.html", _shapes_page(shapes)))
     r.append(CrawlRecord("/articles/bread.html", _page("Baking bread", """
 <h1>Baking bread at home</h1>
 <p>Good bread needs flour, water, salt and a lot of patience from the baker.</p>

@@ -28,7 +28,7 @@ from vlcurate.pipelines.stage import register_stage
 from vlcurate.schemas import get_schema
 from vlcurate.typed import bounded, check_bounds
 
-DOCUMENT_KIND = "interleaved_document"
+from vlcurate.schemas.interleaved import DOCUMENT_KIND  # noqa: E402
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from vlcurate.schemas import get_schema
 from vlcurate.typed import bounded, check_bounds
 
 HTML_TYPES = ("text/html", "application/xhtml+xml", "application/xml", "text/xml")
-DOCUMENT_KIND = "interleaved_document"
+from vlcurate.schemas.interleaved import DOCUMENT_KIND  # noqa: E402
 PAGES_SUFFIX, IMAGES_SUFFIX = ".pages", ".images"
 
 

@@ -18,3 +18,4 @@ from vlcurate.filters import semantic_dedup as _semantic_dedup  # noqa: F401
 from vlcurate.interleave import stage as _interleave  # noqa: F401
 from vlcurate.interleave import boilerplate as _image_url_boilerplate  # noqa: F401
 from vlcurate.interleave import chunks as _flamingo_chunks  # noqa: F401
+from vlcurate.interleave import attach as _attach_images  # noqa: F401

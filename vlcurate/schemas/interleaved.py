@@ -21,6 +21,24 @@ import pyarrow as pa
 from vlcurate.schemas.core import SCHEMA_VERSION, RecordSchema, register
 
 PAGE_STATUSES = ("document", "dropped")
+DOCUMENT_KIND = "interleaved_document"
+# Record kinds keyed by documents (or by every image of a page), not by a version's samples.
+DOCUMENT_KEYED = ("interleaved_document", "page", "page_image", "flamingo_chunk")
+
+
+def document_images(documents: pa.Table) -> pa.Table:
+    """The images of ``documents`` as a URL list: ``key`` (the image's derived key),
+    ``url``, ``caption`` (its alt text) and ``document_key``, in document order."""
+    rows: dict[str, list] = {"key": [], "url": [], "caption": [], "document_key": []}
+    for key, meta in zip(documents.column("key").to_pylist(), documents.column("metadata").to_pylist()):
+        for entry in json.loads(meta):
+            if entry:
+                rows["key"].append(entry["image_key"])
+                rows["url"].append(entry["src"])
+                rows["caption"].append(entry.get("alt_text"))
+                rows["document_key"].append(key)
+    return pa.table(rows, schema=pa.schema([("key", pa.string()), ("url", pa.string()), ("caption", pa.string()),
+                                            ("document_key", pa.string())]))
 
 
 def _unique_keys(table: pa.Table) -> list[tuple[int, str, str]]:
