@@ -97,6 +97,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
         train_models(Path(args.out), tuple(args.models.split(",")), threads=args.threads)
         return 0
+    if args.interleaved:
+        from vlcurate.demo.interleaved import run_interleaved_demo
+
+        run_interleaved_demo(Path(args.out), workers=args.workers)
+        return 0
     from vlcurate.demo.run import run_demo
 
     run_demo(Path(args.out), workers=args.workers)
@@ -194,6 +199,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="datasets", help="output root, or the weights directory for train-models "
                                                       "(default: ./datasets)")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--interleaved", action="store_true",
+                   help="build the interleaved demo instead: documents from an embedded WARC served on loopback")
     p.add_argument("--models", default="clip", help="train-models: which models, comma-separated (default: clip)")
     p.add_argument("--threads", type=int, default=2, help="train-models: torch CPU threads (default: 2)")
     p.set_defaults(func=_cmd_demo)
