@@ -8,9 +8,8 @@ rounds (CPU time of this process, so the figure is per core):
 - ``floor-<parser>``: parse, remove script/style/nav, take the text;
 - ``extract-<parser>``: what the stage does per page: charset decision, extraction
   in reading order, images with their URLs resolved, the image/text/document rules and
-  the OBELICS row; with selectolax the stage's default path (boilerplate removal,
-  markers and the text in Lexbor's C code), ``-walk`` the node-by-node walk in Python
-  that resiliparse also runs (the same walk on both parsers compares the parsers);
+  the OBELICS row (the same walk on both parsers, so the difference is the parsers'
+  parse and node access);
 - ``stage``: the ``interleave`` stage's ``run_shard`` on the WARC (reading the
   records, everything above with the default parser, and writing the three Parquet
   files), per page.
@@ -35,10 +34,9 @@ from vlcurate.interleave.charset import decode_page
 from vlcurate.interleave.documents import DocumentRules, document_problem, obelics_row, select_nodes
 from vlcurate.interleave.extract import bare_text, extract
 
-def extract_page(body: bytes, content_type: str, url: str, parser: str, rules: DocumentRules,
-                 walk: bool = False) -> dict | None:
+def extract_page(body: bytes, content_type: str, url: str, parser: str, rules: DocumentRules) -> dict | None:
     decoded = decode_page(body, content_type)
-    extracted = extract(decoded.text, url, parser, walk)  # type: ignore[arg-type]
+    extracted = extract(decoded.text, url, parser)  # type: ignore[arg-type]
     counts: dict[str, int] = {}
     doc, outcomes = select_nodes(extracted.nodes, rules, None, counts)
     if document_problem(doc, rules):
@@ -89,8 +87,6 @@ def main(argv: list[str] | None = None) -> int:
             "floor-resiliparse": lambda: [bare_text(b.decode("utf-8", "replace"), "resiliparse") for b, _ in pages],
             "extract-selectolax": lambda: [extract_page(b, ct, u, "selectolax", rules)
                                            for (b, ct), u in zip(pages, urls)],
-            "extract-selectolax-walk": lambda: [extract_page(b, ct, u, "selectolax", rules, walk=True)
-                                                for (b, ct), u in zip(pages, urls)],
             "extract-resiliparse": lambda: [extract_page(b, ct, u, "resiliparse", rules)
                                             for (b, ct), u in zip(pages, urls)],
         }

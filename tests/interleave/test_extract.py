@@ -51,8 +51,8 @@ def test_srcset_takes_the_largest_candidate():
     assert best_srcset("https://x.org/a,b.jpg 100w") == "https://x.org/a,b.jpg"
 
 
-@pytest.mark.parametrize("parser,walk", [("selectolax", False), ("selectolax", True), ("resiliparse", True)])
-def test_reading_order_base_href_and_boilerplate(parser, walk):
+@pytest.mark.parametrize("parser", ["selectolax", "resiliparse"])
+def test_reading_order_base_href_and_boilerplate(parser):
     html = """<html><head><base href="https://cdn.example.org/media/"><meta name="robots" content="noimageai">
     <title>T</title></head><body>
     <div class="site-nav">Home About</div><div id="cookie-consent">Accept cookies</div>
@@ -60,7 +60,7 @@ def test_reading_order_base_href_and_boilerplate(parser, walk):
     <img src="a.png" alt=" An   image "><p hidden>secret</p><p style="display:none">gone</p>
     <p>Second para</p><img src="/abs.png" data-src="https://other.org/real.png"><noscript>no js</noscript>
     <img src="javascript:void(0)"></article><aside>side</aside></body></html>"""
-    got = extract(html, "https://example.org/page.html", parser, walk)
+    got = extract(html, "https://example.org/page.html", parser)
     assert got.robots == "noimageai" and got.title == "T" and got.base_url == "https://cdn.example.org/media/"
     assert got.nodes == [
         TextBlock("Title here"), TextBlock("First bold words."),
@@ -71,7 +71,7 @@ def test_reading_order_base_href_and_boilerplate(parser, walk):
     ]
 
 
-def test_both_parsers_and_the_walk_agree_on_the_sample_crawl_and_benchmark_pages(crawl):
+def test_both_parsers_agree_on_the_sample_crawl_and_benchmark_pages(crawl):
     import random
 
     from vlcurate.demo.pages import varied_page
@@ -82,16 +82,15 @@ def test_both_parsers_and_the_walk_agree_on_the_sample_crawl_and_benchmark_pages
     pages += [(f"/b{i}.html", *varied_page(i, rng)) for i in range(40)]
     for path, body, content_type in pages:
         text = decode_page(body, content_type).text
-        fast = extract(text, "https://example.org" + path, "selectolax")
-        assert fast.nodes, path
-        assert fast == extract(text, "https://example.org" + path, "selectolax", walk=True), path
-        assert fast == extract(text, "https://example.org" + path, "resiliparse"), path
+        got = extract(text, "https://example.org" + path, "selectolax")
+        assert got.nodes, path
+        assert got == extract(text, "https://example.org" + path, "resiliparse"), path
 
 
 def test_deep_nesting_does_not_overflow():
     html = "<div>" * 50000 + "<p>deep text here now</p>" + "</div>" * 10
-    for walk in (False, True):
-        assert extract(html, "https://example.org/", "selectolax", walk).nodes == [TextBlock("deep text here now")]
+    for parser in ("selectolax", "resiliparse"):
+        assert extract(html, "https://example.org/", parser).nodes == [TextBlock("deep text here now")]
 
 
 @pytest.mark.parametrize("src,want", [
