@@ -71,3 +71,25 @@ def test_chunk_invariants_and_same_chunks_on_rebuild(tmp_path, crawl, crawl_serv
     v3 = build_chunks(tmp_path, warc, "v3", seed=1)
     other = pq.read_table(v3 / "flamingo_chunks" / "00000.parquet").to_pylist()
     assert [r["start"] for r in other] != [r["start"] for r in rows]
+
+
+def test_a_local_hugging_face_tokenizer_directory(tmp_path):
+    from tokenizers import Tokenizer as RawTokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Whitespace
+    from transformers import PreTrainedTokenizerFast
+
+    from vlcurate.interleave.chunks import FlamingoChunksConfig, Tokenizer, document_tokens, window
+
+    vocab = {w: i for i, w in enumerate(["[UNK]", "a", "red", "circle", "boats", "pass", "."])}
+    raw = RawTokenizer(WordLevel(vocab, unk_token="[UNK]"))
+    raw.pre_tokenizer = Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="[UNK]").save_pretrained(tmp_path / "tok")
+    config = FlamingoChunksConfig(tokenizer=str(tmp_path / "tok"), max_tokens=6, max_images=1)
+    tok = Tokenizer(config.tokenizer)
+    assert (tok.image_id, tok.end_id) == (7, 8)
+    seq, images = document_tokens(["a red circle .", None, "boats pass .", None], ["", "k0", "", "k1"], tok)
+    assert seq == [1, 2, 3, 6, 7, 4, 5, 6, 8, 7, 8] and images == ["k0", "k1"]
+    assert window(seq, 0, 6, 1, tok) == [1, 2, 3, 6, 7, 8]  # 6 tokens, the end marker last
+    assert window(seq, 4, 6, 1, tok) == [7, 4, 5, 6, 8]  # cut before the second image
+    assert tok.decode([1, 2, 7, 8]) == "a red <image> <|endofchunk|>"
