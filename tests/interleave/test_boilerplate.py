@@ -59,4 +59,4 @@ def test_an_image_on_more_than_ten_documents_is_dropped_everywhere(tmp_path):
     assert [i.rsplit("/", 1)[1] for i in d0["images"] if i] == ["own-0.png", "ten.png"]
     manifest = json.loads((version / "manifest.json").read_text())
     counts = {s["name"]: s["counts"] for s in manifest["stages"]}["image_url_boilerplate"]
-    assert counts == {"document": 14, "dropped.too_few_images": 1, "images.dropped.boilerplate_url": 12}
+    assert counts == {"kept": 14, "dropped.too_few_images": 1, "images.dropped.boilerplate_url": 12}

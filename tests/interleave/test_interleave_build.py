@@ -63,7 +63,7 @@ def test_version_validates_and_accounts_for_every_page(interleaved_version, craw
         assert reason[path] == ["document"], path
     manifest = json.loads((interleaved_version / "manifest.json").read_text())
     counts = manifest["stages"][0]["counts"]
-    assert counts["pages"] == len(pages) and counts["document"] == len(docs)
+    assert counts["pages"] == len(pages) and counts["kept"] == len(docs)
     assert counts["records.request"] == 1 and counts["records.metadata"] == 1
 
 
@@ -190,9 +190,8 @@ def test_record_count_shards_give_the_same_documents_and_dedup_across_shards(cra
     assert sorted(p["reason"] or "document" for p in lazy) == ["document", "duplicate_url", "revisit"]
 
 
-def test_html_files_with_a_url_list(tmp_path, crawl):
-    from vlcurate.pipelines.build import build
-    from vlcurate.recipe import load_recipe
+def test_html_files_with_a_url_list(tmp_path, crawl, capsys):
+    from vlcurate.cli import main
 
     pages = tmp_path / "pages"
     pages.mkdir()
@@ -205,7 +204,8 @@ def test_html_files_with_a_url_list(tmp_path, crawl):
     (pages / "urls.csv").write_text("\n".join(lines) + "\n")
     recipe = interleave_recipe(tmp_path, pages / "urls.csv", input={"paths": [str(pages / "urls.csv")],
                                                                      "format": "html"})
-    version = build(load_recipe(recipe), log=lambda s: None).version_dir
+    assert main(["build", str(recipe)]) == 0  # through the CLI: documents count as success
+    version = tmp_path / "out" / "pages" / "v1"
     assert validate_version(version) == []
     status = {p["url"]: p["reason"] or p["status"] for p in rows(version, "interleave.pages")}
     assert status == {"https://example.org/articles/bread.html": "document",
@@ -252,5 +252,5 @@ def test_stage_rows_are_read_without_beam(crawl_warc, tmp_path):
         write_work_parquet(t, layout.input_shard(i))
     stage = InterleaveStage(config, layout)
     stats = stage.run_shard(0, findings_by_shard(stage, [0])[0])
-    assert stats.counts["document"] >= 3  # the pages before the damage
+    assert stats.counts["kept"] >= 3  # the pages before the damage
     assert stats.counts["dropped.unreadable_record"] >= 1

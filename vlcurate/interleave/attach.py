@@ -165,7 +165,7 @@ class AttachImages(Stage):
                 pages.append(page)
                 continue
             pages.append(page)
-            stats.add("document")
+            stats.add("kept")  # documents: the funnel's kept count
             out = obelics_row(row["key"], doc, general, [m["image_key"] for _, m in kept])
             by_key = {m["image_key"]: m for _, m in kept}
             out["metadata"] = json.dumps([None if m is None else {**m, **by_key[m["image_key"]]}

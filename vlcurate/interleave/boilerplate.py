@@ -101,7 +101,7 @@ class ImageUrlBoilerplate(KeyedStage):
                 stats.add(f"dropped.{problem[0]}")
             else:
                 documents.append(obelics_row(row["key"], doc, general, kept_keys))
-                stats.add("document")
+                stats.add("kept")  # documents: the funnel's kept count
             pages.append(page)
         for rows, kind, where in ((documents, DOCUMENT_KIND, self.name), (pages, "page", self.name + ".pages"),
                                   (images, "page_image", self.name + ".images")):

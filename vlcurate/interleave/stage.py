@@ -135,7 +135,7 @@ class InterleaveStage(KeyedStage):
             stats.add("pages")
             if out.document is not None:
                 documents.append(out.document)
-                stats.add("document")
+                stats.add("kept")  # documents: the funnel's kept count
             else:
                 stats.add(f"dropped.{out.page['reason']}")
         for row in images:
