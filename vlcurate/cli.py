@@ -79,7 +79,8 @@ def _cmd_download(args: argparse.Namespace) -> int:
     result = build(plan.recipe)
     print(summary_table(result.manifest, result.seconds))
     print(f"version written: {result.version_dir}")
-    counts = result.manifest["stages"][0]["counts"]
+    stages = result.manifest["stages"]  # the download stage: first, or after interleave
+    counts = next((s["counts"] for s in stages if "refetched" in s["counts"]), stages[0]["counts"])
     refetched, recovered = counts.get("refetched", 0), counts.get("recovered", 0)
     print(f"refetched {plural(refetched, 'row')}: {recovered} of {refetched} recovered"
           + ("" if recovered == refetched else

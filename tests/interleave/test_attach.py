@@ -83,3 +83,32 @@ def test_mmc4_assignment_with_the_shipped_clip(crawl_warc, crawl_server, tmp_pat
     manifest = json.loads((version / "manifest.json").read_text())
     entry = {s["name"]: s for s in manifest["stages"]}["attach_images"]
     assert entry["weights"]["weights"] == str(model_path("clip"))
+
+
+def test_retry_failed_refetches_only_the_retryable_images(crawl, tmp_path):
+    from vlcurate.cli import main
+    from vlcurate.demo.corpus import Served
+    from vlcurate.demo.pages import served_files, write_warc
+    from vlcurate.demo.server import serve
+
+    files = served_files(crawl)
+    oven = files["/img/oven.png"]
+    files["/img/oven.png"] = Served(503, "text/plain", b"busy")  # retryable, for now
+    with serve(files, port=0) as server:
+        warc = tmp_path / "c.warc.gz"
+        warc.write_bytes(write_warc(crawl.records, server.base_url))
+        recipe = interleave_recipe(tmp_path, warc, stages=[{"interleave": {}}, DOWNLOAD, {"attach_images": {}}])
+        version = build(load_recipe(recipe), log=lambda s: None).version_dir
+        first = {s["url"].rsplit("/", 1)[1]: s for s in pq.read_table(version / "samples" / "00000.parquet").to_pylist()}
+        assert first["oven.png"]["error_kind"] == "http_error" and first["oven.png"]["http_status"] == 503
+        files["/img/oven.png"] = oven
+        before = dict(server.requests)
+        assert main(["download", "--retry-failed", str(version), "--workers", "1"]) == 0
+        fetched = {p: n - before.get(p, 0) for p, n in server.requests.items() if n - before.get(p, 0)}
+    assert fetched == {"/img/oven.png": 1}  # the 404s are not retryable; the rest were ok
+    retry = version.parent / "v1-retry1"
+    assert validate_version(retry) == []
+    again = {s["url"].rsplit("/", 1)[1]: s for s in pq.read_table(retry / "samples" / "00000.parquet").to_pylist()}
+    assert again["oven.png"]["status"] == "ok" and again["oven.png"]["first_http_status"] == 503
+    bread = [d for d in rows(retry, "attach_images") if "/articles/bread.html" in d["general_metadata"]][0]
+    assert [i.rsplit("/", 1)[1] for i in bread["images"] if i] == ["bread.png", "oven.png"]
