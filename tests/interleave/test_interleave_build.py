@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tests.interleave.conftest import interleave_recipe
@@ -254,3 +255,26 @@ def test_stage_rows_are_read_without_beam(crawl_warc, tmp_path):
     stats = stage.run_shard(0, findings_by_shard(stage, [0])[0])
     assert stats.counts["kept"] >= 3  # the pages before the damage
     assert stats.counts["dropped.unreadable_record"] >= 1
+
+
+def test_validate_names_a_document_that_breaks_the_layout(interleaved_version, tmp_path):
+    import shutil
+    import stat
+
+    copy = tmp_path / "v"
+    shutil.copytree(interleaved_version, copy)
+    for p in copy.rglob("*"):
+        p.chmod(p.stat().st_mode | stat.S_IWUSR)
+    path = copy / "interleave" / "00000.parquet"
+    table = pq.read_table(path)
+    images = table.column("images").to_pylist()
+    images[0][0] = "https://example.org/both.png"  # position 0 now has a text and an image
+    general = table.column("general_metadata").to_pylist()
+    general[2] = general[1]  # and two documents share a page URL
+    broken = table.set_column(1, "images", pa.array(images, table.schema.field("images").type))
+    broken = broken.set_column(3, "general_metadata", pa.array(general, pa.string()))
+    pq.write_table(broken.replace_schema_metadata(table.schema.metadata), path)
+    problems = validate_version(copy)
+    assert "interleave/00000.parquet: sha256 differs from the manifest" in problems
+    assert any("row 0: position 0: exactly one of texts/images must be non-null" in p for p in problems)
+    assert any("row 2: page url also in row 1" in p for p in problems)
