@@ -61,6 +61,7 @@ class Document:
     """A document as a list of nodes (text blocks and kept images) in reading order."""
 
     nodes: list[TextBlock | ImageRef] = field(default_factory=list)
+    word_count: int | None = None  # counted while the nodes were chosen (removing images keeps it)
 
     @property
     def images(self) -> list[ImageRef]:
@@ -68,7 +69,9 @@ class Document:
 
     @property
     def words(self) -> int:
-        return sum(len(n.text.split()) for n in self.nodes if isinstance(n, TextBlock))
+        if self.word_count is None:
+            self.word_count = sum(len(n.text.split()) for n in self.nodes if isinstance(n, TextBlock))
+        return self.word_count
 
 
 def _path(url: str) -> str:
@@ -109,18 +112,19 @@ def select_nodes(nodes: list[TextBlock | ImageRef], rules: DocumentRules, images
                  counts: dict[str, int]) -> tuple[Document, list[ImageOutcome]]:
     """The document's kept nodes, and an outcome for every image of the page.
     ``images_opted_out``: the directive that opts the page's images out, if any."""
-    doc = Document()
+    doc = Document(word_count=0)
     outcomes: list[ImageOutcome] = []
     seen: set[str] = set()
     for node in nodes:
         if isinstance(node, TextBlock):
-            words = len(node.text.split())
+            words = node.text.count(" ") + 1  # blocks are whitespace-collapsed: words = spaces + 1
             if words < rules.min_node_words:
                 counts["text_nodes.too_short"] = counts.get("text_nodes.too_short", 0) + 1
             elif words > rules.max_node_words:
                 counts["text_nodes.too_long"] = counts.get("text_nodes.too_long", 0) + 1
             else:
                 doc.nodes.append(node)
+                doc.word_count += words  # type: ignore[operator]
             continue
         index = len(outcomes)
         problem = ("opted_out", images_opted_out) if images_opted_out else image_problem(node, rules)
