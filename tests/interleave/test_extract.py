@@ -105,3 +105,20 @@ def test_url_resolution(src, want):
     assert resolve_url("https://b.org/dir/page.html", src) == want
     if want:
         assert want == urljoin("https://b.org/dir/page.html", src.strip()).split("#")[0]
+
+
+def test_a_page_the_parser_fails_on_is_a_row_not_a_lost_shard(monkeypatch):
+    from vlcurate.interleave import stage as stage_module
+    from vlcurate.interleave.pages import PageRecord
+    from vlcurate.interleave.stage import InterleaveConfig, InterleaveStage
+    from vlcurate.pipelines.stage import Layout
+
+    def boom(*args, **kwargs):
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr(stage_module, "extract", boom)
+    stage = InterleaveStage(InterleaveConfig(), Layout("/nowhere"))
+    record = PageRecord(7, "response", "https://example.org/", "x.warc.gz", 200, "text/html", body=b"<p>hi</p>")
+    out = stage.process_page(0, record, None, {})
+    assert (out.page["status"], out.page["reason"]) == ("dropped", "extraction_error")
+    assert "RecursionError" in out.page["detail"] and out.document is None

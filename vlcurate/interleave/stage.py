@@ -192,7 +192,10 @@ class InterleaveStage(KeyedStage):
         page.update(charset=decoded.charset, charset_source=decoded.source)
         if self.config.honour_opt_outs and "noai" in _directives(record.robots_header):
             return drop("opted_out", f"X-Robots-Tag: {record.robots_header}")
-        extracted = extract(decoded.text, record.url, self.config.parser)
+        try:
+            extracted = extract(decoded.text, record.url, self.config.parser)
+        except Exception as e:  # noqa: BLE001 - a page the parser cannot take is a row, the shard goes on
+            return drop("extraction_error", f"{type(e).__name__}: {' '.join(str(e).split())[:300]}")
         directives = _directives(record.robots_header, extracted.robots)
         if self.config.honour_opt_outs and "noai" in directives:
             return drop("opted_out", f"<meta name=robots content={extracted.robots!r}>")
