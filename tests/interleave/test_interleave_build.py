@@ -226,6 +226,12 @@ def test_bad_page_inputs_are_one_line_errors(tmp_path, crawl_warc, capsys):
          "set input.format to warc or html"),
         (interleave_recipe(tmp_path, crawl_warc, version="v4", stages=[{"download": {}}]),
          "warc inputs are pages: the first stage reading them is interleave"),
+        (interleave_recipe(tmp_path, crawl_warc, version="v5", stages=[{"interleave": {}}, {"attach_images": {}}]),
+         "stages[1].attach_images.order: needs an earlier download stage with document_images: true"),
+        (interleave_recipe(tmp_path, crawl_warc, version="v6",
+                           stages=[{"interleave": {}}, {"download": {"document_images": True}},
+                                   {"flamingo_chunks": {"tokenizer": str(tmp_path / "nope")}}]),
+         "stages[2].flamingo_chunks.tokenizer: "),
     ]
     for recipe, message in cases:
         assert main(["build", str(recipe)]) == 2

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from vlcurate.interleave.boilerplate import documents_before
+from vlcurate.interleave.boilerplate import check_documents_before, documents_before
 from vlcurate.interleave.documents import DocumentRules, document_from_row, document_problem, obelics_row
 from vlcurate.interleave.extract import ImageRef, TextBlock
 from vlcurate.io.parquet import read_parquet, write_parquet
@@ -72,6 +72,11 @@ class AttachImagesConfig:
 
     def __post_init__(self) -> None:
         check_bounds(self)
+
+    def check_earlier_stages(self, earlier: list[tuple[str, str]]) -> None:
+        check_documents_before(earlier)
+        if not any(kind == "download" for _, kind in earlier):
+            raise ValueError("order: needs an earlier download stage with document_images: true")
 
 
 def assign_images(sim: np.ndarray, min_similarity: float) -> list[tuple[int | None, str | None]]:

@@ -24,7 +24,7 @@ from vlcurate.interleave.extract import ImageRef
 from vlcurate.io.parquet import read_parquet, write_parquet
 from vlcurate.io.stats import ShardStats
 from vlcurate.pipelines.keyed import KeyedStage, shard_of
-from vlcurate.pipelines.stage import register_stage
+from vlcurate.pipelines.stage import register_stage, stage_class
 from vlcurate.schemas import get_schema
 from vlcurate.typed import bounded, check_bounds
 
@@ -38,6 +38,15 @@ class ImageUrlBoilerplateConfig:
 
     def __post_init__(self) -> None:
         check_bounds(self)
+
+    def check_earlier_stages(self, earlier: list[tuple[str, str]]) -> None:
+        check_documents_before(earlier)
+
+
+def check_documents_before(earlier: list[tuple[str, str]]) -> None:
+    """For a config's ``check_earlier_stages``: a stage that writes documents must run before."""
+    if not any(stage_class(kind).record_kind == DOCUMENT_KIND for _, kind in earlier):
+        raise ValueError("order: needs an earlier stage that writes documents (interleave)")
 
 
 def documents_before(stage: Any, shard: int) -> pa.Table:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from vlcurate.interleave.boilerplate import documents_before
+from vlcurate.interleave.boilerplate import check_documents_before, documents_before
 from vlcurate.io.parquet import write_parquet
 from vlcurate.io.stats import ShardStats
 from vlcurate.pipelines.stage import Stage, StageInfo, register_stage
@@ -50,6 +50,9 @@ class FlamingoChunksConfig:
 
             if not os.path.isdir(self.tokenizer):
                 raise FieldError("tokenizer", f"{self.tokenizer}: not 'open_clip' nor a tokenizer directory")
+
+    def check_earlier_stages(self, earlier: list[tuple[str, str]]) -> None:
+        check_documents_before(earlier)
 
 
 class Tokenizer:
