@@ -24,6 +24,7 @@ from vlcurate.io import storage
 from vlcurate.io.parquet import read_parquet
 from vlcurate.pipelines.build import BuildResult, build
 from vlcurate.recipe import load_recipe
+from vlcurate.report import weights_notes
 from vlcurate.validate import validate_version
 
 NAME = "interleaved-demo"
@@ -96,6 +97,7 @@ def summary(result: BuildResult) -> str:
     for stage in result.manifest["stages"]:
         shown = {k: v for k, v in stage["counts"].items() if not k.startswith("records.")}
         lines.append(f"  {stage['name']:<16}" + ", ".join(f"{k} {v}" for k, v in shown.items()))
+    lines += [f"  note: {note}" for note in weights_notes(result.manifest)]
     root = Path(result.version_dir)
     docs = read_parquet(root / "attach_images" / "00000.parquet").to_pylist()
     lines.append(f"documents ({len(docs)}, OBELICS layout: attach_images/*.parquet; MMC4-like WebDataset: "

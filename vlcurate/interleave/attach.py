@@ -101,18 +101,21 @@ class AttachImages(Stage):
     Config = AttachImagesConfig
     record_kind = "interleaved_document"
 
+    def _clip_config(self):
+        from vlcurate.extractors.clip_models import ClipModelConfig
+
+        return ClipModelConfig(self.config.model, self.config.weights)
+
     def setup(self) -> None:
         self.clip = None
         if self.config.assign:
-            from vlcurate.extractors.clip import ClipConfig, ClipModel
+            from vlcurate.extractors.clip_models import load_clip
 
-            self.clip = ClipModel(ClipConfig(self.config.model, self.config.weights, device="cpu"))
+            self.clip = load_clip(self._clip_config().clip_config())
 
     def info(self) -> StageInfo:
-        if not self.config.assign:
-            return StageInfo()
-        return StageInfo(weights={"model": self.config.model, "weights": self.config.weights,
-                                  "random": self.config.weights is None})
+        # the manifest's weights entry as other CLIP stages write it (source, sha256, label)
+        return StageInfo(weights=self._clip_config().provenance()) if self.config.assign else StageInfo()
 
     def _images(self, shard: int) -> tuple[dict[str, dict], dict[str, str], dict[str, tuple[str, bytes]]]:
         """The samples of the shard: alive rows by key, why the others left, and the
