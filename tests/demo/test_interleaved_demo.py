@@ -22,3 +22,7 @@ def test_interleaved_demo_builds_validates_and_shows_documents(tmp_path, capsys)
     assert docs and all(any(i for i in d["images"]) for d in docs)
     assert any("/shapes.html" in d["general_metadata"] for d in docs)
     assert (version / "attach_images" / "00000.tar").stat().st_size > 0
+    # built again: the same bytes (fixed WARC record ids and dates, fixed port, seeded images)
+    assert main(["demo", "--interleaved", "--out", str(tmp_path), "--workers", "1"]) == 0
+    again = json.loads((tmp_path / "interleaved-demo" / "v2" / "manifest.json").read_text())
+    assert {f["path"]: f["sha256"] for f in again["files"]} == {f["path"]: f["sha256"] for f in manifest["files"]}

@@ -183,34 +183,46 @@ def write_warc(records: list[CrawlRecord], base_url: str, gzip: bool = True, tru
     from warcio.statusandheaders import StatusAndHeaders
     from warcio.warcwriter import WARCWriter
 
+    import uuid
+
+    def fixed(i: int, url: str) -> dict[str, str]:
+        """Record id and date fixed by position and URL, so the same records give the same bytes."""
+        return {"WARC-Record-ID": f"<urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, f'{i}:{url}')}>",
+                "WARC-Date": "2026-01-01T00:00:00Z"}
+
     out = io.BytesIO()
     writer = WARCWriter(out, gzip=gzip)
-    writer.write_record(writer.create_warcinfo_record("crawl.warc.gz", {"software": "vlcurate demo"}))
-    for rec in records:
+    writer.write_record(writer.create_warc_record("", "warcinfo", payload=io.BytesIO(b"software: vlcurate demo\r\n"),
+                                                  warc_content_type="application/warc-fields",
+                                                  warc_headers_dict=fixed(-1, "warcinfo")))
+    for i, rec in enumerate(records):
         url = base_url + rec.path
+        head = fixed(i, url)
         if rec.record_type == "response":
             headers = [("Content-Type", rec.content_type), ("Content-Length", str(len(rec.body))), *rec.headers]
             reason = {200: "OK", 404: "Not Found", 500: "Internal Server Error"}.get(rec.status, "Status")
             http = StatusAndHeaders(f"{rec.status} {reason}", headers, protocol="HTTP/1.1")
             writer.write_record(writer.create_warc_record(url, "response", payload=io.BytesIO(rec.body),
-                                                          http_headers=http))
+                                                          http_headers=http, warc_headers_dict=head))
         elif rec.record_type == "request":
             http = StatusAndHeaders(f"GET {rec.path} HTTP/1.1", [("Host", base_url.split("//")[1])],
                                     is_http_request=True)
-            writer.write_record(writer.create_warc_record(url, "request", payload=io.BytesIO(b""), http_headers=http))
+            writer.write_record(writer.create_warc_record(url, "request", payload=io.BytesIO(b""), http_headers=http,
+                                                          warc_headers_dict=head))
         elif rec.record_type == "revisit":
             http = StatusAndHeaders("200 OK", [("Content-Type", "text/html")], protocol="HTTP/1.1")
             writer.write_record(writer.create_revisit_record(url, "sha1:AAAA", url, "2026-01-01T00:00:00Z",
-                                                             http_headers=http))
+                                                             http_headers=http, warc_headers_dict=head))
         else:
             writer.write_record(writer.create_warc_record(url, rec.record_type, payload=io.BytesIO(rec.body),
-                                                          warc_content_type=rec.content_type))
+                                                          warc_content_type=rec.content_type, warc_headers_dict=head))
     data = out.getvalue()
     if truncate_last:
         tail = io.BytesIO()
         WARCWriter(tail, gzip=gzip).write_record(WARCWriter(tail, gzip=gzip).create_warc_record(
             base_url + "/cut-off.html", "response", payload=io.BytesIO(b"<html><body>" + b"x" * 5000),
-            http_headers=StatusAndHeaders("200 OK", [("Content-Type", "text/html")], protocol="HTTP/1.1")))
+            http_headers=StatusAndHeaders("200 OK", [("Content-Type", "text/html")], protocol="HTTP/1.1"),
+            warc_headers_dict=fixed(len(records), base_url + "/cut-off.html")))
         data += tail.getvalue()[: len(tail.getvalue()) // 2]
     return data
 
