@@ -284,3 +284,19 @@ def test_validate_names_a_document_that_breaks_the_layout(interleaved_version, t
     assert "interleave/00000.parquet: sha256 differs from the manifest" in problems
     assert any("row 0: position 0: exactly one of texts/images must be non-null" in p for p in problems)
     assert any("row 2: page url also in row 1" in p for p in problems)
+
+
+def test_where_the_warc_lies_does_not_change_the_version(crawl_warc, interleaved_version, tmp_path):
+    import shutil
+
+    from vlcurate.pipelines.build import build
+    from vlcurate.recipe import load_recipe
+
+    moved = tmp_path / "elsewhere" / "deeper" / crawl_warc.name
+    moved.parent.mkdir(parents=True)
+    shutil.copy(crawl_warc, moved)
+    version = build(load_recipe(interleave_recipe(tmp_path, moved)), log=lambda s: None).version_dir
+    for rel in ("interleave/00000.parquet", "interleave.pages/00000.parquet", "interleave.images/00000.parquet"):
+        assert (version / rel).read_bytes() == (interleaved_version / rel).read_bytes(), rel
+    sources = {p["source"] for p in rows(version, "interleave.pages")}
+    assert sources == {crawl_warc.name}

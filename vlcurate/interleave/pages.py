@@ -1,6 +1,6 @@
 """Page inputs: WARC / WARC.gz files, or HTML files named by a URL list, cut into shards.
 
-An input shard is a small table of *ranges*: ``(kind, source, url, start, count)``.
+An input shard is a small table of *ranges*: ``(kind, source, url, start, count, name)``.
 A WARC range is ``count`` records from byte ``start`` of ``source`` (``count = -1``: to
 the end of the file, i.e. one shard per input file); an HTML range is one file with
 its page URL. A page's key is ``<shard>_<offset>``, the record's byte offset in its
@@ -25,8 +25,11 @@ from vlcurate.io.inputs import InputError, InputSpec, read_inputs
 
 WARC_SUFFIXES = (".warc", ".warc.gz", ".arc", ".arc.gz")
 PAGE_RECORD_TYPES = ("response", "resource", "revisit")  # records that are captures of a page
+# ``name``: what the version records as a page's source: the WARC's path inside the
+# input directory it was found in (its file name when named itself), an HTML file as
+# its list names it; never where the inputs are stored, which does not change a version.
 RANGE_SCHEMA = pa.schema([("kind", pa.string()), ("source", pa.string()), ("url", pa.string()),
-                          ("start", pa.int64()), ("count", pa.int64())])
+                          ("start", pa.int64()), ("count", pa.int64()), ("name", pa.string())])
 
 
 @dataclass(frozen=True)
@@ -34,7 +37,7 @@ class PageRecord:
     offset: int  # byte offset of the record in its WARC; an HTML page's row in its list
     rec_type: str  # response | resource | revisit | request | metadata | warcinfo | html | ...
     url: str | None
-    source: str
+    source: str  # the input's name (RANGE_SCHEMA)
     http_status: int | None = None
     content_type: str | None = None
     robots_header: str | None = None  # X-Robots-Tag
@@ -46,20 +49,21 @@ def _is_warc(name: str) -> bool:
     return name.lower().endswith(WARC_SUFFIXES)
 
 
-def list_warc_files(spec: InputSpec) -> list[str]:
-    """The WARC files ``spec.paths`` names (directories searched recursively, sorted)."""
-    found: list[str] = []
+def list_warc_files(spec: InputSpec) -> list[tuple[str, str]]:
+    """``(location, name)`` of the WARC files ``spec.paths`` names (directories searched
+    recursively, sorted; the name is the path inside the directory, or the file name)."""
+    found: list[tuple[str, str]] = []
     for raw in spec.paths:
         if storage.is_dir(raw):
             inner = sorted(f.path for f in storage.list_files(raw)
                            if _is_warc(f.path) and not any(p.startswith((".", "_")) for p in Path(f.path).parts))
             if not inner:
                 raise InputError(f"input {raw}: directory has no WARC files ({', '.join(WARC_SUFFIXES)})")
-            found += [storage.join(raw, f) for f in inner]
+            found += [(storage.join(raw, f), f) for f in inner]
         elif storage.exists(raw):
             if not _is_warc(raw):
                 raise InputError(f"input {raw}: not a WARC file (expected {', '.join(WARC_SUFFIXES)})")
-            found.append(os.fspath(raw))
+            found.append((os.fspath(raw), storage.basename(raw)))
         else:
             raise InputError(f"input {raw}: no such file or directory")
     return list(dict.fromkeys(found))
@@ -86,14 +90,14 @@ def split_pages(spec: InputSpec, records_per_shard: int, html_path_col: str) -> 
     if spec.format == "html":
         return _split_html(spec, html_path_col)
     shards = []
-    for source in list_warc_files(spec):
+    for source, name in list_warc_files(spec):
         if records_per_shard <= 0:
-            shards.append(_ranges([("warc", source, None, 0, -1)]))
+            shards.append(_ranges([("warc", source, None, 0, -1, name)]))
             continue
         offsets = record_offsets(source)
         for i in range(0, max(1, len(offsets)), records_per_shard):
             start = offsets[i] if offsets else 0
-            shards.append(_ranges([("warc", source, None, start, records_per_shard)]))
+            shards.append(_ranges([("warc", source, None, start, records_per_shard, name)]))
     return shards
 
 
@@ -111,7 +115,7 @@ def _split_html(spec: InputSpec, path_col: str) -> list[pa.Table]:
         for i, (url, rel) in enumerate(zip(table.column("url").to_pylist(), table.column(path_col).to_pylist())):
             source = "" if rel is None else rel if storage.is_remote(rel) or os.path.isabs(rel) \
                 else storage.join(base, rel)
-            rows.append(("html", source, url, i, 1))
+            rows.append(("html", source, url, i, 1, rel or ""))
         shards.append(_ranges(rows))
     return shards
 
@@ -122,11 +126,13 @@ def _ranges(rows: list[tuple]) -> pa.Table:
 
 def iter_pages(ranges: pa.Table, max_bytes: int) -> Iterator[PageRecord]:
     """Every record of the shard's ranges, in order."""
+    from dataclasses import replace
+
     for row in ranges.to_pylist():
-        if row["kind"] == "html":
-            yield _html_page(row, max_bytes)
-        else:
-            yield from _warc_records(row["source"], row["start"], row["count"], max_bytes)
+        records = [_html_page(row, max_bytes)] if row["kind"] == "html" else \
+            _warc_records(row["source"], row["start"], row["count"], max_bytes)
+        for record in records:
+            yield replace(record, source=row["name"])
 
 
 def _html_page(row: dict, max_bytes: int) -> PageRecord:
@@ -135,7 +141,8 @@ def _html_page(row: dict, max_bytes: int) -> PageRecord:
         with storage.open_read(source) as f:
             body = f.read(max_bytes + 1)
     except OSError as e:
-        return PageRecord(row["start"], "html", row["url"], source, error=f"cannot read {source}: {e}")
+        return PageRecord(row["start"], "html", row["url"], source,
+                          error=f"cannot read {row['name']}: {type(e).__name__}")
     return PageRecord(row["start"], "html", row["url"], source, 200, "text/html", body=body)
 
 
