@@ -112,3 +112,15 @@ def test_retry_failed_refetches_only_the_retryable_images(crawl, tmp_path):
     assert again["oven.png"]["status"] == "ok" and again["oven.png"]["first_http_status"] == 503
     bread = [d for d in rows(retry, "attach_images") if "/articles/bread.html" in d["general_metadata"]][0]
     assert [i.rsplit("/", 1)[1] for i in bread["images"] if i] == ["bread.png", "oven.png"]
+
+
+def test_image_filters_run_on_document_images(crawl_warc, crawl_server, tmp_path):
+    stages = [{"interleave": {}}, DOWNLOAD, {"caption_filter": {"min_chars": 10}}, {"attach_images": {}}]
+    version = build(load_recipe(interleave_recipe(tmp_path, crawl_warc, stages=stages)), log=lambda s: None).version_dir
+    assert validate_version(version) == []
+    decisions = {r["key"]: r for r in rows(version, "caption_filter")}
+    removed = {r["key"]: r["reason"] for r in rows(version, "attach_images.images")}
+    dropped = {k for k, r in decisions.items() if not r["keep"]}
+    assert dropped and {k for k, reason in removed.items() if reason == "filtered"} == dropped
+    kept_keys = {m["image_key"] for d in rows(version, "attach_images") for m in json.loads(d["metadata"]) if m}
+    assert not kept_keys & dropped
