@@ -244,14 +244,19 @@ def test_stage_rows_are_read_without_beam(crawl_warc, tmp_path):
     """The stage as plain Python (no Beam): a WARC with a record broken mid-file keeps its shard."""
     from vlcurate.interleave.stage import InterleaveConfig, InterleaveStage
     from vlcurate.io.inputs import InputSpec
-    from vlcurate.io.parquet import write_work_parquet
+    from vlcurate.io.parquet import read_parquet, write_work_parquet
     from vlcurate.pipelines.keyed import findings_by_shard
     from vlcurate.pipelines.stage import Layout
 
+    from vlcurate.interleave.pages import record_offsets
+
     data = bytearray(crawl_warc.read_bytes())
+    offsets = record_offsets(str(crawl_warc))
+    start, end = offsets[8], offsets[9]  # the gzip member of the 8th page record
+    middle = (start + end) // 2
+    data[middle:middle + 16] = b"garbage!" * 2  # its deflate stream is broken from here
     warc = tmp_path / "damaged.warc.gz"
-    cut = data.index(b"\x1f\x8b", len(data) // 2)  # a record boundary in the middle
-    warc.write_bytes(bytes(data[:cut + 40]) + b"garbage" * 10 + bytes(data[cut + 40:]))
+    warc.write_bytes(bytes(data))
     config = InterleaveConfig()
     shards = InterleaveStage.split_input(config, InputSpec(paths=(str(warc),), format="warc"))
     layout = Layout.for_stages(tmp_path / "v", ["interleave"])
@@ -259,8 +264,11 @@ def test_stage_rows_are_read_without_beam(crawl_warc, tmp_path):
         write_work_parquet(t, layout.input_shard(i))
     stage = InterleaveStage(config, layout)
     stats = stage.run_shard(0, findings_by_shard(stage, [0])[0])
-    assert stats.counts["kept"] >= 3  # the pages before the damage
-    assert stats.counts["dropped.unreadable_record"] >= 1
+    assert stats.counts["kept"] >= 5  # the pages before the damage
+    pages = read_parquet(layout.sidecar("interleave.pages", 0)).to_pylist()
+    broken = [p for p in pages if p["reason"] == "unreadable_record"]
+    assert [p["offset"] for p in broken] == [start]  # named at the damaged record
+    assert stats.counts["pages"] == len(pages)
 
 
 def test_validate_names_a_document_that_breaks_the_layout(interleaved_version, tmp_path):

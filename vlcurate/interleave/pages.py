@@ -159,7 +159,7 @@ def _warc_records(source: str, start: int, count: int, max_bytes: int) -> Iterat
         it = ArchiveIterator(f, arc2warc=True)
         records = iter(it)
         done = 0
-        offset = end = start
+        end = start  # the end of the last whole record
         shift = None  # warcio's offsets count from where the stream was opened or from its start: align them
 
         def at() -> int:
@@ -167,11 +167,24 @@ def _warc_records(source: str, start: int, count: int, max_bytes: int) -> Iterat
             if shift is None:
                 shift = start - it.get_record_offset()
             return shift + it.get_record_offset()
+
+        def position() -> tuple[int, int]:
+            """Offset and end of the current record; on a damaged one warcio may not
+            know them: then the end of the last whole record (and one past it)."""
+            try:
+                here = at()
+            except Exception:  # noqa: BLE001 - the record's own row carries the error
+                return end, end + 1
+            try:
+                return here, here + it.get_record_length()
+            except Exception:  # noqa: BLE001
+                return here, here + 1
+
         while count < 0 or done < count:
             try:
                 record = next(records, None)
             except Exception as e:  # noqa: BLE001 - a broken file ends its range with a recorded error
-                yield PageRecord(offset, "unreadable", None, source, error=_one_line(e))
+                yield PageRecord(end, "unreadable", None, source, error=_one_line(e))
                 return
             if record is None:
                 yield from _unread_tail(source, end)
@@ -181,8 +194,9 @@ def _warc_records(source: str, start: int, count: int, max_bytes: int) -> Iterat
             url = record.rec_headers.get_header("WARC-Target-URI")
             url = url.strip().strip("<>") if url else None
             if rec_type not in PAGE_RECORD_TYPES:
-                yield PageRecord(at(), rec_type, url, source)
-                end = at() + it.get_record_length()
+                offset, _ = position()
+                yield PageRecord(offset, rec_type, url, source)
+                _, end = position()
                 continue
             status = None
             if record.http_headers is not None and rec_type != "resource":
@@ -202,11 +216,10 @@ def _warc_records(source: str, start: int, count: int, max_bytes: int) -> Iterat
                         error = "truncated record (payload shorter than declared)"
                 except Exception as e:  # noqa: BLE001 - a damaged record is a row with its reason
                     error = _one_line(e)
-            offset = at()  # asked after the payload is read: asking reads the record
+            offset, _ = position()  # asked after the payload is read: asking reads the record
             yield PageRecord(offset, rec_type, url, source, status, content_type, _header(record, "X-Robots-Tag"),
                              body, error)
-            end = offset + it.get_record_length()
-            offset += 1  # where a failure of the next record is reported
+            _, end = position()
 
 
 def _unread_tail(source: str, end: int) -> Iterator[PageRecord]:
