@@ -1,4 +1,5 @@
 # make demo  - set up the venv (first time) and build the demo version under ./datasets
+# make demo-interleaved - the same, for the interleaved demo (documents from an embedded WARC)
 # make test  - set up the venv (first time) and run the test suite
 VENV ?= .venv
 PYTHON ?= python3
@@ -12,9 +13,12 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(VENV)/bin/python -m pip install -q -c constraints.txt -e ".[dev]"
 	touch $@
 
-.PHONY: demo test lint
+.PHONY: demo demo-interleaved test lint
 demo: $(VENV)/.installed
 	$(VENV)/bin/vlcurate demo --out datasets
+
+demo-interleaved: $(VENV)/.installed
+	$(VENV)/bin/vlcurate demo --interleaved --out datasets
 
 test: $(VENV)/.installed
 	$(VENV)/bin/python -m pytest -q

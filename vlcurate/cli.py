@@ -71,7 +71,8 @@ def _cmd_download(args: argparse.Namespace) -> int:
     result = build(plan.recipe)
     print(summary_table(result.manifest, result.seconds))
     print(f"version written: {result.version_dir}")
-    counts = result.manifest["stages"][0]["counts"]
+    stages = result.manifest["stages"]  # the download stage: first, or after interleave
+    counts = next((s["counts"] for s in stages if "refetched" in s["counts"]), stages[0]["counts"])
     refetched, recovered = counts.get("refetched", 0), counts.get("recovered", 0)
     print(f"refetched {plural(refetched, 'row')}: {recovered} of {refetched} recovered"
           + ("" if recovered == refetched else
@@ -88,6 +89,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         from vlcurate.demo.train import train_models
 
         train_models(Path(args.out), tuple(args.models.split(",")), threads=args.threads)
+        return 0
+    if args.interleaved:
+        from vlcurate.demo.interleaved import run_interleaved_demo
+
+        run_interleaved_demo(Path(args.out), workers=args.workers)
         return 0
     from vlcurate.demo.run import run_demo
 
@@ -279,6 +285,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="datasets", help="output root, or the weights directory for train-models "
                                                       "(default: ./datasets)")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--interleaved", action="store_true",
+                   help="build the interleaved demo instead: documents from an embedded WARC served on loopback")
     p.add_argument("--models", default="clip", help="train-models: which models, comma-separated (default: clip)")
     p.add_argument("--threads", type=int, default=2, help="train-models: torch CPU threads (default: 2)")
     p.set_defaults(func=_cmd_demo)

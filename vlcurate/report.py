@@ -71,7 +71,8 @@ def nothing_succeeded(manifest: dict) -> str | None:
     """A one-line warning when no row of the first (download) stage succeeded: the
     dominant error kind and what to change; None when anything succeeded."""
     stages = manifest["stages"]
-    if not stages or stages[0]["rows"] == 0 or stages[0]["counts"].get("ok", 0) > 0:
+    if not stages or stages[0]["rows"] == 0 or stages[0]["counts"].get("ok", 0) > 0 \
+            or stages[0]["counts"].get("kept", 0) > 0:  # (a first stage reading pages keeps documents)
         return None
     rows = stages[0]["rows"]
     failures = {k.removeprefix("failed."): v for k, v in stages[0]["counts"].items() if k.startswith("failed.")}

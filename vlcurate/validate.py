@@ -21,6 +21,7 @@ from vlcurate.io import storage
 from vlcurate.io.parquet import parquet_rows, read_parquet, read_parquet_schema
 from vlcurate.io.tar import tar_keys
 from vlcurate.schemas import get_schema, validate
+from vlcurate.schemas.interleaved import DOCUMENT_KEYED
 from vlcurate.versions import MANIFEST, ManifestError, data_files, load_manifest
 
 # Files a sample needs in its tar; features may add more.
@@ -132,8 +133,11 @@ def _check_shard(version_dir: str, rel: str, listed: set[str]) -> list[str]:
 def _check_sidecar(version_dir: str, rel: str, shard_keys: set[str]) -> list[str]:
     loc = storage.join(version_dir, rel)
     try:
-        if not storage.exists(loc) or "key" not in _read(rel, lambda: read_parquet_schema(loc)).names:
+        schema = _read(rel, lambda: read_parquet_schema(loc)) if storage.exists(loc) else None
+        if schema is None or "key" not in schema.names:
             return []
+        if (schema.metadata or {}).get(b"vlcurate.record", b"").decode() in DOCUMENT_KEYED:
+            return []  # keyed by documents; a version's samples are their images
         keys = set(_keys(loc, rel, ["key"]).column("key").to_pylist())
     except Unreadable:
         return []  # reported by the file check

@@ -11,6 +11,10 @@ It is an ordinary build of a recipe derived from the parent's manifest:
   parent's shard and fetches only retryable failures (see
   :mod:`vlcurate.download.reuse`); the later stages (filters, dedup) run again over
   the new version, so their decisions see the newly downloaded samples;
+- an interleaved version (first stage ``interleave``) is rebuilt from the parent's own
+  page inputs with its download stage reusing the parent's: the documents, and so the
+  derived image keys, come out the same, and only the images that failed retryably
+  are fetched again;
 - output: beside the parent (same root and name), ``parent`` set to the parent's
   directory; the version is ``--version`` or the next free ``<base>-retryN``, where
   ``<base>`` is the parent's version without a ``-retryN`` suffix (v1 -> v1-retry1;
@@ -84,11 +88,14 @@ def plan_retry(version_dir: str | Path, version: str | None = None, workers: int
         samples_per_shard = body["samples_per_shard"]
     except (KeyError, TypeError, IndexError, StopIteration, AttributeError):
         raise UserError(f"{where}: manifest has no usable recipe") from None
-    if first != "download":
+    pages = first == "interleave"  # an interleaved version: its download fetched the documents' images
+    downloads = [i for i, s in enumerate(stages) if next(iter(s)) == "download"]
+    if first != "download" and not (pages and downloads):
         raise UserError(f"{where}: its first stage is {first!r}, not download; nothing to retry")
     if not manifest_files(manifest, "samples", ".parquet"):
         raise UserError(f"{where}: no sample shards under {storage.join(parent, 'samples')}")
-    stages[0] = {"download": {**stages[0]["download"], "reuse": str(parent)}}
+    at = downloads[0]
+    stages[at] = {"download": {**stages[at]["download"], "reuse": str(parent)}}
     run = dict(body.get("runner") or {})
     if workers is not None:
         run["workers"] = workers
@@ -100,9 +107,12 @@ def plan_retry(version_dir: str | Path, version: str | None = None, workers: int
                                                    or prior[i + 1:i + 2] == [REDACTED])]
     run["options"] = [*kept, *runner_options]
     name_dir = storage.parent(parent)
+    # Pages are read again from the parent's inputs (the same documents, so the same
+    # image keys); a URL list from the parent's own sample rows.
     data = {
-        "input": {"paths": [storage.join(parent, "samples")], "format": "parquet", "url_col": "url",
-                  "caption_col": "caption", "extra_cols": extra_cols},
+        "input": dict(body["input"]) if pages else {
+            "paths": [storage.join(parent, "samples")], "format": "parquet", "url_col": "url",
+            "caption_col": "caption", "extra_cols": extra_cols},
         "output": {"root": storage.parent(name_dir), "name": storage.basename(name_dir),
                    "version": version or next_retry_version(name_dir, storage.basename(parent)), "parent": parent},
         "samples_per_shard": samples_per_shard,

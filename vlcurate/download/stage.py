@@ -27,14 +27,15 @@ from vlcurate.download.expected import HASH_MISMATCH, ExpectedHashConfig, phash_
 from vlcurate.download.fetch import Fetcher, FetchConfig, FetchResult
 from vlcurate.download.hosts import HostGate, HostScheduler, PolitenessConfig, host_key
 from vlcurate.download.images import ImageConfig, ImageProcessor, ProcessedImage, image_path_info
-from vlcurate.io.inputs import InputSpec
+from vlcurate.io.inputs import PAGE_FORMATS, InputSpec
 from vlcurate.download.reuse import ParentShard
 from vlcurate.io import storage
 from vlcurate.io.parquet import read_parquet, write_parquet
 from vlcurate.io.stats import ShardStats
 from vlcurate.io.tar import TarSample, encode_json, write_tar
-from vlcurate.pipelines.stage import Stage, StageInfo, register_stage
+from vlcurate.pipelines.stage import Stage, StageInfo, register_stage, stage_class
 from vlcurate.schemas import get_schema
+from vlcurate.schemas.interleaved import DOCUMENT_KIND, document_images
 from vlcurate.typed import FieldError, bounded, local_path
 
 IMAGE_EXT = {"jpg": "jpg", "jpeg": "jpg", "png": "png", "webp": "webp"}
@@ -53,6 +54,15 @@ class DownloadConfig(FetchConfig, ImageConfig, ExpectedHashConfig, PolitenessCon
     # (as `vlcurate download --retry-failed` sets up); copied rows keep the parent's
     # image settings.
     reuse: str | None = local_path(None)
+    # Fetch the images of the documents that the last document-writing stage before
+    # this one (interleave, image_url_boilerplate) kept, instead of the input list:
+    # each keeps its derived key (<document key>_<index>), its alt text as caption
+    # and its document_key as an extra column.
+    document_images: bool = False
+
+    def check_earlier_stages(self, earlier: list[tuple[str, str]]) -> None:
+        if self.document_images and not any(stage_class(kind).record_kind == DOCUMENT_KIND for _, kind in earlier):
+            raise ValueError("document_images: needs an earlier stage that writes documents (interleave)")
 
     def __post_init__(self) -> None:
         if self.reuse is not None and not storage.exists(storage.join(self.reuse, "manifest.json")):
@@ -88,6 +98,8 @@ class DownloadStage(Stage):
     @staticmethod
     def input_problem(config: DownloadConfig, spec: InputSpec) -> str | None:
         """A setting naming an input column the input does not carry, or None."""
+        if spec.format in PAGE_FORMATS and not config.document_images:
+            return f"input.format: {spec.format} inputs are pages: the first stage reading them is interleave"
         for name, column in config.columns():
             if column not in spec.extra_cols:
                 return (f"{name}: column {column!r} is not one of input.extra_cols "
@@ -154,12 +166,17 @@ class DownloadStage(Stage):
     def run_shard(self, shard: int, findings: list | None = None) -> ShardStats:
         if not hasattr(self, "pool"):
             self.setup()
-        source = read_parquet(self.layout.input_shard(shard))
+        if self.config.document_images:
+            documents = self.layout.sidecars(shard, DOCUMENT_KIND, before=self.name)
+            source = document_images(read_parquet(documents[-1]))
+        else:
+            source = read_parquet(self.layout.input_shard(shard))
         urls = source.column("url").to_pylist()
         captions = source.column("caption").to_pylist()
-        extra_names = [n for n in source.schema.names if n not in ("url", "caption")]
+        extra_names = [n for n in source.schema.names if n not in ("url", "caption", "key")]
         extras = {n: source.column(n).to_pylist() for n in extra_names}
-        keys = [sample_key(shard, i) for i in range(len(urls))]
+        keys = source.column("key").to_pylist() if "key" in source.schema.names \
+            else [sample_key(shard, i) for i in range(len(urls))]
         parent = ParentShard.load(self.config.reuse, shard, keys, urls) if self.config.reuse else None
 
         todo = [i for i in range(len(urls)) if parent is None or parent.refetch(i)]

@@ -24,7 +24,10 @@ import pyarrow.parquet as pq
 from vlcurate.io import storage
 from vlcurate.typed import local_path
 
-FORMATS = ("auto", "parquet", "csv", "tsv", "jsonl")
+FORMATS = ("auto", "parquet", "csv", "tsv", "jsonl", "warc", "html")
+# warc / html: pages for a first stage that reads pages (interleave), not a URL list:
+# WARC files, or URL lists whose rows name HTML files (vlcurate/interleave/pages.py).
+PAGE_FORMATS = ("warc", "html")
 # Extension -> format. Text formats may carry a further ".gz" (pyarrow decompresses
 # by extension); Parquet compresses internally.
 _EXTENSIONS = {".parquet": "parquet", ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}

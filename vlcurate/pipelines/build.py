@@ -26,7 +26,7 @@ import pyarrow as pa
 
 from vlcurate.errors import UserError
 from vlcurate.io import storage
-from vlcurate.io.inputs import InputError, list_input_files, read_inputs
+from vlcurate.io.inputs import PAGE_FORMATS, InputError, list_input_files, read_inputs
 from vlcurate.io.parquet import write_work_parquet
 from vlcurate.pipelines.beam import (StageRun, build_graph, check_pipeline_options, make_pipeline, resolve_runner,
                                      run_to_completion)
@@ -86,18 +86,30 @@ def check_buildable(recipe: Recipe) -> None:
         raise UserError(f"output.parent {recipe.output.parent}: not a version directory (no manifest.json)")
 
 
-def _num_shards(recipe: Recipe, table: pa.Table) -> int:
-    return max(1, -(-table.num_rows // recipe.samples_per_shard))
-
-
-def _shard_inputs(recipe: Recipe, table: pa.Table, layout: Layout) -> int:
+def _input_shards(recipe: Recipe) -> list[pa.Table]:
+    """The input cut into shards: the URL list in slices of ``samples_per_shard`` rows,
+    or what a first stage that reads other inputs (pages) makes of them
+    (its ``split_input(config, input_spec)``)."""
+    first = recipe.stages[0]
+    split = getattr(stage_class(first.kind), "split_input", None)
+    if split is not None:
+        shards = split(first.config, recipe.input)
+        if not shards or not sum(t.num_rows for t in shards):
+            raise UserError(f"input {', '.join(recipe.input.paths)}: no pages")
+        return shards
+    table = read_inputs(recipe.input)
+    if table.num_rows == 0:
+        raise UserError(f"input {', '.join(recipe.input.paths)}: no rows")
     n = recipe.samples_per_shard
-    num_shards = _num_shards(recipe, table)
-    for shard in range(num_shards):
+    return [table.slice(shard * n, n) for shard in range(max(1, -(-table.num_rows // n)))]
+
+
+def _shard_inputs(shards: list[pa.Table], layout: Layout) -> int:
+    for shard, table in enumerate(shards):
         loc = layout.input_shard(shard)
         if not storage.exists(loc):
-            write_work_parquet(table.slice(shard * n, n), loc)
-    return num_shards
+            write_work_parquet(table, loc)
+    return len(shards)
 
 
 @dataclass(frozen=True)
@@ -169,23 +181,31 @@ def _terminal(log: Callable[[str], None]):
     return sys.stderr if log is _log_to_stderr and sys.stderr.isatty() else None
 
 
+def _input_files(recipe: Recipe, shards: list[pa.Table]) -> list[Path | str]:
+    """The files the input was read from (their checksums go into the manifest)."""
+    if recipe.input.format not in PAGE_FORMATS:
+        return list_input_files(recipe.input)
+    sources = [s for t in shards for s in t.column("source").to_pylist() if s]
+    listed = list(recipe.input.paths) if recipe.input.format == "html" else []
+    return [f for f in dict.fromkeys([*listed, *sources]) if storage.exists(f)]  # a missing page is a row
+
+
 def build(recipe: Recipe, log: Callable[[str], None] = _log_to_stderr) -> BuildResult:
     """Build ``recipe`` into a new version; raise UserError on bad input before writing."""
     check_buildable(recipe)
     try:
-        files = list_input_files(recipe.input)
-        table = read_inputs(recipe.input)
+        shards = _input_shards(recipe)
+        files = _input_files(recipe, shards)
     except InputError as e:
         raise UserError(str(e)) from None
-    if table.num_rows == 0:
-        raise UserError(f"input {', '.join(recipe.input.paths)}: no rows")
+    rows = sum(t.num_rows for t in shards)
     started = time.monotonic()
     stages = [StageRun(s.kind, s.name, s.config) for s in recipe.stages]
     names = [s.name for s in stages]
     layout = Layout.for_stages(building_dir(recipe), [(s.name, s.kind) for s in stages], track_progress=True)
     # The graph is made before anything is written: a graph error leaves nothing behind.
     pipeline = make_pipeline(recipe.runner.name, recipe.runner.workers, recipe.runner.options)
-    build_graph(pipeline, stages, layout, _num_shards(recipe, table))
+    build_graph(pipeline, stages, layout, len(shards))
     claim = _claim_building_dir(recipe)
     root = claim.root
     log_path = _log_path(root)
@@ -193,12 +213,12 @@ def build(recipe: Recipe, log: Callable[[str], None] = _log_to_stderr) -> BuildR
         resumed = _started(root)
         if resumed:  # a killed build's counts of shards that will run again
             storage.delete_tree(layout.progress_dir())
-        num_shards = _shard_inputs(recipe, table, layout)
+        num_shards = _shard_inputs(shards, layout)
         log(f"{'resuming' if resumed else 'building'} {recipe.output.name}/{recipe.output.version}: "
-            f"{plural(table.num_rows, 'row')} in {plural(num_shards, 'shard')}, stages {', '.join(names)}, "
+            f"{plural(rows, 'row')} in {plural(num_shards, 'shard')}, stages {', '.join(names)}, "
             f"runner {recipe.runner.name}")
         with worker_output_to(log_path), \
-                Progress(layout, names, num_shards, recipe.samples_per_shard, table.num_rows, log,
+                Progress(layout, names, num_shards, recipe.samples_per_shard, rows, log,
                          terminal=_terminal(log)):
             run_to_completion(pipeline)
     except BaseException:

@@ -16,3 +16,7 @@ from vlcurate.filters import basic as _basic  # noqa: F401
 from vlcurate.filters import top_fraction as _top_fraction  # noqa: F401
 from vlcurate.filters import semantic_dedup as _semantic_dedup  # noqa: F401
 from vlcurate.filters import decontaminate as _decontaminate  # noqa: F401
+from vlcurate.interleave import stage as _interleave  # noqa: F401
+from vlcurate.interleave import boilerplate as _image_url_boilerplate  # noqa: F401
+from vlcurate.interleave import chunks as _flamingo_chunks  # noqa: F401
+from vlcurate.interleave import attach as _attach_images  # noqa: F401

@@ -20,6 +20,7 @@ from vlcurate.schemas import regions  # noqa: F401  (region_features sidecars)
 from vlcurate.schemas import captions  # noqa: F401  (synthetic_captions, caption_scores)
 from vlcurate.schemas import training  # noqa: F401  (training_sample: a training export's Parquet)
 from vlcurate.schemas import evalsets  # noqa: F401  (eval_item, eval_match: decontamination)
+from vlcurate.schemas import interleaved  # noqa: F401  (interleaved documents, pages, chunks)
 
 __all__ = [
     "SCHEMA_VERSION",
