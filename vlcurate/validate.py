@@ -204,7 +204,7 @@ def validate_version(version_dir: str | os.PathLike) -> list[str]:
         if rel.startswith("samples/") and rel.endswith(".parquet"):
             problems += _check_shard(version_dir, rel, listed)
     for rel in sorted(listed):
-        if rel.endswith(".tar") and not rel.startswith("samples/"):  # a training export's shards
+        if rel.endswith(".tar") and rel.startswith("train/"):  # a training export's shards
             problems += _check_export_tar(version_dir, rel)
     problems += _check_counts(version_dir, manifest, present)
     return list(dict.fromkeys(problems))  # one line per problem, in the order found
