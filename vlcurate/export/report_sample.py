@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 
 from vlcurate.evalset_store import eval_thumbnails, make_thumbnail
 from vlcurate.io import storage
-from vlcurate.io.parquet import read_parquet
+from vlcurate.io.parquet import parquet_rows, read_parquet
 from vlcurate.io.tar import iter_tar_files
 from vlcurate.pipelines.keyed import shard_of
 from vlcurate.pipelines.progress import Ticker
@@ -73,10 +73,11 @@ def sample(layout: Layout, manifest: dict, options: ReportOptions,
     rng.shuffle(order)
     sampled = Sampled(shards=sorted(order[: options.max_shards]))
     sampled.matches = {stage: [] for stage in decontaminate_stages(manifest)}
-    with Ticker("report: shards read", len(sampled.shards), log=log) as ticker:
+    rows = {shard: parquet_rows(layout.samples_parquet(shard)) for shard in sampled.shards}  # footers only
+    with Ticker("report: samples read", sum(rows.values()), log=log, unit="samples") as ticker:
         for shard in sampled.shards:
             _read_shard(layout, shard, sampled, options)
-            ticker.advance(1)
+            ticker.advance(rows[shard])
     return sampled
 
 
