@@ -245,3 +245,22 @@ def test_two_workers_and_dask_write_the_same_bytes(demo_version, wds_export, tmp
     assert len(want) == 2 * len(list((wds_export / "train").glob("*.tar"))) + 6  # + one select marker per source shard
     for name in ("w2", "dask"):
         assert shards(tmp_path / name) == want, name
+
+
+def test_versions_show_says_what_an_export_is(wds_export, demo_version, capsys):
+    """Not "downloaded" samples and a count-less dataset_card stage: the exported
+    samples, of what the parent kept, and each step said as what it did."""
+    kept = len(kept_keys(demo_version))
+    assert main(["versions", "show", str(wds_export)]) == 0
+    out = capsys.readouterr().out
+    assert "downloaded" not in out
+    assert f"  export       webdataset training export of {demo_version}" in out
+    assert f"  samples      {kept} exported (of {kept} the parent kept), 50 per shard, shuffled (seed 3)" in out
+    assert "  features     vit, regions" in out
+    shards = -(-kept // 50)
+    assert f"  step webdataset      wrote {kept} samples in {shards} shards (webdataset)" in out
+    assert "  step dataset_card    README.md: the dataset card" in out
+    assert main(["versions", "show", str(wds_export), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["samples"], summary["kept"], summary["export"]["exported"]) == (kept, kept, kept)
+    assert summary["parent"] == str(demo_version)
