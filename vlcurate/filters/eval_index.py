@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import threading
 from dataclasses import dataclass
 from typing import Any
