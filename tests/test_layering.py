@@ -8,7 +8,7 @@ from pathlib import Path
 import vlcurate
 
 PACKAGE = Path(vlcurate.__file__).parent
-LEVEL = {"errors": 0, "typed": 0, "schemas": 0, "io": 1,
+LEVEL = {"errors": 0, "typed": 0, "schemas": 0, "io": 1, "evalset_store": 2,
          # the core: the stage contract, versions, recipes and the launcher use each other
          "pipelines": 2, "versions": 2, "recipe": 2, "validate": 2, "report": 2,
          # stage packages: none imports another's stage modules

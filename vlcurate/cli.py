@@ -175,7 +175,7 @@ def _cmd_export_training(args: argparse.Namespace) -> int:
     features = tuple(dict.fromkeys(f.strip() for f in (args.features or "").split(",") if f.strip()))
     recipe = ExportRecipe(args.version_dir, args.export_format, args.samples_per_shard, args.shuffle_seed, features,
                           args.runner, args.workers, tuple(args.beam_options))
-    r = export_training(recipe, args.out)
+    r = export_training(recipe, args.out, log=_log)
     left = "".join(f", {n} without {name}" for name, n in sorted(r.left_out.items()))
     print(f"exported {plural(r.exported, 'sample')} in {plural(r.shards, 'shard')} ({args.export_format}) "
           f"to {r.version_dir}{' (left out' + left[1:] + ')' if left else ''}; parent {args.version_dir}")

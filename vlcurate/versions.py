@@ -186,8 +186,23 @@ def list_versions(root: str | os.PathLike) -> list[dict[str, Any]]:
     return rows
 
 
+def export_info(manifest: dict) -> dict[str, Any] | None:
+    """For a training export (``vlcurate export``): its settings, the samples it holds,
+    and the source's kept samples it selected from (with those left out, e.g. without
+    a feature); None for a build."""
+    export = (manifest.get("recipe") or {}).get("export")
+    if not isinstance(export, dict):
+        return None
+    select = next((s["counts"] for s in manifest["stages"] if s["name"] == "select"), {})
+    return {**export, "exported": select.get("exported", 0), "source_kept": select.get("kept", 0),
+            "left_out": {k.removeprefix("left_out."): v for k, v in select.items() if k.startswith("left_out.")}}
+
+
 def _downloaded(manifest: dict) -> int | None:
-    """The first stage's ok rows: samples that were fetched and stored."""
+    """The first stage's ok rows: samples that were fetched and stored (for an
+    export: the samples it holds)."""
+    if (export := export_info(manifest)) is not None:
+        return export["exported"]
     for stage in manifest["stages"]:
         if "ok" in stage["counts"]:
             return stage["counts"]["ok"]
@@ -197,6 +212,8 @@ def _downloaded(manifest: dict) -> int | None:
 def _kept(manifest: dict) -> int | None:
     """Samples every filter kept: the last filter's ``kept`` count; with no filter,
     the downloaded samples (a feature stage's failures do not drop a sample)."""
+    if (export := export_info(manifest)) is not None:
+        return export["exported"]  # an export holds kept samples only
     filters = [s for s in manifest["stages"] if is_filter(s["counts"])]
     return filters[-1]["counts"].get("kept", 0) if filters else _downloaded(manifest)
 
@@ -210,6 +227,7 @@ def summary(version_dir: str | os.PathLike) -> dict[str, Any]:
         "schema_version": m["schema_version"], "recipe_hash": m["recipe_hash"], "parent": m.get("parent"),
         "files": len(m["files"]), "bytes": sum(f["bytes"] for f in m["files"]),
         "samples": _downloaded(m), "kept": _kept(m), "random_weights": bool(m.get("random_weights")),
+        "export": export_info(m),
         "stages": [{"name": s["name"], "rows": s["rows"], "shards": s["shards"], "counts": s["counts"]}
                    for s in m["stages"]],
     }
@@ -225,17 +243,43 @@ def show(version_dir: str | os.PathLike) -> str:
         f"  recipe hash  {s['recipe_hash'][:16]}",
         f"  parent       {s['parent'] or '-'}",
         f"  files        {s['files']}, {s['bytes']:,} bytes",
-        f"  samples      {s['samples'] if s['samples'] is not None else '-'} downloaded, "
-        f"{s['kept'] if s['kept'] is not None else '-'} kept",
     ]
+    export = s["export"]
+    if export is None:
+        lines.append(f"  samples      {s['samples'] if s['samples'] is not None else '-'} downloaded, "
+                     f"{s['kept'] if s['kept'] is not None else '-'} kept")
+    else:
+        left = "".join(f", {n} left out without {name}" for name, n in sorted(export["left_out"].items()))
+        shuffle = (f", shuffled (seed {export['shuffle_seed']})" if export.get("shuffle_seed") is not None
+                   else ", in source order")
+        lines += [f"  export       {export['format']} training export of {export['source']}",
+                  f"  samples      {export['exported']} exported (of {export['source_kept']} the parent kept{left}), "
+                  f"{export['samples_per_shard']} per shard{shuffle}",
+                  f"  features     {', '.join(export.get('features') or []) or 'none'}"]
     from vlcurate.report import weights_notes
 
     lines += [f"  WEIGHTS      {note}" for note in weights_notes(load_manifest(version_dir))]
     for st in s["stages"]:
+        if export is not None:
+            lines.append(f"  step {st['name']:<15} {_export_step(st, export)}")
+            continue
         counts = ", ".join(f"{k}={v}" for k, v in st["counts"].items())
         shards = "shard" if st["shards"] == 1 else "shards"
         lines.append(f"  stage {st['name']:<14} {st['rows']} rows in {st['shards']} {shards}: {counts}")
     return "\n".join(lines)
+
+
+def _export_step(step: dict, export: dict) -> str:
+    """One step of an export job, said as what it did."""
+    shards = f"{step['shards']} shard" + ("" if step["shards"] == 1 else "s")
+    counts = step["counts"]
+    if step["name"] == "select":
+        left = "".join(f", {n} left out without {name}" for name, n in sorted(export["left_out"].items()))
+        return (f"read {shards} of the parent: {counts.get('kept', 0)} kept samples, "
+                f"{counts.get('exported', 0)} selected{left}")
+    if step["name"] == "dataset_card":
+        return "README.md: the dataset card (configs, features, provenance, funnel)"
+    return f"wrote {counts.get('ok', step['rows'])} samples in {shards} ({step['name']})"
 
 
 # ---- diff: what changed between two versions ---------------------------------------

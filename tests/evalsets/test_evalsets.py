@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from tests.conftest import tree
+from tests.conftest import local_dask_cluster, tree
 from vlcurate.cli import main
 from vlcurate.demo.corpus import draw_scene
 from vlcurate.demo.shipped import card, model_path
@@ -166,7 +166,7 @@ def test_same_decisions_on_one_and_two_workers_dask_and_resharded(tmp_path, demo
     """An eval set from a URL list (20 demo URLs, fetched by the download stage), with
     the demo-domain CLIP; a build of 100 demo rows decontaminated against it on
     1 and 2 workers, the DaskRunner and another shard size decides the same."""
-    distributed = pytest.importorskip("distributed")
+    pytest.importorskip("distributed")  # before the builds
     from vlcurate.pipelines.build import build
     from vlcurate.recipe import recipe_from_dict
     from vlcurate.validate import validate_version
@@ -196,15 +196,9 @@ def test_same_decisions_on_one_and_two_workers_dask_and_resharded(tmp_path, demo
     results = {f"local-{w}": build(recipe(f"w{w}", 24, {"workers": w}), log=lambda s: None).version_dir
                for w in (1, 2)}
     results["resharded"] = build(recipe("r", 45, {"workers": 1}), log=lambda s: None).version_dir
-    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                       dashboard_address=None, host="127.0.0.1")
-    client = distributed.Client(cluster)
-    try:
+    with local_dask_cluster() as (cluster, _):  # closed quietly (tests/conftest.py says how)
         results["dask"] = build(recipe("dask", 24, {"name": "DaskRunner", "options": [
             f"--dask_client_address={cluster.scheduler_address}"]}), log=lambda s: None).version_dir
-    finally:
-        client.close()
-        cluster.close()
     first = Path(results["local-1"])
     assert validate_version(first) == []
     stage = json.loads((first / "manifest.json").read_text())["stages"][1]

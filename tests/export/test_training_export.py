@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from tests.conftest import local_dask_cluster
 from tests.export.conftest import export, kept_keys
 from vlcurate.cli import main
 
@@ -225,18 +226,11 @@ def test_the_card_names_the_image_member_the_source_wrote():
 def test_two_workers_and_dask_write_the_same_bytes(demo_version, wds_export, tmp_path, capsys):
     """The export is a Beam job: on two local worker processes and on the DaskRunner
     (a local 2-process dask.distributed cluster) it writes the same shards."""
-    distributed = pytest.importorskip("distributed")
     args = ("--samples-per-shard", "50", "--shuffle-seed", "3", "--features", "vit,regions")
     export(capsys, "webdataset", demo_version, tmp_path / "w2", *args, "--workers", "2")
-    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                       dashboard_address=None, host="127.0.0.1")
-    client = distributed.Client(cluster)
-    try:
+    with local_dask_cluster() as (cluster, _):  # closed quietly (tests/conftest.py says how)
         export(capsys, "webdataset", demo_version, tmp_path / "dask", *args, "--runner", "DaskRunner", "--",
                f"--dask_client_address={cluster.scheduler_address}")
-    finally:
-        client.close()
-        cluster.close()
     def shards(root: Path) -> dict[str, bytes]:  # the data and its markers (the card names the version)
         return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
                 if p.suffix == ".tar" or p.name.startswith(("select-", "webdataset-"))}
@@ -245,3 +239,22 @@ def test_two_workers_and_dask_write_the_same_bytes(demo_version, wds_export, tmp
     assert len(want) == 2 * len(list((wds_export / "train").glob("*.tar"))) + 6  # + one select marker per source shard
     for name in ("w2", "dask"):
         assert shards(tmp_path / name) == want, name
+
+
+def test_versions_show_says_what_an_export_is(wds_export, demo_version, capsys):
+    """Not "downloaded" samples and a count-less dataset_card stage: the exported
+    samples, of what the parent kept, and each step said as what it did."""
+    kept = len(kept_keys(demo_version))
+    assert main(["versions", "show", str(wds_export)]) == 0
+    out = capsys.readouterr().out
+    assert "downloaded" not in out
+    assert f"  export       webdataset training export of {demo_version}" in out
+    assert f"  samples      {kept} exported (of {kept} the parent kept), 50 per shard, shuffled (seed 3)" in out
+    assert "  features     vit, regions" in out
+    shards = -(-kept // 50)
+    assert f"  step webdataset      wrote {kept} samples in {shards} shards (webdataset)" in out
+    assert "  step dataset_card    README.md: the dataset card" in out
+    assert main(["versions", "show", str(wds_export), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["samples"], summary["kept"], summary["export"]["exported"]) == (kept, kept, kept)
+    assert summary["parent"] == str(demo_version)

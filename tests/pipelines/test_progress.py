@@ -123,3 +123,20 @@ def test_importing_beam_through_vlcurate_drops_only_the_apitools_warning():
             "logging.warning('our own warning')")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0 and run.stderr == "WARNING:root:our own warning\n"
+
+
+def test_polled_progress_draws_a_bar_and_says_when_it_is_still_counting():
+    from vlcurate.pipelines.progress import PolledProgress
+
+    term = io.StringIO()
+    polls = iter([(0.0, None, "1/2 source shards counted"), (10.0, 40.0, "selected 10/20, written 0/20")])
+    progress = PolledProgress("export", lambda: next(polls), log=lambda s: None, terminal=term)
+    bar_text, line, counts = progress._lines(1.0)
+    progress.display.show(bar_text, line, counts=counts)
+    bar_text, line, counts = progress._lines(2.0)
+    progress.display.show(bar_text, line, final=True, counts=counts)
+    draws = term.getvalue().split("\r")[1:]
+    assert draws[0].startswith("export: counting | 1/2 source shards counted")
+    # (cut to the terminal's width, so that it can be redrawn in place)
+    assert re.match(r"export \[######\.+\] 10/40 samples  25% [\d.]+/s ETA \S+ \| sel", draws[1])
+    assert draws[1].endswith("\x1b[K\n")

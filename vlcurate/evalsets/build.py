@@ -13,6 +13,9 @@ existing version into a named, immutable eval index beside the datasets
   the URL; failed fetches are failed items;
 - a **version** (a directory with ``manifest.json``): its samples, ids = keys.
 
+Every ok item also gets a 64-px JPEG thumbnail in ``items.parquet`` (manifest format 2),
+which ``vlcurate report`` shows beside the training samples that matched it.
+
 With ``--model`` the ok images are also encoded by that CLIP model (fp16-rounded, unit
 norm, as the ``decontaminate`` stage rounds the training side) and an embedding index
 is built; otherwise the set has the hash index only.
@@ -40,9 +43,10 @@ import pyarrow.compute as pc
 from vlcurate.download.images import ImageConfig, ImageProcessor
 from vlcurate.errors import UserError
 from vlcurate.extractors.clip_models import ClipModelConfig
-from vlcurate.filters.eval_index import (EMBEDDING_INDEX, FORMAT, HASH_INDEX, ITEMS, MANIFEST, VECTORS,
-                                         EmbeddingIndexInfo, build_embedding_index, build_hash_index,
-                                         evalset_dir, evalset_exists, evalsets_root, model_fingerprint, serialize)
+from vlcurate.evalset_store import (FORMAT, ITEMS, MANIFEST, THUMB_PX, evalset_dir, evalset_exists, evalsets_root,
+                                    make_thumbnail)
+from vlcurate.filters.eval_index import (EMBEDDING_INDEX, HASH_INDEX, VECTORS, EmbeddingIndexInfo,
+                                         build_embedding_index, build_hash_index, model_fingerprint, serialize)
 from vlcurate.io import storage
 from vlcurate.io.parquet import read_parquet, write_parquet
 from vlcurate.io.tar import iter_tar_files
@@ -64,6 +68,7 @@ class EvalItem:
     data: bytes | None
     phash: str | None
     error_message: str | None = None
+    thumbnail: bytes | None = None  # kept (small) once ``data`` is dropped
 
 
 @dataclass(frozen=True)
@@ -188,7 +193,8 @@ def add_evalset(root: str, name: str, source: str, model: ClipModelConfig | None
         for it in stream:  # kept without their image bytes
             if it.data is not None and it.phash is None:  # a version's row from before pHashes were stored
                 it = EvalItem(it.id, it.source, None, None, "no pHash stored for it")
-            items.append(EvalItem(it.id, it.source, None, it.phash, it.error_message))
+            items.append(EvalItem(it.id, it.source, None, it.phash, it.error_message,
+                                  make_thumbnail(it.data) if it.data is not None else None))
             if it.data is not None:
                 ok.append(it.phash)
                 if embedder is not None:
@@ -202,7 +208,8 @@ def add_evalset(root: str, name: str, source: str, model: ClipModelConfig | None
         table = pa.table({"id": [it.id for it in items], "source": [it.source for it in items],
                           "status": ["ok" if it.phash is not None else "failed" for it in items],
                           "error_message": [it.error_message for it in items],
-                          "phash": [it.phash for it in items]}, schema=get_schema("eval_item").schema)
+                          "phash": [it.phash for it in items],
+                          "thumbnail": [it.thumbnail for it in items]}, schema=get_schema("eval_item").schema)
         rec = write_parquet(table, storage.join(where, ITEMS), "eval_item")
         files.append({"path": ITEMS, "sha256": rec.sha256, "bytes": rec.bytes, "rows": rec.rows})
         files.append({"path": HASH_INDEX, "rows": len(ok),
@@ -225,6 +232,7 @@ def add_evalset(root: str, name: str, source: str, model: ClipModelConfig | None
             "model": model_fingerprint(model) if model is not None else None,
             "model_provenance": model.provenance() if model is not None else None,
             "hash_index": {"kind": "binary_flat", "bits": 64},
+            "thumbnails": {"column": "thumbnail", "format": "jpeg", "max_px": THUMB_PX},
             "embedding_index": None if info is None else {k: v for k, v in info.__dict__.items() if v is not None},
             "files": sorted(files, key=lambda f: f["path"]),
         }
@@ -242,7 +250,7 @@ def add_evalset(root: str, name: str, source: str, model: ClipModelConfig | None
 
 def evalset_rows(root: str) -> list[dict[str, Any]]:
     """One row per eval set under ``root``: name, items, ok, model, index kinds."""
-    from vlcurate.filters.eval_index import list_names, read_manifest
+    from vlcurate.evalset_store import list_names, read_manifest
 
     if not storage.is_dir(root):
         raise UserError(f"root {root}: no such directory")
@@ -257,7 +265,7 @@ def evalset_rows(root: str) -> list[dict[str, Any]]:
 
 
 def show_evalset(root: str, name: str) -> str:
-    from vlcurate.filters.eval_index import read_manifest
+    from vlcurate.evalset_store import read_manifest
 
     m = read_manifest(root, name)
     emb = m.get("embedding_index")
@@ -267,6 +275,9 @@ def show_evalset(root: str, name: str) -> str:
              f"  source       {m['source']['kind']}: {m['source']['location']}",
              f"  items        {m['counts']['items']} ({m['counts']['ok']} ok, {m['counts']['failed']} failed)",
              f"  hash index   {m['hash_index']['kind']} ({m['hash_index']['bits']}-bit pHash, exact)"]
+    thumbs = m.get("thumbnails")
+    lines.append(f"  thumbnails   {thumbs['format']}, at most {thumbs['max_px']} px (shown by `vlcurate report`)"
+                 if thumbs else "  thumbnails   none (added before eval sets stored them)")
     if m.get("model"):
         lines.append(f"  model        {json.dumps(m['model'], sort_keys=True)}")
     if emb:

@@ -9,7 +9,9 @@ number of thumbnails per group (:mod:`vlcurate.export.report_sample`). The same
 version, options and seed give the same bytes.
 
 Sections (each a ``<section id=...>``): ``funnel``, ``scores``, ``kept``, ``dropped``,
-``duplicates``, ``errors``, ``provenance``.
+``duplicates``, ``contamination`` (each sampled sample a ``decontaminate`` stage dropped
+beside the eval image it matched, from the eval set's stored thumbnail), ``errors``,
+``provenance``.
 """
 
 from __future__ import annotations
@@ -22,12 +24,13 @@ from typing import Callable
 import numpy as np
 
 from vlcurate.errors import UserError
-from vlcurate.export.report_sample import ReportOptions, Sampled, choose, num_shards, sample, thumbnails
+from vlcurate.export.report_sample import (ReportOptions, Sampled, choose, eval_thumbnail_uris, num_shards, sample,
+                                           thumbnails)
 from vlcurate.io import storage
 from vlcurate.report import funnel, weights_notes
 from vlcurate.versions import load_manifest, version_layout
 
-SECTIONS = ("funnel", "scores", "kept", "dropped", "duplicates", "errors", "provenance")
+SECTIONS = ("funnel", "scores", "kept", "dropped", "duplicates", "contamination", "errors", "provenance")
 # Every source other than the page itself and data: images is refused by the browser.
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
 
@@ -71,6 +74,7 @@ def render(version_dir: str | os.PathLike, manifest: dict, options: ReportOption
         _kept_section(sampled, thumbs),
         _dropped_section(manifest, sampled, thumbs),
         _duplicates_section(sampled, thumbs),
+        _contamination_section(manifest, sampled, thumbs, eval_thumbnail_uris(manifest, sampled)),
         _errors_section(manifest, sampled),
         _provenance_section(manifest),
     ]
@@ -205,6 +209,36 @@ def _duplicates_section(sampled: Sampled, thumbs: dict[str, str]) -> str:
             out.append(f'<div class="pair" data-key="{_e(key)}" data-representative="{_e(representative)}">'
                        f"{_figure(key, thumbs, sampled.captions.get(key), 'dropped copy')}"
                        f"{_figure(representative, thumbs, sampled.captions.get(representative), 'kept')}</div>")
+    out.append("</section>")
+    return "\n".join(out)
+
+
+def _contamination_section(manifest: dict, sampled: Sampled, thumbs: dict[str, str],
+                           eval_thumbs: dict[tuple[str, str, str], str]) -> str:
+    out = ['<section id="contamination"><h2>Eval-set contamination</h2>'
+           "<p>Each sample a decontaminate stage dropped beside the eval image it matched.</p>"]
+    if not sampled.matches:
+        out.append("<p>No decontaminate stage in this version.</p>")
+    counts = {s["name"]: s["counts"] for s in manifest["stages"]}
+    for stage, items in sampled.matches.items():
+        total = sum(v for k, v in counts.get(stage, {}).items() if k.startswith("dropped."))
+        out.append(f"<h3>{_e(stage)}</h3><p>{total} dropped in the version; {len(items)} shown, drawn at random "
+                   "from the sampled shards.</p>")
+        if not items:
+            out.append("<p>No sample matched an eval item in the sampled shards.</p>")
+        for _, key, row in items:
+            dist, sim = row["hash_distance"], row["similarity"]
+            facts = (f"{row['evalset']}: {row['eval_id']}; hash distance {'-' if dist is None else dist}, "
+                     f"similarity {'-' if sim is None else f'{sim:.4f}'} (by {row['matched_by']})")
+            uri = eval_thumbs.get((stage, row["evalset"], row["eval_id"]))
+            img = (f'<img src="{uri}" alt="{_e(row["eval_id"])}">' if uri
+                   else '<div class="noimg">no thumbnail</div>')
+            out.append(f'<div class="pair match" data-key="{_e(key)}" data-evalset="{_e(row["evalset"])}" '
+                       f'data-eval-id="{_e(row["eval_id"])}" data-hash-distance="{"" if dist is None else dist}" '
+                       f'data-similarity="{"" if sim is None else f"{sim:.6f}"}">'
+                       f"{_figure(key, thumbs, sampled.captions.get(key), 'dropped')}"
+                       f'<figure class="eval" data-eval-id="{_e(row["eval_id"])}">{img}<figcaption>'
+                       f"<b>{_e(row['eval_id'])}</b><br>{_e(facts)}</figcaption></figure></div>")
     out.append("</section>")
     return "\n".join(out)
 

@@ -38,15 +38,16 @@ from vlcurate.export.select import Sources, export_samples, exported_keys, featu
 from vlcurate.export.shards import FORMATS, position, shard_name, write_parquet_shard, write_tar_shard
 from vlcurate.io import storage
 from vlcurate.io.parquet import read_parquet_schema
-from vlcurate.io.stats import FileRecord, ShardStats, write_stats
+from vlcurate.io.stats import FileRecord, ShardStats, read_stats, write_stats
 from vlcurate.pipelines.beam import LOCAL, check_pipeline_options, make_pipeline, resolve_runner, run_to_completion
-from vlcurate.pipelines.progress import worker_output_to
+from vlcurate.pipelines.progress import PolledProgress, ShardProgress, stderr_terminal, worker_output_to
 from vlcurate.pipelines.stage import Layout, StageInfo
 from vlcurate.versions import MANIFEST, load_manifest, read_markers, version_layout, write_manifest
 
 SELECT = "select"
 CARD = "dataset_card"
 CARD_FILE = "README.md"
+WORK = "_work"  # the job's progress files, removed before the manifest is written
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,9 @@ class _Job:
     seed: int | None
     specs: dict
 
+    def progress_file(self, step: str, shard: int) -> str:
+        return storage.join(self.out, WORK, "progress", f"{step}-{shard:05d}.json")
+
 
 class _Count(beam.DoFn):
     def __init__(self, job: _Job):
@@ -109,6 +113,8 @@ class _Count(beam.DoFn):
 
     def process(self, shard: int):
         _, counts = exported_keys(self.job.layout, shard, self.job.sources)
+        # the launcher's progress totals these (ExportProgress)
+        storage.write_bytes(self.job.progress_file("count", shard), json.dumps(counts).encode())
         yield shard, counts
 
 
@@ -126,8 +132,10 @@ class _Select(beam.DoFn):
         keys, mine = exported_keys(job.layout, shard, job.sources)
         if mine != counts[shard]:  # the offsets of every shard were computed from the counts
             raise RuntimeError(f"source shard {shard} changed during the export: {mine} != {counts[shard]}")
+        progress = ShardProgress(job.progress_file(SELECT, shard), mine["exported"])
         for i, sample in enumerate(export_samples(job.layout, shard, job.sources, keys)):
             pos = position(offset + i, total, job.seed)
+            progress.add()
             yield pos // job.samples_per_shard, (pos, sample)
         marker = storage.join(job.out, "stats", f"{SELECT}-{shard:05d}.json")
         write_stats(ShardStats(SELECT, shard, mine["kept"], mine), marker)
@@ -143,7 +151,14 @@ class _Write(beam.DoFn):
         samples = [s for _, s in sorted(placed, key=lambda p: p[0])]
         loc = storage.join(job.out, shard_name(shard, job.format))
         if job.format == "webdataset":
-            record = write_tar_shard(loc, samples)
+            progress = ShardProgress(job.progress_file(job.format, shard), len(samples))
+
+            def counted():
+                for sample in samples:
+                    yield sample
+                    progress.add()
+
+            record = write_tar_shard(loc, counted())
         else:
             record = write_parquet_shard(loc, samples, job.specs)
         stats = ShardStats(job.format, shard, len(samples), {"ok": len(samples)}, [record.relative_to(job.out)])
@@ -190,12 +205,65 @@ def _check_target(out: str) -> None:
         raise UserError(f"output {out}: {problem}")
 
 
-def export_training(recipe: ExportRecipe, out: str) -> ExportResult:
+class ExportProgress:
+    """The export's progress in samples, read from what its workers write (so on any
+    runner): each sample counts once when selected (read from the source and placed)
+    and once when written to its output shard, as a build counts each stage. Finished
+    shards from their markers, shards in flight from their progress files; the total
+    is known once every source shard has been counted."""
+
+    def __init__(self, job: _Job, num_source: int):
+        self.job, self.num_source = job, num_source
+        self._finished: dict[str, int] = {}  # marker name -> samples (markers never change)
+
+    def _marker_rows(self, name: str) -> int:
+        if name not in self._finished:
+            counts = read_stats(storage.join(self.job.out, "stats", name)).counts
+            self._finished[name] = int(counts.get("exported", counts.get("ok", 0)))
+        return self._finished[name]
+
+    def poll(self) -> tuple[float, float | None, str]:
+        job = self.job
+        work = storage.join(job.out, WORK, "progress")
+        files = {f.path for f in storage.list_files(work) if not storage.is_tmp(f.path)}
+        markers = {f.path for f in storage.list_files(storage.join(job.out, "stats"))
+                   if not storage.is_tmp(f.path)}
+        done = {SELECT: 0.0, job.format: 0.0}
+        for step in done:
+            finished = set()
+            for name in markers:
+                if name.startswith(step + "-") and name.endswith(".json"):
+                    try:
+                        done[step] += self._marker_rows(name)
+                        finished.add(name)
+                    except (OSError, ValueError):  # a marker being written: counted next time
+                        pass
+            for name in files:
+                if name.startswith(step + "-") and name not in finished:
+                    try:
+                        done[step] += json.loads(storage.read_bytes(storage.join(work, name)))["done"]
+                    except (OSError, ValueError, KeyError, TypeError):
+                        pass
+        counted = [n for n in files if n.startswith("count-")]
+        if len(counted) < self.num_source:
+            return 0.0, None, f"{len(counted)}/{self.num_source} source shards counted"
+        total = 0
+        for name in counted:
+            try:
+                total += int(json.loads(storage.read_bytes(storage.join(work, name)))["exported"])
+            except (OSError, ValueError, KeyError, TypeError):
+                return 0.0, None, f"{len(counted)}/{self.num_source} source shards counted"
+        detail = f"selected {done[SELECT]:.0f}/{total}, written {done[job.format]:.0f}/{total}"
+        return done[SELECT] + done[job.format], 2.0 * total, detail
+
+
+def export_training(recipe: ExportRecipe, out: str, log=None, progress_interval: float = 2.0) -> ExportResult:
     """Write the kept samples of ``recipe.source`` to the new version ``out``.
 
     Raises UserError (before writing anything) for a missing source version, an
     unknown format or feature, a feature the version lacks, an existing target, an
-    unknown runner or option."""
+    unknown runner or option. ``log``: where progress lines go (every
+    ``progress_interval`` seconds; a bar when it writes to stderr on a terminal)."""
     source, out = os.fspath(recipe.source), os.fspath(out)
     if not storage.is_remote(source):
         source = os.path.abspath(source)  # the parent the manifest names, wherever it is read from
@@ -225,8 +293,14 @@ def export_training(recipe: ExportRecipe, out: str) -> ExportResult:
     log_path = Path(log_dir) / "beam.log"
     try:
         with worker_output_to(log_path):  # worker processes' INFO logs, kept only on failure
-            run_to_completion(pipeline)
+            if log is None:
+                run_to_completion(pipeline)
+            else:
+                with PolledProgress("export", ExportProgress(job, num_source).poll, log, progress_interval,
+                                    stderr_terminal(log)):
+                    run_to_completion(pipeline)
         storage.delete_tree(log_dir)
+        storage.delete_tree(storage.join(root, WORK))
         manifest_out = _commit(root, recipe, manifest, specs, num_source)
         if root != out:
             storage.move_tree(root, out)

@@ -7,7 +7,8 @@ version: ``versions list`` does not show it), and is immutable once its manifest
 
     evalset.json        format, name, source, counts, the CLIP model (or none), the
                         index kinds and search settings, every file with sha256/bytes/rows
-    items.parquet       one eval_item row per source image (id, source, status, phash)
+    items.parquet       one eval_item row per source image (id, source, status, phash, and
+                        a 64-px JPEG thumbnail since format 2: :mod:`vlcurate.evalset_store`)
     hash.faiss          FAISS IndexBinaryFlat over the ok items' 64-bit pHashes
     embeddings.npy      the ok items' unit CLIP image embeddings (float32), when a model was named
     embeddings.faiss    FAISS index over them: IndexFlatIP (exact) up to ``EXACT_MAX``
@@ -30,7 +31,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -38,31 +38,17 @@ from typing import Any
 import numpy as np
 
 from vlcurate.errors import UserError
+from vlcurate.evalset_store import (EVALSETS_DIR, FORMAT, ITEMS, MANIFEST, evalset_dir,  # noqa: F401  (re-exported)
+                                    evalset_exists, evalsets_root, list_names, read_manifest)
 from vlcurate.io import storage
 from vlcurate.io.parquet import read_parquet
 
-EVALSETS_DIR = "_evalsets"
-MANIFEST = "evalset.json"
-FORMAT = "vlcurate.evalset/1"
-ITEMS, HASH_INDEX, VECTORS, EMBEDDING_INDEX = "items.parquet", "hash.faiss", "embeddings.npy", "embeddings.faiss"
+HASH_INDEX, VECTORS, EMBEDDING_INDEX = "hash.faiss", "embeddings.npy", "embeddings.faiss"
 HASH_BITS = 64
 EXACT_MAX = 20_000  # eval items up to which the embedding index is exact (IndexFlatIP)
 TARGET_RECALL = 0.99  # recall@1 against exact search the approximate index must reach
 CALIBRATION_QUERIES = 1000
 CALIBRATION_NOISE = 0.35  # noise norm relative to the unit vector: a perturbed copy at cosine ~0.94
-
-
-def evalsets_root(root: str) -> str:
-    return storage.join(root, EVALSETS_DIR)
-
-
-def evalset_dir(root: str, name: str) -> str:
-    return storage.join(root, EVALSETS_DIR, name)
-
-
-def evalset_exists(root: str, name: str) -> bool:
-    """Whether a finished eval set ``name`` is under ``root`` (its manifest exists)."""
-    return storage.exists(storage.join(evalset_dir(root, name), MANIFEST))
 
 
 def hash_codes(hashes: list[str]) -> np.ndarray:
@@ -179,31 +165,6 @@ def check_model(name: str, manifest: dict, fingerprint: dict | None) -> None:
             return f"{fp.get('model')} ({', '.join(parts) or 'random weights'})"
 
         raise UserError(f"eval set {name}: built with model {says(built)}, but the stage asks for {says(fingerprint)}")
-
-
-def read_manifest(root: str, name: str) -> dict:
-    """The manifest of eval set ``name`` under ``root``; UserError when there is none."""
-    where = evalset_dir(root, name)
-    loc = storage.join(where, MANIFEST)
-    if not storage.exists(loc):
-        known = list_names(root)
-        raise UserError(f"eval set {name}: not found under {root} (known: {', '.join(known) or 'none'})")
-    try:
-        manifest = json.loads(storage.read_bytes(loc))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"eval set {where}: {MANIFEST} is not valid JSON ({e})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise UserError(f"eval set {where}: {MANIFEST} is not a {FORMAT} manifest")
-    return manifest
-
-
-def list_names(root: str) -> list[str]:
-    """Names of the finished eval sets under ``root``, sorted."""
-    base = evalsets_root(root)
-    if not storage.is_dir(base):
-        return []
-    return sorted({f.path.split("/")[0] for f in storage.list_files(base)
-                   if f.path.count("/") == 1 and f.path.endswith("/" + MANIFEST)})
 
 
 class EvalSetIndex:

@@ -226,6 +226,60 @@ class Progress:
         self._thread.join()
 
 
+class PolledProgress:
+    """A job's progress as the launcher reads it from what the job's workers write
+    (progress files, markers), so it works on any runner: every ``interval`` seconds
+    (a bar: every second) ``poll()`` gives ``(done, total, detail)`` in ``unit``,
+    ``total`` None while the job has not counted its work yet; shown as
+    :class:`Progress` shows a build's."""
+
+    def __init__(self, label: str, poll: Callable[[], tuple[float, float | None, str]],
+                 log: Callable[[str], None] | None, interval: float = 2.0, terminal: TextIO | None = None,
+                 unit: str = "samples"):
+        self.label, self.poll, self.unit = label, poll, unit
+        self.display = Display(log, terminal, interval)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _lines(self, elapsed: float) -> tuple[str, str, str]:
+        """The bar, the plain line and the counts they show."""
+        done, total, detail = self.poll()
+        detail = f" | {detail}" if detail else ""
+        if total is None:
+            return (f"{self.label}: counting{detail}", f"  [{elapsed:6.1f}s] {self.label}: counting{detail}",
+                    f"counting{detail}")
+        rate, eta = _rate_eta(done, total, done, elapsed)
+        pct = 100.0 * done / total if total else 100.0
+        counts = f"{done:.0f}/{total:.0f} {self.unit}"
+        return (f"{self.label} {bar(pct / 100)} {counts} {pct:3.0f}% {rate:.1f}/s ETA {eta}{detail}",
+                f"  [{elapsed:6.1f}s] {self.label}: {counts} ({pct:.0f}%), {rate:.1f}/s, ETA {eta}{detail}",
+                counts + detail)
+
+    def _loop(self) -> None:
+        begin = time.monotonic()
+        period = min(self.display.interval, 1.0) if self.display.terminal else self.display.interval
+        while not self._stop.wait(period):
+            bar_text, line, counts = self._lines(time.monotonic() - begin)
+            self.display.show(bar_text, line, counts=counts)
+        bar_text, line, counts = self._lines(time.monotonic() - begin)
+        self.display.show(bar_text, line, final=True, counts=counts)
+
+    def __enter__(self) -> "PolledProgress":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def stderr_terminal(log: Callable[[str], None] | None) -> TextIO | None:
+    """stderr when it is a terminal and ``log`` writes there (a bar then), else None
+    (plain lines through ``log``)."""
+    stream = sys.stderr
+    return stream if log is not None and hasattr(stream, "isatty") and stream.isatty() else None
+
+
 @contextlib.contextmanager
 def worker_output_to(path: Path) -> Iterator[None]:
     """Send what Beam's worker processes write to stderr (their INFO logs) to ``path``,

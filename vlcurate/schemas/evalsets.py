@@ -9,6 +9,9 @@ its position in the FAISS indexes)::
     status         string, not null      "ok" | "failed"
     error_message  string                why it has no hash or embedding
     phash          string                64-bit DCT pHash, 16 hex digits (null unless ok)
+    thumbnail      binary                JPEG, at most 64 px on its longer side, shown by the
+                                         report beside a sample that matched it (null unless ok;
+                                         absent from eval sets of manifest format 1)
 
 ``eval_match`` (``<decontaminate stage>/<shard>.matches.parquet``, the match report):
 one row per sample the stage dropped (or, with ``tag_only``, would have dropped)::
@@ -61,6 +64,7 @@ EVAL_ITEM = register(
             pa.field("status", pa.string(), nullable=False),
             pa.field("error_message", pa.string()),
             pa.field("phash", pa.string()),
+            pa.field("thumbnail", pa.binary()),
         ]),
         row_checks=(_check_items,),
     )
