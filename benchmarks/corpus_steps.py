@@ -83,7 +83,7 @@ def _gather_resolve(pairs: list) -> int:
     return duplicates
 
 
-def run(mode: str, cfg: SyntheticConfig, workers: int) -> dict:
+def run(mode: str, cfg: SyntheticConfig, workers: int, memory_limit: str | None = None) -> dict:
     import apache_beam as beam
     import distributed
     from apache_beam.options.pipeline_options import PipelineOptions
@@ -91,8 +91,16 @@ def run(mode: str, cfg: SyntheticConfig, workers: int) -> dict:
     from vlcurate.pipelines.beam import RunStage, StageRun, keyed_step, runner_defaults
 
     shards = -(-cfg.rows // cfg.rows_per_shard)
-    cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                       dashboard_address=None, host="127.0.0.1", silence_logs=50)
+    import dask
+
+    # With a memory limit, a worker spills the results it holds (the shuffle's records
+    # among them) to its local disk above ``target``, and never pauses or restarts.
+    spill = {"distributed.worker.memory.target": 0.4, "distributed.worker.memory.spill": 0.5,
+             "distributed.worker.memory.pause": False, "distributed.worker.memory.terminate": False}
+    with dask.config.set(spill if memory_limit else {}):
+        cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                           dashboard_address=None, host="127.0.0.1", silence_logs=50,
+                                           memory_limit=memory_limit or "auto")
     client = distributed.Client(cluster)
     try:
         idle = client.run(peak_rss_mb)
@@ -129,12 +137,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000])
     ap.add_argument("--rows-per-shard", type=int, default=10_000)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--memory-limit", default=None,
+                    help="each worker's memory limit (e.g. 600MB): above 40%% of it the worker spills to disk")
     ap.add_argument("--modes", nargs="+", default=["keyed", "gather"], choices=["keyed", "gather"])
     args = ap.parse_args(argv)
     print(f"{'mode':<8}{'rows':>10}{'shards':>8}{'seconds':>9}  worker peak RSS MB (idle before)")
     for rows in args.rows:
         for mode in args.modes:
-            r = run(mode, SyntheticConfig(rows, args.rows_per_shard), args.workers)
+            r = run(mode, SyntheticConfig(rows, args.rows_per_shard), args.workers, args.memory_limit)
             peaks = ", ".join(f"{p:.0f}" for p in r["peak_mb"])
             idle = ", ".join(f"{p:.0f}" for p in r["idle_mb"])
             print(f"{r['mode']:<8}{r['rows']:>10}{r['shards']:>8}{r['seconds']:>9.1f}  {peaks}  ({idle})", flush=True)
