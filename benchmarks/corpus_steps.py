@@ -114,7 +114,7 @@ def run(mode: str, cfg: SyntheticConfig, workers: int, memory_limit: str | None 
             ids = p | beam.Create(list(range(shards))) | beam.Reshuffle()
             if mode == "keyed":
                 run_as = StageRun("synthetic_dedup", "dedup", cfg)
-                (keyed_step(ids, run_as, SyntheticDedup, layout)
+                (keyed_step(ids, run_as, SyntheticDedup, layout, shards)
                  | beam.ParDo(RunStage(run_as, SyntheticDedup, layout)))
             else:
                 (ids

@@ -97,7 +97,7 @@ def run(cfg: SyntheticNearDedupConfig, workers: int) -> dict:
         started = time.monotonic()
         with beam.Pipeline(options=options) as p:
             ids = p | beam.Create(list(range(shards))) | beam.Reshuffle()
-            keyed_step(ids, run_, SyntheticNearDedup, layout) | beam.ParDo(RunStage(run_, SyntheticNearDedup, layout))
+            keyed_step(ids, run_, SyntheticNearDedup, layout, shards) | beam.ParDo(RunStage(run_, SyntheticNearDedup, layout))
         seconds = time.monotonic() - started
         peaks = client.run(peak_rss_mb)
     finally:
