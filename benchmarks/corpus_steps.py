@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
-import resource
 import sys
 import tempfile
 import time
@@ -33,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from vlcurate.io.stats import ShardStats  # noqa: E402
 from vlcurate.pipelines.keyed import KeyedStage, shard_of  # noqa: E402
 from vlcurate.pipelines.stage import Layout  # noqa: E402
+from dask_cluster import local_cluster, peak_rss_mb  # noqa: E402  (benchmarks/dask_cluster.py)
 
 
 @dataclass(frozen=True)
@@ -69,9 +69,6 @@ class SyntheticDedup(KeyedStage):
         return stats
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
 
 def _gather_resolve(pairs: list) -> int:
     """The replaced path: every (hash, key) of the corpus in this one worker."""
@@ -85,24 +82,12 @@ def _gather_resolve(pairs: list) -> int:
 
 def run(mode: str, cfg: SyntheticConfig, workers: int, memory_limit: str | None = None) -> dict:
     import apache_beam as beam
-    import distributed
     from apache_beam.options.pipeline_options import PipelineOptions
 
     from vlcurate.pipelines.beam import RunStage, StageRun, keyed_step, runner_defaults
 
     shards = -(-cfg.rows // cfg.rows_per_shard)
-    import dask
-
-    # With a memory limit, a worker spills the results it holds (the shuffle's records
-    # among them) to its local disk above ``target``, and never pauses or restarts.
-    spill = {"distributed.worker.memory.target": 0.4, "distributed.worker.memory.spill": 0.5,
-             "distributed.worker.memory.pause": False, "distributed.worker.memory.terminate": False}
-    with dask.config.set(spill if memory_limit else {}):
-        cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                           dashboard_address=None, host="127.0.0.1", silence_logs=50,
-                                           memory_limit=memory_limit or "auto")
-    client = distributed.Client(cluster)
-    try:
+    with local_cluster(workers, memory_limit) as (cluster, client):
         idle = client.run(peak_rss_mb)
         root = tempfile.mkdtemp(prefix="corpus-steps-")
         layout = Layout(root)
@@ -123,9 +108,6 @@ def run(mode: str, cfg: SyntheticConfig, workers: int, memory_limit: str | None 
                  | beam.Map(_gather_resolve))
         seconds = time.monotonic() - started
         peaks = client.run(peak_rss_mb)
-    finally:
-        client.close()
-        cluster.close()
     return {"mode": mode, "rows": cfg.rows, "shards": shards, "seconds": seconds,
             "idle_mb": sorted(idle.values()), "peak_mb": sorted(peaks.values())}
 
