@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
-import resource
 import sys
 import tempfile
 import time
@@ -33,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from vlcurate.io.stats import ShardStats  # noqa: E402
 from vlcurate.pipelines.keyed import KeyedStage, shard_of  # noqa: E402
 from vlcurate.pipelines.stage import Layout  # noqa: E402
+from dask_cluster import local_cluster, peak_rss_mb  # noqa: E402  (benchmarks/dask_cluster.py)
 
 
 @dataclass(frozen=True)
@@ -69,9 +69,6 @@ class SyntheticDedup(KeyedStage):
         return stats
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
 
 def _gather_resolve(pairs: list) -> int:
     """The replaced path: every (hash, key) of the corpus in this one worker."""
@@ -83,18 +80,14 @@ def _gather_resolve(pairs: list) -> int:
     return duplicates
 
 
-def run(mode: str, cfg: SyntheticConfig, workers: int) -> dict:
+def run(mode: str, cfg: SyntheticConfig, workers: int, memory_limit: str | None = None) -> dict:
     import apache_beam as beam
-    import distributed
     from apache_beam.options.pipeline_options import PipelineOptions
 
     from vlcurate.pipelines.beam import RunStage, StageRun, keyed_step, runner_defaults
 
     shards = -(-cfg.rows // cfg.rows_per_shard)
-    cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                       dashboard_address=None, host="127.0.0.1", silence_logs=50)
-    client = distributed.Client(cluster)
-    try:
+    with local_cluster(workers, memory_limit) as (cluster, client):
         idle = client.run(peak_rss_mb)
         root = tempfile.mkdtemp(prefix="corpus-steps-")
         layout = Layout(root)
@@ -106,7 +99,7 @@ def run(mode: str, cfg: SyntheticConfig, workers: int) -> dict:
             ids = p | beam.Create(list(range(shards))) | beam.Reshuffle()
             if mode == "keyed":
                 run_as = StageRun("synthetic_dedup", "dedup", cfg)
-                (keyed_step(ids, run_as, SyntheticDedup, layout)
+                (keyed_step(ids, run_as, SyntheticDedup, layout, shards)
                  | beam.ParDo(RunStage(run_as, SyntheticDedup, layout)))
             else:
                 (ids
@@ -115,9 +108,6 @@ def run(mode: str, cfg: SyntheticConfig, workers: int) -> dict:
                  | beam.Map(_gather_resolve))
         seconds = time.monotonic() - started
         peaks = client.run(peak_rss_mb)
-    finally:
-        client.close()
-        cluster.close()
     return {"mode": mode, "rows": cfg.rows, "shards": shards, "seconds": seconds,
             "idle_mb": sorted(idle.values()), "peak_mb": sorted(peaks.values())}
 
@@ -129,12 +119,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000])
     ap.add_argument("--rows-per-shard", type=int, default=10_000)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--memory-limit", default=None,
+                    help="each worker's memory limit (e.g. 600MB): above 40%% of it the worker spills to disk")
     ap.add_argument("--modes", nargs="+", default=["keyed", "gather"], choices=["keyed", "gather"])
     args = ap.parse_args(argv)
     print(f"{'mode':<8}{'rows':>10}{'shards':>8}{'seconds':>9}  worker peak RSS MB (idle before)")
     for rows in args.rows:
         for mode in args.modes:
-            r = run(mode, SyntheticConfig(rows, args.rows_per_shard), args.workers)
+            r = run(mode, SyntheticConfig(rows, args.rows_per_shard), args.workers, args.memory_limit)
             peaks = ", ".join(f"{p:.0f}" for p in r["peak_mb"])
             idle = ", ".join(f"{p:.0f}" for p in r["idle_mb"])
             print(f"{r['mode']:<8}{r['rows']:>10}{r['shards']:>8}{r['seconds']:>9.1f}  {peaks}  ({idle})", flush=True)

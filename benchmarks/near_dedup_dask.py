@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import resource
 import sys
 import tempfile
 import time
@@ -28,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from vlcurate.filters.near_dedup import NearDedup, NearDedupConfig, band_masks  # noqa: E402
 from vlcurate.io.stats import ShardStats  # noqa: E402
 from vlcurate.pipelines.stage import Layout  # noqa: E402
+from dask_cluster import local_cluster, peak_rss_mb  # noqa: E402  (benchmarks/dask_cluster.py)
 
 
 @dataclass(frozen=True)
@@ -72,22 +72,15 @@ class SyntheticNearDedup(NearDedup):
         return stats
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
-
-def run(cfg: SyntheticNearDedupConfig, workers: int) -> dict:
+def run(cfg: SyntheticNearDedupConfig, workers: int, memory_limit: str | None = None) -> dict:
     import apache_beam as beam
-    import distributed
     from apache_beam.options.pipeline_options import PipelineOptions
 
     from vlcurate.pipelines.beam import RunStage, StageRun, keyed_step, runner_defaults
 
     shards = -(-cfg.hashes // cfg.per_shard)
-    cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                       dashboard_address=None, host="127.0.0.1", silence_logs=50)
-    client = distributed.Client(cluster)
-    try:
+    with local_cluster(workers, memory_limit) as (cluster, client):
         idle = client.run(peak_rss_mb)
         layout = Layout(tempfile.mkdtemp(prefix="near-dedup-"))
         run_ = StageRun("synthetic_near_dedup", "synthetic_near_dedup", cfg)
@@ -97,12 +90,9 @@ def run(cfg: SyntheticNearDedupConfig, workers: int) -> dict:
         started = time.monotonic()
         with beam.Pipeline(options=options) as p:
             ids = p | beam.Create(list(range(shards))) | beam.Reshuffle()
-            keyed_step(ids, run_, SyntheticNearDedup, layout) | beam.ParDo(RunStage(run_, SyntheticNearDedup, layout))
+            keyed_step(ids, run_, SyntheticNearDedup, layout, shards) | beam.ParDo(RunStage(run_, SyntheticNearDedup, layout))
         seconds = time.monotonic() - started
         peaks = client.run(peak_rss_mb)
-    finally:
-        client.close()
-        cluster.close()
     return {"shards": shards, "seconds": seconds, "idle_mb": sorted(idle.values()), "peak_mb": sorted(peaks.values())}
 
 
@@ -114,11 +104,14 @@ def main() -> None:
     ap.add_argument("--distances", type=int, nargs="+", default=[4, 14])
     ap.add_argument("--per-shard", type=int, default=10_000)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--memory-limit", default=None,
+                    help="each worker's memory limit (e.g. 500MB): above 40%% of it the worker spills to disk")
     args = ap.parse_args()
     print(f"{'hashes':>9}{'distance':>9}{'shards':>8}{'seconds':>9}  worker peak RSS MB (idle before)")
     for n in args.hashes:
         for d in args.distances:
-            r = run(SyntheticNearDedupConfig(distance=d, hashes=n, per_shard=args.per_shard), args.workers)
+            r = run(SyntheticNearDedupConfig(distance=d, hashes=n, per_shard=args.per_shard), args.workers,
+                    args.memory_limit)
             print(f"{n:>9}{d:>9}{r['shards']:>8}{r['seconds']:>9.1f}  {', '.join(f'{p:.0f}' for p in r['peak_mb'])}"
                   f"  ({', '.join(f'{p:.0f}' for p in r['idle_mb'])})", flush=True)
 

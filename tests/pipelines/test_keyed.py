@@ -106,3 +106,72 @@ def test_manifest_is_assembled_without_reading_data_files(tmp_path, demo_urls, m
         assert (storage.sha256(version / entry["path"]), len(data)) == (entry["sha256"], entry["bytes"])
     rows = {e["path"]: e["rows"] for e in result.manifest["files"]}
     assert rows["samples/00000.parquet"] == 60 == pq.ParquetFile(version / "samples/00000.parquet").metadata.num_rows
+
+
+class _Pairs:
+    """A keyed stage's three roles on in-memory rows: group by value, the smallest key
+    of a group is its representative (exact_dedup's rule)."""
+
+    def __init__(self, rows_by_shard):
+        self.rows = rows_by_shard
+
+    def signatures(self, shard):
+        return [(value, key) for key, value in self.rows[shard]]
+
+    def resolve(self, value, keys):
+        first, *copies = sorted(keys)
+        for key in copies:
+            yield int(key.split("_")[0]), (key, first)
+
+
+def test_packed_buckets_give_the_groups_unpacked_records_give():
+    """Packing records into buckets (what crosses the runner's shuffle) changes nothing:
+    every group is resolved whole, whatever the bucket count, and each shard gets exactly
+    its own findings, sorted."""
+    import random
+
+    from vlcurate.pipelines.keyed import bucket_of, findings_by_shard, packed_signatures, resolve_bucket, \
+        unpack_findings
+
+    rng = random.Random(4)
+    rows = {s: [(f"{s:05d}_{i:06d}", rng.randrange(300)) for i in range(200)] for s in range(7)}
+    stage = _Pairs(rows)
+    expected = defaultdict(list)
+    groups = defaultdict(list)
+    for shard, pairs in rows.items():
+        for key, value in pairs:
+            groups[value].append(key)
+    for value, keys in groups.items():
+        for shard, finding in stage.resolve(value, keys):
+            expected[shard].append(finding)
+    expected = {s: sorted(expected[s]) for s in rows}
+    assert sum(map(len, expected.values())) > 500  # many copies, most across shards
+
+    assert findings_by_shard(stage, rows) == expected
+    for buckets in (1, 3, 64):
+        by_bucket = defaultdict(list)
+        for shard in rows:
+            for bucket, blob in packed_signatures(stage, shard, buckets):
+                assert 0 <= bucket < buckets
+                by_bucket[bucket].append(blob)
+        found = defaultdict(list)
+        for blobs in by_bucket.values():
+            for shard, blob in resolve_bucket(stage, reversed(blobs)):  # arrival order must not matter
+                found[shard].append(blob)
+        assert {s: unpack_findings(found[s]) for s in rows} == expected
+    assert len({bucket_of(v, 64) for v in range(300)}) > 32  # values spread over the buckets
+
+
+def test_a_group_key_lands_in_the_same_bucket_in_every_process():
+    """String hashing is salted per process; a bucket must not be (workers pack, others resolve)."""
+    import subprocess
+    import sys
+
+    from vlcurate.pipelines.keyed import bucket_of
+
+    code = "from vlcurate.pipelines.keyed import bucket_of; print([bucket_of(k, 97) for k in ('a', 'b:1f', ('x', 3))])"
+    here = [bucket_of(k, 97) for k in ("a", "b:1f", ("x", 3))]
+    for seed in ("1", "2"):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                             env={**__import__("os").environ, "PYTHONHASHSEED": seed})
+        assert out.stdout.strip() == str(here)

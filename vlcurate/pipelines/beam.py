@@ -44,7 +44,7 @@ finally:
 from vlcurate.errors import UserError
 from vlcurate.io import storage
 from vlcurate.io.stats import ShardStats, write_stats
-from vlcurate.pipelines.keyed import KeyedStage
+from vlcurate.pipelines.keyed import KeyedStage, packed_signatures, resolve_bucket, unpack_findings
 from vlcurate.pipelines.stage import Layout, Stage, stage_class
 
 METRICS_NAMESPACE = "vlcurate"
@@ -130,34 +130,38 @@ class RunStage(_StageFn):
 
 
 class _Signatures(_StageFn):
+    def __init__(self, run: StageRun, cls: type[Stage], layout: Layout, buckets: int):
+        super().__init__(run, cls, layout)
+        self.buckets = buckets
+
     def setup(self) -> None:
         self.stage = self.make_stage()  # no model needed
 
     def process(self, shard: int):
-        yield from self.stage.signatures(shard)
+        yield from packed_signatures(self.stage, shard, self.buckets)
 
 
 class _Resolve(_StageFn):
     def setup(self) -> None:
         self.stage = self.make_stage()
 
-    def process(self, group):
-        key, values = group
-        yield from self.stage.resolve(key, values)
+    def process(self, bucket):
+        _, blobs = bucket
+        yield from resolve_bucket(self.stage, blobs)
 
 
 def _with_findings(joined) -> tuple[int, list]:
     shard, parts = joined
-    # Sorted: the order findings arrive in depends on the runner, the stage's input must not.
-    return shard, sorted(parts["findings"])
+    return shard, unpack_findings(parts["findings"])
 
 
-def keyed_step(shards, run: StageRun, cls: type[KeyedStage], layout: Layout):
-    """``shards`` -> ``(shard, its findings)`` for the keyed stage ``cls`` run as ``run``."""
+def keyed_step(shards, run: StageRun, cls: type[KeyedStage], layout: Layout, num_shards: int):
+    """``shards`` -> ``(shard, its findings)`` for the keyed stage ``cls`` run as ``run``;
+    records cross the shuffle packed into ``num_shards`` buckets (:mod:`vlcurate.pipelines.keyed`)."""
     name = run.name
     findings = (
         shards
-        | f"{name}/Signatures" >> beam.ParDo(_Signatures(run, cls, layout))
+        | f"{name}/Signatures" >> beam.ParDo(_Signatures(run, cls, layout, max(1, num_shards)))
         | f"{name}/Group" >> beam.GroupByKey()
         | f"{name}/Resolve" >> beam.ParDo(_Resolve(run, cls, layout))
     )
@@ -176,7 +180,7 @@ def build_graph(p: beam.Pipeline, stages: list[StageRun], layout: Layout, num_sh
     )
     for run in stages:
         cls = stage_class(run.kind)
-        work = keyed_step(shards, run, cls, layout) if issubclass(cls, KeyedStage) else shards
+        work = keyed_step(shards, run, cls, layout, num_shards) if issubclass(cls, KeyedStage) else shards
         shards = work | f"{run.name}/Run" >> beam.ParDo(RunStage(run, cls, layout))
     return shards
 
