@@ -114,6 +114,10 @@ def _load(config: HfModelConfig, role: str) -> HfModel:
     import torch
     import transformers
 
+    from vlcurate.extractors.conv_encoder import register
+
+    register()  # our own encoder architecture (the demo-domain captioner's), by config.json alone
+    transformers.utils.logging.disable_progress_bar()  # no third-party bars in our output
     source = config.source()
     is_local = config.weights is None or not config.weights.startswith(HUB_PREFIX)
     if is_local and not storage.exists(storage.join(source, "config.json")):
