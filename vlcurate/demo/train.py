@@ -67,7 +67,7 @@ def train_captioner_model(out: Path, log: Callable[[str], None]) -> dict:
     metrics = train_captioner.evaluate(path)
     log(f"captioner: held-out ({domain.HELDOUT_SIZE} images, seed {domain.HELDOUT_SEED}, through synthetic_captions): "
         + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-    files = sorted(p for p in path.rglob("*") if p.is_file())
+    files = sorted(path / f.path for f in storage.list_files(path))
     entry = {
         "model": train_captioner.MODEL, "path": path.name,
         "sha256": {str(p.relative_to(out)): file_sha256(p) for p in files},

@@ -171,9 +171,8 @@ def stage_captions(weights: Path | str, batch: list[domain.DomainSample], top_p:
                    seed: int = 0) -> list[list[str]]:
     """Each image's captions as the ``synthetic_captions`` stage samples them from the
     saved directory ``weights`` (its ``run_shard`` over a written shard)."""
-    import pyarrow.parquet as pq
-
     from vlcurate.extractors.caption_stage import SyntheticCaptionsConfig, SyntheticCaptionStage
+    from vlcurate.io.parquet import read_parquet
     from vlcurate.pipelines.stage import Layout
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -182,7 +181,8 @@ def stage_captions(weights: Path | str, batch: list[domain.DomainSample], top_p:
         config = SyntheticCaptionsConfig(model=MODEL, weights=str(weights), device="cpu", top_p=top_p,
                                          captions_per_image=per_image, batch_size=50, seed=seed)
         SyntheticCaptionStage(config, layout).run_shard(0)
-        rows = {r["key"]: r for r in pq.read_table(layout.sidecar("synthetic_captions", 0)).to_pylist()}
+        table = read_parquet(layout.sidecar("synthetic_captions", 0), "synthetic_captions")
+        rows = {r["key"]: r for r in table.to_pylist()}
     return [rows[k]["captions"] if rows[k]["status"] == "ok" else [] for k in keys]
 
 
