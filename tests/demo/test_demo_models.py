@@ -278,8 +278,8 @@ def test_captioner_names_colour_and_shape_greedy(captioned_version, tmp_path):
     SyntheticCaptionStage(config, Layout(copy)).run_shard(0)
     captions = captions_by_image(copy)
     share = share_correct(captions)
-    print(f"greedy: {share:.3f} of {CAPTION_IMAGES} captions name colour and shape")
-    assert share >= 0.8
     batch = domain.heldout()[0]
     exact = np.mean([caps[0] == batch[i].caption for i, caps in captions.items()])
-    assert exact >= 0.5, exact
+    print(f"greedy: {share:.3f} of {CAPTION_IMAGES} captions name colour and shape, {exact:.3f} are the true caption")
+    assert share >= 0.8
+    assert exact >= 0.9  # whole sentences of the domain, background included

@@ -4,8 +4,9 @@ Generates its own images with the demo corpus's generator under seeds the demo c
 never uses (:mod:`vlcurate.demo.domain`), trains, evaluates on held-out images, prints
 the metrics and writes to ``DIR`` the weights and ``weights_card.json`` (files,
 SHA-256, metrics, the CLIP score threshold chosen on held-out data). Shipping them
-means copying ``DIR``'s files into ``vlcurate/demo/weights/``. Deterministic: fixed
-seeds, and torch's intra-op threads fixed by ``--threads``.
+means copying ``DIR``'s files and the captioner's folder into
+``vlcurate/demo/weights/``. Deterministic: fixed seeds, and torch's intra-op threads
+fixed by ``--threads``.
 """
 
 from __future__ import annotations
@@ -95,5 +96,5 @@ def train_models(out: Path, models: tuple[str, ...] = MODELS, threads: int = 2,
     t0 = time.time()
     trainers = {"clip": train_clip_model, "captioner": train_captioner_model}
     done = {name: trainers[name](out, log) for name in models}
-    log(f"done in {time.time() - t0:.0f}s; ship by copying {out}/* into vlcurate/demo/weights/")
+    log(f"done in {time.time() - t0:.0f}s; ship with `cp -r {out}/* vlcurate/demo/weights/`")
     return done
