@@ -13,6 +13,11 @@ The captioner loads through ``AutoModelForImageTextToText`` (which maps BLIP con
 models moved there), the ITM filter through ``BlipForImageTextRetrieval``. One model
 per process and config (:func:`load_hf_model`).
 
+Our own architecture ``vlc-conv-encoder`` (:mod:`vlcurate.extractors.conv_encoder`, the
+encoder of the shipped demo-domain captioner, a ``VisionEncoderDecoderModel``) is
+registered with ``AutoConfig``/``AutoModel`` before anything loads, so such a directory
+loads by its ``config.json`` like a hub model, without remote code.
+
 This module imports no torch/transformers at import time (recipes are parsed where no
 model runs); the loaders do.
 """
