@@ -258,6 +258,10 @@ def test_captioner_names_colour_and_shape_with_nucleus_sampling(captioned_versio
     manifest = json.loads((captioned_version / "manifest.json").read_text())
     weights = next(s["weights"] for s in manifest["stages"] if s["name"] == "synthetic_captions")
     assert weights["random"] is False and weights["source"] == "local-dir"
+    assert weights["label"] == "demo-domain weights"  # from the card beside the directory
+    from vlcurate.report import summary_table
+
+    assert "synthetic_captions ran with demo-domain weights" in summary_table(manifest)
 
 
 def test_captioner_names_colour_and_shape_greedy(captioned_version, tmp_path):

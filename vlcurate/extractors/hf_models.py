@@ -25,6 +25,7 @@ model runs); the loaders do.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,8 +89,13 @@ class HfModelConfig:
     def provenance(self) -> dict[str, Any]:
         """The manifest's ``weights`` entry (``random`` drives ``random_weights``)."""
         kind = "random" if self.weights is None else "hf-hub" if self.weights.startswith(HUB_PREFIX) else "local-dir"
+        label = {}
+        if kind == "local-dir":  # a weights_card.json beside the directory may say what it is
+            from vlcurate.extractors.clip_models import card_label
+
+            label = card_label(os.path.expanduser(str(self.weights).rstrip("/")))
         return {**self.identity(), "source": kind, "random": self.weights is None, "seed": self.seed,
-                "precision": self.precision}
+                "precision": self.precision, **label}
 
 
 @dataclass
