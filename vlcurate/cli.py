@@ -287,7 +287,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--interleaved", action="store_true",
                    help="build the interleaved demo instead: documents from an embedded WARC served on loopback")
-    p.add_argument("--models", default="clip", help="train-models: which models, comma-separated (default: clip)")
+    p.add_argument("--models", default="clip,captioner",
+                   help="train-models: which models, comma-separated (default: clip,captioner)")
     p.add_argument("--threads", type=int, default=2, help="train-models: torch CPU threads (default: 2)")
     p.set_defaults(func=_cmd_demo)
 

@@ -31,7 +31,7 @@ def test_shipped_files_match_the_card_and_fit_the_size_budget():
     card = shipped.card()
     files = [p for p in shipped.WEIGHTS_DIR.rglob("*") if p.is_file()]
     assert sum(p.stat().st_size for p in files) <= 10 * 2**20
-    for name in ("clip",):
+    for name in ("clip", "captioner"):
         for rel, digest in card[name]["sha256"].items():
             assert shipped.file_sha256(shipped.WEIGHTS_DIR / rel) == digest
         assert shipped.model_path(name).exists()
@@ -194,5 +194,96 @@ def test_train_models_refuses_an_unknown_model_before_writing(tmp_path, capsys):
 
     assert main(["demo", "train-models", "--out", str(tmp_path / "w"), "--models", "clip,detector"]) == 2
     assert capsys.readouterr().err.strip() == ("vlcurate: error: --models: unknown demo models ['detector']; "
-                                               "known: clip")
+                                               "known: clip, captioner")
     assert not (tmp_path / "w").exists()
+
+
+# --- must show 3: the captioner's captions through the synthetic_captions stage ---------
+
+CAPTION_IMAGES = 100  # the first held-out images
+CAPTIONS_PER_IMAGE = 3
+
+
+@pytest.fixture(scope="module")
+def captioned_version(tmp_path_factory):
+    """The first held-out images served and built like the demo (download), then
+    captioned by the synthetic_captions stage with the shipped captioner (nucleus 0.9)."""
+    from vlcurate.demo.server import serve
+    from vlcurate.demo.train_captioner import NUCLEUS_TOP_P
+    from vlcurate.pipelines.build import build
+    from vlcurate.recipe import load_recipe
+
+    tmp = tmp_path_factory.mktemp("captioned")
+    batch = domain.heldout()[0][:CAPTION_IMAGES]
+    files, rows = domain.served_files(batch)
+    entry = shipped.card()["captioner"]
+    with serve(files, port=0) as server:
+        urls = tmp / "urls.parquet"
+        pq.write_table(pa.Table.from_pylist([{**r, "url": server.base_url + r["url"]} for r in rows]), urls)
+        recipe = demo_recipe(urls, tmp / "out", "v1", workers=1)
+        recipe["samples_per_shard"] = CAPTION_IMAGES
+        recipe["stages"] = [s for s in recipe["stages"] if next(iter(s)) == "download"] + [
+            {"synthetic_captions": {"model": entry["model"], "weights": str(shipped.model_path("captioner")),
+                                    "device": "cpu", "top_p": NUCLEUS_TOP_P, "batch_size": 50,
+                                    "captions_per_image": CAPTIONS_PER_IMAGE}}]
+        path = tmp / "recipe.yaml"
+        path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+        return build(load_recipe(path), log=lambda s: None).version_dir
+
+
+def captions_by_image(version_dir, sidecar: str = "synthetic_captions") -> dict[int, list[str]]:
+    """``{held-out index: captions}`` from a stage's sidecars (the URL names the image)."""
+    samples = pl.read_parquet(str(version_dir / "samples" / "*.parquet")).select("key", "url")
+    index = {k: int(u.rsplit("/", 1)[1].split(".")[0]) for k, u in samples.iter_rows()}
+    rows = pl.read_parquet(str(version_dir / sidecar / "*.parquet")).select("key", "status", "captions")
+    assert set(rows["status"]) == {"ok"} and len(rows) == CAPTION_IMAGES
+    return {index[k]: c for k, c in rows.select("key", "captions").iter_rows()}
+
+
+def share_correct(captions: dict[int, list[str]]) -> float:
+    from vlcurate.demo.train_captioner import names_true_object
+
+    batch = domain.heldout()[0]
+    hits = [names_true_object(c, batch[i]) for i, caps in captions.items() for c in caps]
+    return float(np.mean(hits))
+
+
+def test_captioner_names_colour_and_shape_with_nucleus_sampling(captioned_version):
+    """Must show 3 (nucleus p=0.9): >= 60% of sampled captions name the true colour and shape."""
+    captions = captions_by_image(captioned_version)
+    assert all(len(c) == CAPTIONS_PER_IMAGE for c in captions.values())
+    share = share_correct(captions)
+    print(f"nucleus 0.9: {share:.3f} of {CAPTION_IMAGES * CAPTIONS_PER_IMAGE} captions name colour and shape")
+    assert share >= 0.6
+    manifest = json.loads((captioned_version / "manifest.json").read_text())
+    weights = next(s["weights"] for s in manifest["stages"] if s["name"] == "synthetic_captions")
+    assert weights["random"] is False and weights["source"] == "local-dir"
+    assert weights["label"] == "demo-domain weights"  # from the card beside the directory
+    from vlcurate.report import summary_table
+
+    assert "synthetic_captions ran with demo-domain weights" in summary_table(manifest)
+
+
+def test_captioner_names_colour_and_shape_greedy(captioned_version, tmp_path):
+    """Must show 3 (greedy, a one-token nucleus through the same stage): >= 80%; and
+    the captions are the domain's sentences, not just the two words."""
+    from vlcurate.demo.train_captioner import GREEDY_TOP_P
+    from vlcurate.extractors.caption_stage import SyntheticCaptionsConfig, SyntheticCaptionStage
+    from vlcurate.pipelines.stage import Layout
+
+    copy = tmp_path / "copy"
+    shutil.copytree(captioned_version, copy)
+    for p in copy.rglob("*"):
+        p.chmod(p.stat().st_mode | stat.S_IWUSR)
+    shutil.rmtree(copy / "synthetic_captions")
+    config = SyntheticCaptionsConfig(model=shipped.card()["captioner"]["model"],
+                                     weights=str(shipped.model_path("captioner")), device="cpu",
+                                     top_p=GREEDY_TOP_P, captions_per_image=1, batch_size=50)
+    SyntheticCaptionStage(config, Layout(copy)).run_shard(0)
+    captions = captions_by_image(copy)
+    share = share_correct(captions)
+    batch = domain.heldout()[0]
+    exact = np.mean([caps[0] == batch[i].caption for i, caps in captions.items()])
+    print(f"greedy: {share:.3f} of {CAPTION_IMAGES} captions name colour and shape, {exact:.3f} are the true caption")
+    assert share >= 0.8
+    assert exact >= 0.9  # whole sentences of the domain, background included

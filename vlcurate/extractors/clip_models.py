@@ -79,13 +79,19 @@ def weights_file_info(weights: str | None) -> dict[str, Any]:
     path = weights if storage.is_remote(weights) else os.path.expanduser(weights)
     if not storage.exists(path):
         return {}  # the model load reports it
-    info: dict[str, Any] = {"weights_sha256": _sha256(path, storage.size(path))}
+    return {"weights_sha256": _sha256(path, storage.size(path)), **card_label(path)}
+
+
+def card_label(path: str) -> dict[str, Any]:
+    """The ``label`` and ``trained_on`` of the ``weights_card.json`` beside ``path`` (a
+    weights file or directory) when the card lists it; else nothing."""
     card_loc = storage.join(storage.parent(path), WEIGHTS_CARD)
-    if storage.exists(card_loc):
-        card = json.loads(storage.read_bytes(card_loc))
-        if any(isinstance(e, dict) and e.get("path") == storage.basename(path) for e in card.values()):
-            info.update({k: card[k] for k in ("label", "trained_on") if k in card})
-    return info
+    if not storage.exists(card_loc):
+        return {}
+    card = json.loads(storage.read_bytes(card_loc))
+    if any(isinstance(e, dict) and e.get("path") == storage.basename(path) for e in card.values()):
+        return {k: card[k] for k in ("label", "trained_on") if k in card}
+    return {}
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,11 @@ The captioner loads through ``AutoModelForImageTextToText`` (which maps BLIP con
 models moved there), the ITM filter through ``BlipForImageTextRetrieval``. One model
 per process and config (:func:`load_hf_model`).
 
+Our own architecture ``vlc-conv-encoder`` (:mod:`vlcurate.extractors.conv_encoder`, the
+encoder of the shipped demo-domain captioner, a ``VisionEncoderDecoderModel``) is
+registered with ``AutoConfig``/``AutoModel`` before anything loads, so such a directory
+loads by its ``config.json`` like a hub model, without remote code.
+
 This module imports no torch/transformers at import time (recipes are parsed where no
 model runs); the loaders do.
 """
@@ -20,6 +25,7 @@ model runs); the loaders do.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,8 +89,13 @@ class HfModelConfig:
     def provenance(self) -> dict[str, Any]:
         """The manifest's ``weights`` entry (``random`` drives ``random_weights``)."""
         kind = "random" if self.weights is None else "hf-hub" if self.weights.startswith(HUB_PREFIX) else "local-dir"
+        label = {}
+        if kind == "local-dir":  # a weights_card.json beside the directory may say what it is
+            from vlcurate.extractors.clip_models import card_label
+
+            label = card_label(os.path.expanduser(str(self.weights).rstrip("/")))
         return {**self.identity(), "source": kind, "random": self.weights is None, "seed": self.seed,
-                "precision": self.precision}
+                "precision": self.precision, **label}
 
 
 @dataclass
@@ -114,6 +125,10 @@ def _load(config: HfModelConfig, role: str) -> HfModel:
     import torch
     import transformers
 
+    from vlcurate.extractors.conv_encoder import register
+
+    register()  # our own encoder architecture (the demo-domain captioner's), by config.json alone
+    transformers.utils.logging.disable_progress_bar()  # no third-party bars in our output
     source = config.source()
     is_local = config.weights is None or not config.weights.startswith(HUB_PREFIX)
     if is_local and not storage.exists(storage.join(source, "config.json")):
