@@ -160,8 +160,11 @@ class ObjectStoreBackend(Backend):
         key = self._key(loc)
         if "/" not in key:
             raise ValueError(f"{loc}: refusing to delete a whole bucket")
-        with contextlib.suppress(FileNotFoundError):
+        try:
             self.fs.delete_dir(key)
+        except OSError:  # GCS says "No such directory" as a plain OSError, S3 as FileNotFoundError
+            if self.fs.get_file_info(key).type != pafs.FileType.NotFound:
+                raise
 
     def move_tree(self, src: str, dst: str) -> None:
         # Copies then deletes: not atomic, so version commits never use it (a version is
