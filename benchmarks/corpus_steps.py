@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from vlcurate.io.stats import ShardStats  # noqa: E402
 from vlcurate.pipelines.keyed import KeyedStage, shard_of  # noqa: E402
 from vlcurate.pipelines.stage import Layout  # noqa: E402
-from dask_cluster import local_cluster, peak_rss_mb  # noqa: E402  (benchmarks/dask_cluster.py)
+from dask_cluster import MemorySampler, local_cluster, peak_rss_mb  # noqa: E402  (benchmarks/dask_cluster.py)
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ def run(mode: str, cfg: SyntheticConfig, workers: int, memory_limit: str | None 
                                    f"--dask_client_address={cluster.scheduler_address}",
                                    *runner_defaults("DaskRunner", ())])
         started = time.monotonic()
-        with beam.Pipeline(options=options) as p:
+        with MemorySampler(client) as sampler, beam.Pipeline(options=options) as p:
             ids = p | beam.Create(list(range(shards))) | beam.Reshuffle()
             if mode == "keyed":
                 run_as = StageRun("synthetic_dedup", "dedup", cfg)
@@ -109,7 +109,7 @@ def run(mode: str, cfg: SyntheticConfig, workers: int, memory_limit: str | None 
         seconds = time.monotonic() - started
         peaks = client.run(peak_rss_mb)
     return {"mode": mode, "rows": cfg.rows, "shards": shards, "seconds": seconds,
-            "idle_mb": sorted(idle.values()), "peak_mb": sorted(peaks.values())}
+            "idle_mb": sorted(idle.values()), "peak_mb": sorted(peaks.values()), "managed_mb": sampler.managed_mb()}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -123,13 +123,16 @@ def main(argv: list[str] | None = None) -> None:
                     help="each worker's memory limit (e.g. 600MB): above 40%% of it the worker spills to disk")
     ap.add_argument("--modes", nargs="+", default=["keyed", "gather"], choices=["keyed", "gather"])
     args = ap.parse_args(argv)
-    print(f"{'mode':<8}{'rows':>10}{'shards':>8}{'seconds':>9}  worker peak RSS MB (idle before)")
+    print(f"{'mode':<8}{'rows':>10}{'shards':>8}{'seconds':>9}  worker peak RSS MB (idle before)"
+          "  [managed MB at the highest sampled process memory]")
     for rows in args.rows:
         for mode in args.modes:
             r = run(mode, SyntheticConfig(rows, args.rows_per_shard), args.workers, args.memory_limit)
             peaks = ", ".join(f"{p:.0f}" for p in r["peak_mb"])
             idle = ", ".join(f"{p:.0f}" for p in r["idle_mb"])
-            print(f"{r['mode']:<8}{r['rows']:>10}{r['shards']:>8}{r['seconds']:>9.1f}  {peaks}  ({idle})", flush=True)
+            managed = ", ".join(f"{m}" for m in r["managed_mb"])
+            print(f"{r['mode']:<8}{r['rows']:>10}{r['shards']:>8}{r['seconds']:>9.1f}  {peaks}  ({idle})  [{managed}]",
+                  flush=True)
 
 
 if __name__ == "__main__":

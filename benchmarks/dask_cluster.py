@@ -35,3 +35,40 @@ def local_cluster(workers: int, memory_limit: str | None = None) -> Iterator[tup
     finally:
         client.close()
         cluster.close()
+
+
+class MemorySampler:
+    """Polls the scheduler every second while a run goes on and keeps, per worker, the
+    sample with the highest process memory: ``(process MB, managed MB)``, managed being
+    the results Dask holds and counts (what it could spill), the rest the worker itself."""
+
+    def __init__(self, client):
+        import threading
+
+        self.client = client
+        self.at_peak: dict[str, tuple[int, int]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        while not self._stop.wait(1.0):
+            try:
+                workers = self.client.scheduler_info()["workers"]
+            except Exception:  # the scheduler is busy or closing: skip this sample
+                continue
+            for addr, w in workers.items():
+                m = w["metrics"]
+                sample = (m.get("memory", 0) >> 20, m.get("managed_bytes", 0) >> 20)
+                if sample[0] > self.at_peak.get(addr, (0, 0))[0]:
+                    self.at_peak[addr] = sample
+
+    def __enter__(self) -> "MemorySampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def managed_mb(self) -> list[int]:
+        return sorted(managed for _, managed in self.at_peak.values())
