@@ -30,8 +30,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import apache_beam as beam
-
 from vlcurate.errors import UserError
 from vlcurate.export.card import dataset_card
 from vlcurate.export.select import Sources, export_samples, exported_keys, feature_specs, find_sources
@@ -39,7 +37,8 @@ from vlcurate.export.shards import FORMATS, position, shard_name, write_parquet_
 from vlcurate.io import storage
 from vlcurate.io.parquet import read_parquet_schema
 from vlcurate.io.stats import FileRecord, ShardStats, read_stats, write_stats
-from vlcurate.pipelines.beam import LOCAL, check_pipeline_options, make_pipeline, resolve_runner, run_to_completion
+# Beam itself through pipelines.beam, which keeps its BigQuery import warning out of the output
+from vlcurate.pipelines.beam import LOCAL, beam, check_pipeline_options, make_pipeline, resolve_runner, run_to_completion
 from vlcurate.pipelines.progress import PolledProgress, ShardProgress, stderr_terminal, worker_output_to
 from vlcurate.pipelines.stage import Layout, StageInfo
 from vlcurate.versions import MANIFEST, load_manifest, read_markers, version_layout, write_manifest
