@@ -10,19 +10,17 @@ import random
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from tests.filters.test_near_dedup import transformed
+from tests.filters.test_near_dedup import transformed, write_hashes as write_samples
 from vlcurate.demo.corpus import draw_scene
 from vlcurate.download.images import ImageProcessor
 from vlcurate.evalsets.build import FOLDER_IMAGES, add_evalset
 from vlcurate.filters.decontaminate import Decontaminate, DecontaminateConfig, EvalSetSettings
-from vlcurate.io.parquet import write_parquet
 from vlcurate.pipelines.stage import Layout
-from vlcurate.schemas import get_schema, validate
+from vlcurate.schemas import validate
 
 EVAL, COPIES, NEGATIVES = 300, 500, 500
 SIZE = (128, 96)
@@ -44,15 +42,6 @@ def png(img: Image.Image) -> bytes:
 def stored_phash(img: Image.Image) -> str:
     """The pHash the download stage would store for this image."""
     return ImageProcessor(FOLDER_IMAGES)(png(img)).phash
-
-
-def write_samples(layout: Layout, shard: int, hashes: list[str | None]) -> list[str]:
-    keys = [f"{shard:05d}_{i:06d}" for i in range(len(hashes))]
-    rows = [{"key": k, "url": f"http://h/{k}", "caption": "c", "status": "ok", "error_kind": None,
-             "error_message": None, "http_status": 200, "width": 8, "height": 8, "original_width": 8,
-             "original_height": 8, "sha256": k, "phash": h} for k, h in zip(keys, hashes)]
-    write_parquet(pa.Table.from_pylist(rows, schema=get_schema("sample").schema), layout.samples_parquet(shard), "sample")
-    return keys
 
 
 @pytest.fixture(scope="module")

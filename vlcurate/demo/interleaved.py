@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from vlcurate.demo.pages import crawl, served_files, write_warc
+from vlcurate.demo.run import next_version
 from vlcurate.demo.corpus import Served
 from vlcurate.demo.server import DEFAULT_PORT, serve
 from vlcurate.demo.shipped import card, model_path
@@ -48,13 +49,6 @@ def interleaved_recipe(warc: Path, out: Path, version: str, workers: int) -> dic
     }
 
 
-def next_version(out: Path) -> str:
-    n = 1
-    while storage.exists(storage.join(out, NAME, f"v{n}")):
-        n += 1
-    return f"v{n}"
-
-
 def show_document(row: dict) -> str:
     general = json.loads(row["general_metadata"])
     parts = [f"  {general['url']}  ({row['key']})"]
@@ -67,7 +61,7 @@ def show_document(row: dict) -> str:
 def run_interleaved_demo(out: Path, workers: int = 2, version: str | None = None) -> BuildResult:
     out = out.resolve()
     sample = crawl()
-    version = version or next_version(out)
+    version = version or next_version(out, NAME)
     files = served_files(sample)
     with serve(files, port=PORT) as server:
         files["/crawl.warc.gz"] = Served(200, "application/warc", write_warc(sample.records, server.base_url,

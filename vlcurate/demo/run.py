@@ -50,9 +50,10 @@ def demo_recipe(input_path: Path, out: Path, version: str, workers: int) -> dict
     }
 
 
-def next_version(out: Path) -> str:
+def next_version(out: Path, name: str = DEMO_NAME) -> str:
+    """The first ``vN`` that ``out/name`` does not hold yet."""
     n = 1
-    while storage.exists(storage.join(out, DEMO_NAME, f"v{n}")):
+    while storage.exists(storage.join(out, name, f"v{n}")):
         n += 1
     return f"v{n}"
 

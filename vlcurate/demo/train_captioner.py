@@ -22,7 +22,6 @@ when it names the image's shape colour and shape (``"{colour} {shape}"``).
 from __future__ import annotations
 
 import io
-import math
 import re
 import tempfile
 import time
@@ -34,6 +33,7 @@ import torch
 
 from vlcurate.demo import domain
 from vlcurate.demo.corpus import COLORS, SHAPES
+from vlcurate.demo.train_clip import warmup_cosine
 
 MODEL = "vlc-demo-captioner"
 WEIGHTS_DIR = "captioner"  # a save_pretrained directory inside the weights folder
@@ -108,9 +108,7 @@ def train_captioner(out: Path, n_train: int, steps: int, batch_size: int = 64, s
     log(f"captioner: {n_train} training images rendered in {time.time() - t0:.0f}s")
 
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.01)
-    warmup = max(1, steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda i: min(1.0, (i + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(i, steps) / steps)))
+    sched = warmup_cosine(opt, steps)
     gen = torch.Generator().manual_seed(seed)
     model.train()
     t0 = time.time()

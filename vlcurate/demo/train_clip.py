@@ -35,6 +35,13 @@ WEIGHTS_FILE = "vlc-tiny-resnet-demo.safetensors"
 KEEP_TRUE = 0.995
 
 
+def warmup_cosine(opt: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """The demo models' learning-rate schedule: linear warm-up over the first 5 % of the
+    steps, then a cosine decay to zero."""
+    warmup = max(1, steps // 20)
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda i: min(1.0, (i + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(i, steps) / steps)))
+
 def all_captions() -> list[str]:
     return [domain.caption(c, s, b) for c, s, b in itertools.product(COLORS, SHAPES, COLORS)]
 
@@ -81,9 +88,7 @@ def train_clip(out: Path, n_train: int, steps: int, batch_size: int = 128, seed:
     log(f"clip: {n_train} training images rendered in {time.time() - t0:.0f}s")
 
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05)
-    warmup = max(1, steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda i: min(1.0, (i + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(i, steps) / steps)))
+    sched = warmup_cosine(opt, steps)
     gen = torch.Generator().manual_seed(seed)
     model.train()
     t0 = time.time()

@@ -37,7 +37,7 @@ import numpy as np
 import pyarrow as pa
 
 from vlcurate.interleave.boilerplate import check_documents_before, documents_before
-from vlcurate.interleave.documents import DocumentRules, document_from_row, document_problem, obelics_row
+from vlcurate.interleave.documents import DocumentRules, document_from_row, document_page, obelics_row
 from vlcurate.interleave.extract import ImageRef, TextBlock
 from vlcurate.io.parquet import read_parquet, write_parquet
 from vlcurate.io.stats import ShardStats
@@ -164,15 +164,11 @@ class AttachImages(Stage):
                         removed.append(self._removed(row["key"], node, meta["image_key"], drop[node.url]))
                 info = [i for i in info if i["raw_url"] not in drop]
                 kept = [(n, m) for n, m in kept if n.url not in drop]
-            page = {"key": row["key"], "url": general.get("url"), "source": general.get("source", ""),
-                    "offset": int(general.get("warc_record_offset", 0)), "record_type": "document",
-                    "status": "document", "images": len(doc.images), "words": doc.words}
-            if problem := document_problem(doc, self.config.rules):
-                page.update(status="dropped", reason=problem[0], detail=problem[1])
-                stats.add(f"dropped.{problem[0]}")
-                pages.append(page)
-                continue
+            page = document_page(row["key"], doc, general, self.config.rules)
             pages.append(page)
+            if page["status"] == "dropped":
+                stats.add(f"dropped.{page['reason']}")
+                continue
             stats.add("kept")  # documents: the funnel's kept count
             out = obelics_row(row["key"], doc, general, [m["image_key"] for _, m in kept])
             by_key = {m["image_key"]: m for _, m in kept}

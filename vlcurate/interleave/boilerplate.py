@@ -19,7 +19,7 @@ from typing import Any, Hashable, Iterable, Iterator
 
 import pyarrow as pa
 
-from vlcurate.interleave.documents import DocumentRules, document_from_row, document_problem, obelics_row
+from vlcurate.interleave.documents import DocumentRules, document_from_row, document_page, obelics_row
 from vlcurate.interleave.extract import ImageRef
 from vlcurate.io.parquet import read_parquet, write_parquet
 from vlcurate.io.stats import ShardStats
@@ -102,12 +102,9 @@ class ImageUrlBoilerplate(KeyedStage):
                 nodes.append(node)
             doc.nodes = nodes
             general = json.loads(row["general_metadata"])
-            page = {"key": row["key"], "url": general.get("url"), "source": general.get("source", ""),
-                    "offset": int(general.get("warc_record_offset", 0)), "record_type": "document",
-                    "status": "document", "images": len(doc.images), "words": doc.words}
-            if problem := document_problem(doc, self.config.rules):
-                page.update(status="dropped", reason=problem[0], detail=problem[1])
-                stats.add(f"dropped.{problem[0]}")
+            page = document_page(row["key"], doc, general, self.config.rules)
+            if page["status"] == "dropped":
+                stats.add(f"dropped.{page['reason']}")
             else:
                 documents.append(obelics_row(row["key"], doc, general, kept_keys))
                 stats.add("kept")  # documents: the funnel's kept count

@@ -152,6 +152,17 @@ def document_problem(doc: Document, rules: DocumentRules) -> tuple[str, str] | N
     return None
 
 
+def document_page(key: str, doc: Document, general: dict, rules: DocumentRules) -> dict:
+    """The page row of a page that became a document, its document rules checked: status
+    ``document``, or ``dropped`` with the rule's reason and detail."""
+    page = {"key": key, "url": general.get("url"), "source": general.get("source", ""),
+            "offset": int(general.get("warc_record_offset", 0)), "record_type": "document",
+            "status": "document", "images": len(doc.images), "words": doc.words}
+    if problem := document_problem(doc, rules):
+        page.update(status="dropped", reason=problem[0], detail=problem[1])
+    return page
+
+
 def obelics_row(key: str, doc: Document, general: dict, image_keys: list[str]) -> dict:
     """The OBELICS row of a document: consecutive text blocks are joined by a blank
     line, so ``texts`` and ``images`` alternate; ``image_keys``: one per kept image."""
