@@ -7,10 +7,12 @@ peak RSS, for synthetic (key, hash) rows.
 Each shard's rows are generated inside its worker (no data crosses from the
 launcher): keys ``<shard>_<row>``, hashes drawn from ``0.9 * rows`` values so that
 about 1 row in 6 has a copy, mostly in another shard. ``keyed`` is the build's own
-step (:func:`vlcurate.pipelines.beam.keyed_step`: Signatures -> GroupByKey -> Resolve
--> CoGroupByKey by shard -> RunStage); ``gather`` is the path it replaced (every
-shard's table to one worker with ``ToList``, resolved there). Each run gets a fresh
-cluster, so a worker's peak RSS is that run's alone.
+step (:func:`vlcurate.pipelines.beam.stage_step`: Signatures -> GroupByKey -> Resolve
+-> GroupByKey -> RunStage, the records through the storage layer); ``runner`` is the
+same graph with nothing in it (ids only), the DaskRunner's own cost per shard;
+``gather`` is the path the keyed step replaced (every shard's table to one worker with
+``ToList``, resolved there). Each run gets a fresh cluster, so a worker's peak RSS is
+that run's alone.
 """
 
 from __future__ import annotations
@@ -84,7 +86,7 @@ def run(mode: str, cfg: SyntheticConfig, workers: int, memory_limit: str | None 
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from vlcurate.pipelines.beam import RunStage, StageRun, keyed_step, runner_defaults
+    from vlcurate.pipelines.beam import StageRun, run_to_completion, runner_defaults, stage_step
 
     shards = -(-cfg.rows // cfg.rows_per_shard)
     with local_cluster(workers, memory_limit) as (cluster, client):
@@ -95,21 +97,27 @@ def run(mode: str, cfg: SyntheticConfig, workers: int, memory_limit: str | None 
                                    f"--dask_client_address={cluster.scheduler_address}",
                                    *runner_defaults("DaskRunner", ())])
         started = time.monotonic()
-        with MemorySampler(client) as sampler, beam.Pipeline(options=options) as p:
-            ids = p | beam.Create(list(range(shards))) | beam.Reshuffle()
-            if mode == "keyed":
-                run_as = StageRun("synthetic_dedup", "dedup", cfg)
-                (keyed_step(ids, run_as, SyntheticDedup, layout, shards)
-                 | beam.ParDo(RunStage(run_as, SyntheticDedup, layout)))
-            else:
-                (ids
-                 | beam.FlatMap(lambda s: list(shard_rows(cfg, s)))
-                 | beam.combiners.ToList()
-                 | beam.Map(_gather_resolve))
+        p = beam.Pipeline(options=options)
+        ids = p | beam.Create(list(range(shards))) | beam.Reshuffle()
+        if mode == "keyed":
+            stage_step(ids, StageRun("synthetic_dedup", "dedup", cfg), layout, shards, SyntheticDedup)
+        elif mode == "runner":  # the keyed step's graph with nothing in it: the runner's own cost
+            (ids
+             | "Phase1" >> beam.Map(lambda s: (s, s)) | "Barrier1" >> beam.GroupByKey()
+             | "Phase2" >> beam.Map(lambda kv: (kv[0], kv[0])) | "Barrier2" >> beam.GroupByKey()
+             | beam.Keys() | "Run" >> beam.Map(lambda s: s))
+        else:
+            (ids
+             | beam.FlatMap(lambda s: list(shard_rows(cfg, s)))
+             | beam.combiners.ToList()
+             | beam.Map(_gather_resolve))
+        with MemorySampler(client) as sampler:
+            run_to_completion(p)
         seconds = time.monotonic() - started
         peaks = client.run(peak_rss_mb)
     return {"mode": mode, "rows": cfg.rows, "shards": shards, "seconds": seconds,
-            "idle_mb": sorted(idle.values()), "peak_mb": sorted(peaks.values()), "managed_mb": sampler.managed_mb()}
+            "idle_mb": sorted(idle.values()), "peak_mb": sorted(peaks.values()),
+            "growth_mb": sorted(peaks[w] - idle[w] for w in peaks), "managed_mb": sampler.managed_mb()}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -121,17 +129,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--memory-limit", default=None,
                     help="each worker's memory limit (e.g. 600MB): above 40%% of it the worker spills to disk")
-    ap.add_argument("--modes", nargs="+", default=["keyed", "gather"], choices=["keyed", "gather"])
+    ap.add_argument("--modes", nargs="+", default=["keyed", "gather"], choices=["keyed", "runner", "gather"])
     args = ap.parse_args(argv)
-    print(f"{'mode':<8}{'rows':>10}{'shards':>8}{'seconds':>9}  worker peak RSS MB (idle before)"
+    print(f"{'mode':<8}{'rows':>10}{'shards':>8}{'seconds':>9}  worker peak RSS MB (idle before; growth)"
           "  [managed MB at the highest sampled process memory]")
     for rows in args.rows:
         for mode in args.modes:
             r = run(mode, SyntheticConfig(rows, args.rows_per_shard), args.workers, args.memory_limit)
             peaks = ", ".join(f"{p:.0f}" for p in r["peak_mb"])
             idle = ", ".join(f"{p:.0f}" for p in r["idle_mb"])
+            growth = ", ".join(f"+{g:.0f}" for g in r["growth_mb"])
             managed = ", ".join(f"{m}" for m in r["managed_mb"])
-            print(f"{r['mode']:<8}{r['rows']:>10}{r['shards']:>8}{r['seconds']:>9.1f}  {peaks}  ({idle})  [{managed}]",
+            print(f"{r['mode']:<8}{r['rows']:>10}{r['shards']:>8}{r['seconds']:>9.1f}  {peaks}  ({idle}; {growth})  [{managed}]",
                   flush=True)
 
 

@@ -77,7 +77,7 @@ def run(cfg: SyntheticNearDedupConfig, workers: int, memory_limit: str | None = 
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from vlcurate.pipelines.beam import RunStage, StageRun, keyed_step, runner_defaults
+    from vlcurate.pipelines.beam import StageRun, run_to_completion, runner_defaults, stage_step
 
     shards = -(-cfg.hashes // cfg.per_shard)
     with local_cluster(workers, memory_limit) as (cluster, client):
@@ -88,12 +88,14 @@ def run(cfg: SyntheticNearDedupConfig, workers: int, memory_limit: str | None = 
                                    f"--dask_client_address={cluster.scheduler_address}",
                                    *runner_defaults("DaskRunner", ())])
         started = time.monotonic()
-        with beam.Pipeline(options=options) as p:
-            ids = p | beam.Create(list(range(shards))) | beam.Reshuffle()
-            keyed_step(ids, run_, SyntheticNearDedup, layout, shards) | beam.ParDo(RunStage(run_, SyntheticNearDedup, layout))
+        p = beam.Pipeline(options=options)
+        ids = p | beam.Create(list(range(shards))) | beam.Reshuffle()
+        stage_step(ids, run_, layout, shards, SyntheticNearDedup)
+        run_to_completion(p)
         seconds = time.monotonic() - started
         peaks = client.run(peak_rss_mb)
-    return {"shards": shards, "seconds": seconds, "idle_mb": sorted(idle.values()), "peak_mb": sorted(peaks.values())}
+    return {"shards": shards, "seconds": seconds, "idle_mb": sorted(idle.values()), "peak_mb": sorted(peaks.values()),
+            "growth_mb": sorted(peaks[w] - idle[w] for w in peaks)}
 
 
 def main() -> None:
@@ -107,13 +109,14 @@ def main() -> None:
     ap.add_argument("--memory-limit", default=None,
                     help="each worker's memory limit (e.g. 500MB): above 40%% of it the worker spills to disk")
     args = ap.parse_args()
-    print(f"{'hashes':>9}{'distance':>9}{'shards':>8}{'seconds':>9}  worker peak RSS MB (idle before)")
+    print(f"{'hashes':>9}{'distance':>9}{'shards':>8}{'seconds':>9}  worker peak RSS MB (idle before; growth)")
     for n in args.hashes:
         for d in args.distances:
             r = run(SyntheticNearDedupConfig(distance=d, hashes=n, per_shard=args.per_shard), args.workers,
                     args.memory_limit)
             print(f"{n:>9}{d:>9}{r['shards']:>8}{r['seconds']:>9.1f}  {', '.join(f'{p:.0f}' for p in r['peak_mb'])}"
-                  f"  ({', '.join(f'{p:.0f}' for p in r['idle_mb'])})", flush=True)
+                  f"  ({', '.join(f'{p:.0f}' for p in r['idle_mb'])}; {', '.join(f'+{g:.0f}' for g in r['growth_mb'])})",
+                  flush=True)
 
 
 if __name__ == "__main__":

@@ -175,3 +175,37 @@ def test_a_group_key_lands_in_the_same_bucket_in_every_process():
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                              env={**__import__("os").environ, "PYTHONHASHSEED": seed})
         assert out.stdout.strip() == str(here)
+
+
+def test_keyed_files_give_each_shard_its_findings_and_resume(tmp_path):
+    """The storage-layer shuffle of the build's keyed step: signatures files per shard,
+    findings files per bucket, each shard's findings read back from its sections, equal
+    to the in-memory step's. Files that exist (a resumed build) are not rewritten, and a
+    file of another shard count is refused by name."""
+    import random
+
+    from vlcurate.pipelines.keyed import KeyedFiles, findings_by_shard, read_section
+    from vlcurate.pipelines.stage import Layout
+
+    rng = random.Random(5)
+    rows = {s: [(f"{s:05d}_{i:06d}", rng.randrange(150)) for i in range(100)] for s in range(5)}
+    rows[3] = []  # a shard with no records: empty sections
+    stage = _Pairs(rows)
+    files = KeyedFiles(Layout(str(tmp_path)), "dedup", len(rows))
+    for shard in reversed(range(5)):  # the order phases run in must not matter
+        files.write_signatures(stage, shard)
+    for bucket in (2, 0, 4, 1, 3):
+        files.resolve(stage, bucket)
+    expected = findings_by_shard(stage, rows)
+    assert sum(map(len, expected.values())) > 100
+    assert {s: files.findings(s) for s in rows} == expected
+
+    written = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.bin")}
+    assert len(written) == 10 and all("_work/keyed/dedup/" in str(p) for p in written)
+    files.write_signatures(_Pairs({s: [] for s in rows}), 0)  # exists: kept as written
+    files.resolve(_Pairs({}), 0)
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.bin")} == written
+    assert {s: files.findings(s) for s in rows} == expected
+
+    with pytest.raises(ValueError, match=r"00000\.bin: not a keyed-step file of 7 sections"):
+        read_section(files.signatures_file(0), 0, 7)

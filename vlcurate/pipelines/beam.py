@@ -7,19 +7,19 @@ The graph does not know which runner executes it:
 A keyed stage (:class:`~vlcurate.pipelines.keyed.KeyedStage`) inserts its
 corpus-wide step before its run:
 
-    shards -> Signatures -> GroupByKey -> Resolve -> (shard, finding)
-           \\______________________ CoGroupByKey by shard ______/ -> RunStage
+    shards -> Signatures -> GroupByKey -> Resolve -> GroupByKey -> RunStage
 
-so each shard gets back only the findings about its own samples, and no worker holds
-more than one shard's rows plus one group. Every file goes through the storage layer
-(:mod:`vlcurate.io.storage`), so workers need no shared disk beyond what the
-version's root location gives them.
+where the records go through the storage layer (:class:`~vlcurate.pipelines.keyed.KeyedFiles`)
+and the runner carries only shard and bucket ids: each GroupByKey holds a phase back
+until the one before it is done everywhere. Each shard gets back only the findings
+about its own samples, and no worker holds more than one shard's rows plus one
+bucket. Every file goes through the storage layer (:mod:`vlcurate.io.storage`), so
+workers need no shared disk beyond what the version's root location gives them.
 """
 
 from __future__ import annotations
 
 import logging
-import sys
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -45,7 +45,7 @@ finally:
 from vlcurate.errors import UserError
 from vlcurate.io import storage
 from vlcurate.io.stats import ShardStats, write_stats
-from vlcurate.pipelines.keyed import KeyedStage, packed_signatures, resolve_bucket, unpack_findings
+from vlcurate.pipelines.keyed import KeyedFiles, KeyedStage
 from vlcurate.pipelines.stage import Layout, Stage, stage_class
 
 METRICS_NAMESPACE = "vlcurate"
@@ -80,32 +80,38 @@ class _StageFn(beam.DoFn):
         return self.cls(self.run.config, self.layout, self.run.name)
 
 
-def run_stage_on_shard(stage: Stage, shard: int, findings: list | None = None) -> ShardStats | None:
+def run_stage_on_shard(stage: Stage, shard: int, keyed: KeyedFiles | None = None) -> ShardStats | None:
     """Run ``stage`` on ``shard`` unless its stats marker exists (resume: None); then
     commit the marker, with the records of the files the stage wrote made relative to
-    the version."""
+    the version. A keyed stage reads its findings from ``keyed`` here, only when it runs."""
     marker = stage.layout.stats(stage.name, shard)
     if storage.exists(marker):
         return None
-    stats = stage.run_shard(shard, findings) if isinstance(stage, KeyedStage) else stage.run_shard(shard)
+    if isinstance(stage, KeyedStage):
+        if keyed is None:
+            raise TypeError(f"stage {stage.name}: a keyed stage runs after its keyed step (stage_step)")
+        stats = stage.run_shard(shard, keyed.findings(shard))
+    else:
+        stats = stage.run_shard(shard)
     stats.files = [f.relative_to(stage.layout.root) for f in stats.files]
     write_stats(stats, marker)
     return stats
 
 
 class RunStage(_StageFn):
-    """Run ``stage`` on each incoming shard id (or ``(shard, findings)`` for a keyed
-    stage); pass the id on when the shard is done.
+    """Run ``stage`` on each incoming shard id; pass the id on when the shard is done.
 
     - resume: a shard whose stats marker exists is skipped;
     - atomic: stages commit each file whole, the stats marker last;
-    - one stage object (and model) per process, shared across DoFn instances.
+    - one stage object (and model) per process, shared across DoFn instances;
+    - a keyed stage reads its shard's findings from ``keyed``, its keyed step's files.
     """
 
-    def __init__(self, run: StageRun, cls: type[Stage], layout: Layout):
+    def __init__(self, run: StageRun, cls: type[Stage], layout: Layout, keyed: KeyedFiles | None = None):
         super().__init__(run, cls, layout)
         self._shared = Shared()
         self.stage: Stage | None = None
+        self.keyed = keyed
 
     def setup(self) -> None:
         def load() -> _Holder:
@@ -116,10 +122,9 @@ class RunStage(_StageFn):
         self._holder = self._shared.acquire(load, tag=f"{self.name}:{self.layout.root}")
         self.stage = self._holder.stage
 
-    def process(self, element) -> Iterator[int]:
+    def process(self, shard: int) -> Iterator[int]:
         assert self.stage is not None
-        shard, findings = element if isinstance(element, tuple) else (element, None)
-        stats = run_stage_on_shard(self.stage, shard, findings)
+        stats = run_stage_on_shard(self.stage, shard, self.keyed)
         if stats is None:
             Metrics.counter(METRICS_NAMESPACE, f"{self.name}.shards_skipped").inc()
         else:
@@ -130,68 +135,47 @@ class RunStage(_StageFn):
         yield shard
 
 
-class _Signatures(_StageFn):
-    def __init__(self, run: StageRun, cls: type[Stage], layout: Layout, buckets: int):
+class _KeyedPhase(_StageFn):
+    """One phase of a keyed step for each incoming id (a shard, or a bucket: the same
+    numbers, as a build has as many buckets as shards); passes ``(id, id)`` on, for the
+    GroupByKey that holds the next phase back."""
+
+    def __init__(self, run: StageRun, cls: type[Stage], layout: Layout, files: KeyedFiles, phase: str):
         super().__init__(run, cls, layout)
-        self.buckets = buckets
+        self.files, self.phase = files, phase
 
     def setup(self) -> None:
         self.stage = self.make_stage()  # no model needed
 
-    def process(self, shard: int):
-        yield from packed_signatures(self.stage, shard, self.buckets)
+    def process(self, element):
+        number = element[0] if isinstance(element, tuple) else element
+        getattr(self.files, self.phase)(self.stage, number)
+        yield number, number
 
 
-class _Resolve(_StageFn):
-    def setup(self) -> None:
-        self.stage = self.make_stage()
+def stage_step(shards, run: StageRun, layout: Layout, num_shards: int, cls: type[Stage] | None = None):
+    """``shards`` (ids) -> the same ids, once stage ``run`` (of class ``cls``, by default
+    the registered class of its kind) has run on each. A keyed stage
+    first runs its keyed step, its records through the storage layer
+    (:class:`~vlcurate.pipelines.keyed.KeyedFiles`), the runner carrying ids only:
 
-    def process(self, bucket):
-        _, blobs = bucket
-        yield from resolve_bucket(self.stage, blobs)
+        Signatures -> GroupByKey -> Resolve -> GroupByKey -> RunStage
 
-
-def _with_findings(joined) -> tuple[int, list]:
-    shard, parts = joined
-    return shard, unpack_findings(parts["findings"])
-
-
-def _teach_dask_element_sizes() -> None:
-    """Tell Dask how big Beam's elements are, so that a Dask worker can spill them.
-
-    Beam's DaskRunner holds every element in a ``WindowedValue``, which Dask sizes by
-    ``sys.getsizeof``: 80 bytes, whatever it holds. A keyed step's packed records then
-    count as unmanaged memory, which a worker never spills. Registered when this module
-    loads in a process that has imported Dask, as a Dask worker has before it unpickles
-    a DoFn of this module.
-    """
-    if "dask" not in sys.modules:
-        return
-    from apache_beam.utils.windowed_value import WindowedValue
-    from dask.sizeof import sizeof
-
-    @sizeof.register(WindowedValue)
-    def _windowed_value_size(element: WindowedValue) -> int:
-        return sys.getsizeof(element) + sizeof(element.value)
-
-
-_teach_dask_element_sizes()
-
-
-def keyed_step(shards, run: StageRun, cls: type[KeyedStage], layout: Layout, num_shards: int):
-    """``shards`` -> ``(shard, its findings)`` for the keyed stage ``cls`` run as ``run``;
-    records cross the shuffle packed into ``num_shards`` buckets (:mod:`vlcurate.pipelines.keyed`)."""
-    name = run.name
-    findings = (
-        shards
-        | f"{name}/Signatures" >> beam.ParDo(_Signatures(run, cls, layout, max(1, num_shards)))
-        | f"{name}/Group" >> beam.GroupByKey()
-        | f"{name}/Resolve" >> beam.ParDo(_Resolve(run, cls, layout))
-    )
+    Both GroupByKeys are barriers in a batch pipeline (nothing comes out of one before
+    every element has gone in), so every signatures file is written before any bucket
+    is resolved, and every bucket before any shard reads its findings."""
+    cls, name = cls or stage_class(run.kind), run.name
+    if not issubclass(cls, KeyedStage):
+        return shards | f"{name}/Run" >> beam.ParDo(RunStage(run, cls, layout))
+    files = KeyedFiles(layout, name, num_shards)
     return (
-        {"shard": shards | f"{name}/ByShard" >> beam.Map(lambda s: (s, None)), "findings": findings}
-        | f"{name}/Join" >> beam.CoGroupByKey()
-        | f"{name}/Findings" >> beam.Map(_with_findings)
+        shards
+        | f"{name}/Signatures" >> beam.ParDo(_KeyedPhase(run, cls, layout, files, "write_signatures"))
+        | f"{name}/AllSignatures" >> beam.GroupByKey()
+        | f"{name}/Resolve" >> beam.ParDo(_KeyedPhase(run, cls, layout, files, "resolve"))
+        | f"{name}/AllResolved" >> beam.GroupByKey()
+        | f"{name}/Shards" >> beam.Keys()
+        | f"{name}/Run" >> beam.ParDo(RunStage(run, cls, layout, files))
     )
 
 
@@ -202,9 +186,7 @@ def build_graph(p: beam.Pipeline, stages: list[StageRun], layout: Layout, num_sh
         | "Distribute" >> beam.Reshuffle()
     )
     for run in stages:
-        cls = stage_class(run.kind)
-        work = keyed_step(shards, run, cls, layout, num_shards) if issubclass(cls, KeyedStage) else shards
-        shards = work | f"{run.name}/Run" >> beam.ParDo(RunStage(run, cls, layout))
+        shards = stage_step(shards, run, layout, num_shards)
     return shards
 
 

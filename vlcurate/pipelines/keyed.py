@@ -4,34 +4,44 @@ A :class:`KeyedStage` never sees the corpus at once. It works in three roles:
 
 1. ``signatures(shard)``: small keyed records of one shard's samples (a hash, a band
    of a hash, a cluster id, a histogram), as ``(group_key, value)`` pairs;
-2. ``resolve(group_key, values)``: one group, decided on its own (the runner brings
-   each group's values together with a GroupByKey); it yields ``(shard, finding)``
-   pairs, findings about samples of that shard;
+2. ``resolve(group_key, values)``: one group, decided on its own (every value of a
+   group lands in the same bucket, below); it yields ``(shard, finding)`` pairs,
+   findings about samples of that shard;
 3. ``run_shard(shard, findings)``: the shard's own findings, sorted, and nothing else.
 
 So a worker holds at most one shard's rows plus one bucket of groups, on 1,000 samples
-or on 1,000,000,000, on any Beam runner. Values reach ``resolve`` in an order that
-depends on the runner, so a stage must decide from their content alone (for instance
+or on 1,000,000,000, on any Beam runner. A stage must decide a group from its values'
+content alone, whatever order they come in (for instance
 the smallest key of a group is its representative), never from their arrival order.
 
-What crosses the runner's shuffle is packed: a shard's signature records go out as one
-pickled blob per *bucket* (a stable hash of the group key modulo the bucket count, the
-build's shard count, so a bucket holds about one shard's worth of records), a bucket is
-unpacked, grouped and resolved in one call, and its findings go back as one blob per
-shard. Per record a runner then keeps ~40 bytes instead of a Python object of several
-hundred (Beam's DaskRunner keeps every record of a shuffle in worker memory and sizes
-objects it does not know by their shell, so unpacked records were unspillable and a
-worker's memory followed the corpus: benchmarks/README.md, Corpus-wide steps).
+Nothing of the records crosses the runner's shuffle: they go through the storage layer,
+as a MapReduce shuffle does. Each shard writes one *signatures file*: its records
+pickled per *bucket* (a stable hash of the group key modulo the bucket count, the
+build's shard count, so a bucket holds about one shard's worth of records), behind an
+index of where each bucket's section lies. Each bucket is then resolved by reading its
+section of every shard's file, and its findings are written as one *findings file*
+with a section per shard; a shard reads its section of every findings file. The
+runner shuffles only shard and bucket ids, to order the three phases: a GroupByKey
+emits nothing in a batch pipeline before its whole input is in, so a bucket is
+resolved only once every shard's signatures are written, and a shard runs only once
+every bucket is resolved. A worker holds one shard's records, or one bucket's, and
+what the runner keeps per element no longer grows with the corpus (on Beam's
+DaskRunner, shuffled records stayed in worker memory: benchmarks/README.md,
+Corpus-wide steps). The files live in the version's work directory, which the build
+deletes before it writes the manifest; each is written whole, so a resumed build
+reuses those that exist.
 """
 
 from __future__ import annotations
 
 import hashlib
 import pickle
+import struct
 from abc import abstractmethod
 from typing import Any, Hashable, Iterable, Iterator
 
-from vlcurate.pipelines.stage import Stage
+from vlcurate.io import storage
+from vlcurate.pipelines.stage import WORK_DIR, Layout, Stage
 
 
 def shard_of(key: str) -> int:
@@ -103,3 +113,70 @@ def findings_by_shard(stage: KeyedStage, shards: Iterable[int]) -> dict[int, lis
         for shard, blob in resolve_bucket(stage, buckets[bucket]):
             found[shard].append(blob)
     return {s: unpack_findings(blobs) for s, blobs in found.items()}
+
+
+_COUNT = struct.Struct("<Q")  # a sectioned file starts with its section count
+_SECTION = struct.Struct("<QQ")  # then (offset, length) per section, then the sections
+
+
+def write_sections(loc: str, sections: dict[int, bytes], count: int) -> None:
+    """Write ``count`` sections (missing ones empty) as one file, committed whole."""
+    header = bytearray(_COUNT.size + _SECTION.size * count)
+    _COUNT.pack_into(header, 0, count)
+    offset = len(header)
+    for index in sorted(sections):
+        _SECTION.pack_into(header, _COUNT.size + _SECTION.size * index, offset, len(sections[index]))
+        offset += len(sections[index])
+    with storage.open_write(loc) as f:
+        f.write(header)
+        for index in sorted(sections):
+            f.write(sections[index])
+
+
+def read_section(loc: str, index: int, count: int) -> bytes:
+    """Section ``index`` of a file :func:`write_sections` wrote with ``count`` sections
+    (b"" when empty): two small reads, whatever the file's size."""
+    with storage.open_read(loc) as f:
+        head = f.read(_COUNT.size)
+        if len(head) != _COUNT.size or _COUNT.unpack(head)[0] != count:
+            raise ValueError(f"{loc}: not a keyed-step file of {count} sections")
+        f.seek(_COUNT.size + _SECTION.size * index)
+        offset, length = _SECTION.unpack(f.read(_SECTION.size))
+        if not length:
+            return b""
+        f.seek(offset)
+        data = f.read(length)
+    if len(data) != length:
+        raise ValueError(f"{loc}: section {index} is cut short")
+    return data
+
+
+class KeyedFiles:
+    """Where one keyed stage's signatures and findings files live in a version being
+    built, and the three phases that read and write them (each skips a file that
+    exists, which a resumed build wrote whole)."""
+
+    def __init__(self, layout: Layout, stage_name: str, num_shards: int):
+        self.dir = storage.join(layout.root, WORK_DIR, "keyed", stage_name)
+        self.shards = self.buckets = max(1, num_shards)
+
+    def signatures_file(self, shard: int) -> str:
+        return storage.join(self.dir, "signatures", f"{shard:05d}.bin")
+
+    def findings_file(self, bucket: int) -> str:
+        return storage.join(self.dir, "findings", f"{bucket:05d}.bin")
+
+    def write_signatures(self, stage: KeyedStage, shard: int) -> None:
+        loc = self.signatures_file(shard)
+        if not storage.exists(loc):
+            write_sections(loc, dict(packed_signatures(stage, shard, self.buckets)), self.buckets)
+
+    def resolve(self, stage: KeyedStage, bucket: int) -> None:
+        loc = self.findings_file(bucket)
+        if not storage.exists(loc):
+            blobs = (read_section(self.signatures_file(s), bucket, self.buckets) for s in range(self.shards))
+            write_sections(loc, dict(resolve_bucket(stage, (b for b in blobs if b))), self.shards)
+
+    def findings(self, shard: int) -> list:
+        blobs = (read_section(self.findings_file(b), shard, self.shards) for b in range(self.buckets))
+        return unpack_findings(b for b in blobs if b)
