@@ -72,3 +72,52 @@ class MemorySampler:
 
     def managed_mb(self) -> list[int]:
         return sorted(managed for _, managed in self.at_peak.values())
+
+
+def run_keyed_on_dask(run, cls, shards: int, workers: int, memory_limit: str | None = None) -> dict:
+    """Stage ``run`` (of class ``cls``, keyed or not) on ``shards`` shard ids, as a build
+    runs it (:func:`vlcurate.pipelines.beam.stage_step`), on Beam's DaskRunner over a fresh
+    local cluster: wall time, and each worker's peak RSS, idle RSS and growth, in MB."""
+    import tempfile
+    import time
+
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from vlcurate.pipelines.beam import run_to_completion, runner_defaults, stage_step
+    from vlcurate.pipelines.stage import Layout
+
+    with local_cluster(workers, memory_limit) as (cluster, client):
+        idle = client.run(peak_rss_mb)
+        layout = Layout(tempfile.mkdtemp(prefix=f"{run.name}-"))
+        options = PipelineOptions(["--runner=apache_beam.runners.dask.dask_runner.DaskRunner",
+                                   f"--dask_client_address={cluster.scheduler_address}",
+                                   *runner_defaults("DaskRunner", ())])
+        started = time.monotonic()
+        p = beam.Pipeline(options=options)
+        stage_step(p | beam.Create(list(range(shards))) | beam.Reshuffle(), run, layout, shards, cls)
+        run_to_completion(p)
+        seconds = time.monotonic() - started
+        peaks = client.run(peak_rss_mb)
+    return {"shards": shards, "seconds": seconds, "idle_mb": sorted(idle.values()), "peak_mb": sorted(peaks.values()),
+            "growth_mb": sorted(peaks[w] - idle[w] for w in peaks), "counts": _summed_counts(layout, run.name, shards)}
+
+
+def _summed_counts(layout, stage: str, shards: int) -> dict[str, int]:
+    """The stage's counts over every shard, from the stats markers the run wrote."""
+    import json
+
+    from vlcurate.io import storage
+
+    total: dict[str, int] = {}
+    for shard in range(shards):
+        for key, value in json.loads(storage.read_bytes(layout.stats(stage, shard)))["counts"].items():
+            total[key] = total.get(key, 0) + value
+    return total
+
+
+def rss_columns(result: dict) -> str:
+    """``peak, peak (idle, idle; +growth, +growth)`` of a :func:`run_keyed_on_dask` result."""
+    def join(values, sign=""):
+        return ", ".join(f"{sign}{v:.0f}" for v in values)
+    return f"{join(result['peak_mb'])}  ({join(result['idle_mb'])}; {join(result['growth_mb'], '+')})"

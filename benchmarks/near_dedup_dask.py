@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from vlcurate.filters.near_dedup import NearDedup, NearDedupConfig, band_masks  # noqa: E402
 from vlcurate.io.stats import ShardStats  # noqa: E402
-from vlcurate.pipelines.stage import Layout  # noqa: E402
-from dask_cluster import local_cluster, peak_rss_mb  # noqa: E402  (benchmarks/dask_cluster.py)
+from vlcurate.pipelines.beam import StageRun  # noqa: E402
+from dask_cluster import rss_columns, run_keyed_on_dask  # noqa: E402  (benchmarks/dask_cluster.py)
 
 
 @dataclass(frozen=True)
@@ -73,31 +71,6 @@ class SyntheticNearDedup(NearDedup):
 
 
 
-def run(cfg: SyntheticNearDedupConfig, workers: int, memory_limit: str | None = None) -> dict:
-    import apache_beam as beam
-    from apache_beam.options.pipeline_options import PipelineOptions
-
-    from vlcurate.pipelines.beam import StageRun, run_to_completion, runner_defaults, stage_step
-
-    shards = -(-cfg.hashes // cfg.per_shard)
-    with local_cluster(workers, memory_limit) as (cluster, client):
-        idle = client.run(peak_rss_mb)
-        layout = Layout(tempfile.mkdtemp(prefix="near-dedup-"))
-        run_ = StageRun("synthetic_near_dedup", "synthetic_near_dedup", cfg)
-        options = PipelineOptions(["--runner=apache_beam.runners.dask.dask_runner.DaskRunner",
-                                   f"--dask_client_address={cluster.scheduler_address}",
-                                   *runner_defaults("DaskRunner", ())])
-        started = time.monotonic()
-        p = beam.Pipeline(options=options)
-        ids = p | beam.Create(list(range(shards))) | beam.Reshuffle()
-        stage_step(ids, run_, layout, shards, SyntheticNearDedup)
-        run_to_completion(p)
-        seconds = time.monotonic() - started
-        peaks = client.run(peak_rss_mb)
-    return {"shards": shards, "seconds": seconds, "idle_mb": sorted(idle.values()), "peak_mb": sorted(peaks.values()),
-            "growth_mb": sorted(peaks[w] - idle[w] for w in peaks)}
-
-
 def main() -> None:
     for name in ("distributed", "apache_beam", "root"):
         logging.getLogger(name if name != "root" else None).setLevel(logging.ERROR)
@@ -112,11 +85,10 @@ def main() -> None:
     print(f"{'hashes':>9}{'distance':>9}{'shards':>8}{'seconds':>9}  worker peak RSS MB (idle before; growth)")
     for n in args.hashes:
         for d in args.distances:
-            r = run(SyntheticNearDedupConfig(distance=d, hashes=n, per_shard=args.per_shard), args.workers,
-                    args.memory_limit)
-            print(f"{n:>9}{d:>9}{r['shards']:>8}{r['seconds']:>9.1f}  {', '.join(f'{p:.0f}' for p in r['peak_mb'])}"
-                  f"  ({', '.join(f'{p:.0f}' for p in r['idle_mb'])}; {', '.join(f'+{g:.0f}' for g in r['growth_mb'])})",
-                  flush=True)
+            cfg = SyntheticNearDedupConfig(distance=d, hashes=n, per_shard=args.per_shard)
+            r = run_keyed_on_dask(StageRun("synthetic_near_dedup", "synthetic_near_dedup", cfg), SyntheticNearDedup,
+                                  -(-n // args.per_shard), args.workers, args.memory_limit)
+            print(f"{n:>9}{d:>9}{r['shards']:>8}{r['seconds']:>9.1f}  {rss_columns(r)}", flush=True)
 
 
 if __name__ == "__main__":
