@@ -71,9 +71,24 @@ class Extracted:
     base_url: str | None = None  # what relative URLs were resolved against
 
 
-# --- parser adapters: first_child / next / kind / attr / text ---------------------
+# --- parser adapters ---------------------------------------------------------------
+# Each gives the walk the parse, the node accessors (C-level property getters where the
+# binding has them, so reading a node costs no Python call of ours) and ``kinds``: what
+# the walk does with a node, looked up by ``key(node)``.
+
+OTHER, TEXT, SKIP, IMAGE, BLOCK = range(5)
+
+
+def _kinds_by_name(text: str, comment: str) -> dict[str, int]:
+    return {**dict.fromkeys(SKIP_TAGS, SKIP), **dict.fromkeys(BLOCK_TAGS, BLOCK), "img": IMAGE, text: TEXT,
+            comment: SKIP}
+
 
 class _Selectolax:
+    first_child, next, attrs = attrgetter("first_child"), attrgetter("next"), attrgetter("attributes")
+    key = attrgetter("tag_id")  # Lexbor's number of the tag: no name string is made per node
+    _kinds: dict[int, int] | None = None
+
     @staticmethod
     def parse(html: str) -> Any:
         from selectolax.lexbor import LexborHTMLParser
@@ -85,29 +100,32 @@ class _Selectolax:
         return tree.head, tree.body
 
     @staticmethod
-    def first_child(node: Any) -> Any:
-        return node.child
-
-    @staticmethod
-    def next(node: Any) -> Any:
-        return node.next
-
-    @staticmethod
-    def kind(node: Any) -> str:
-        return node.tag  # '-text', '-comment' or the element name
-
-    TEXT, COMMENT = "-text", "-comment"
-
-    @staticmethod
-    def attrs(node: Any) -> dict:
-        return node.attributes
+    def tag(node: Any) -> str | None:
+        return node.tag
 
     @staticmethod
     def text(node: Any) -> str:
         return node.text_content or ""
 
+    @classmethod
+    def kinds(cls) -> dict[int, int]:
+        """By tag id. Lexbor's ids of the standard tags are fixed; other elements get
+        ids of their own per document, which are none of these (so ``OTHER``)."""
+        if cls._kinds is None:
+            from selectolax.lexbor import LexborHTMLParser
+
+            tree = LexborHTMLParser("<p>text<!-- comment --></p>")
+            text = tree.css_first("p").first_child
+            ids = {"-text": text.tag_id, "-comment": text.next.tag_id}
+            cls._kinds = {ids[name] if name in ids else tree.create_node(name).tag_id: kind
+                          for name, kind in _kinds_by_name("-text", "-comment").items()}
+        return cls._kinds
+
 
 class _Resiliparse:
+    first_child, next = attrgetter("first_child"), attrgetter("next")
+    key = tag = attrgetter("tag")  # '#text', '#comment' or the element name
+
     @staticmethod
     def parse(html: str) -> Any:
         from resiliparse.parse.html import HTMLTree
@@ -119,20 +137,6 @@ class _Resiliparse:
         return tree.head, tree.body
 
     @staticmethod
-    def first_child(node: Any) -> Any:
-        return node.first_child
-
-    @staticmethod
-    def next(node: Any) -> Any:
-        return node.next
-
-    @staticmethod
-    def kind(node: Any) -> str:
-        return node.tag  # '#text', '#comment' or the element name
-
-    TEXT, COMMENT = "#text", "#comment"
-
-    @staticmethod
     def attrs(node: Any) -> dict:
         return {name: node.getattr(name) for name in node.attrs}
 
@@ -140,7 +144,12 @@ class _Resiliparse:
     def text(node: Any) -> str:
         return node.text or ""
 
+    @staticmethod
+    def kinds() -> dict[str, int]:
+        return _KINDS_BY_NAME
 
+
+_KINDS_BY_NAME = _kinds_by_name("#text", "#comment")
 _ADAPTERS = {"selectolax": _Selectolax, "resiliparse": _Resiliparse}
 
 
@@ -154,10 +163,6 @@ def _int(value: str | None) -> int | None:
 
 
 _BOILERPLATE_KEYS = frozenset({"hidden", "aria-hidden", "style", "role", "class", "id"})
-
-
-def _lexbor_text(node: Any) -> str:
-    return node.text_content or ""
 
 
 def _is_boilerplate(attrs: dict) -> bool:
@@ -248,7 +253,7 @@ def _head_info(adapter: Any, head: Any, page_url: str) -> tuple[str, str | None,
     base, robots, title = page_url, None, None
     node = adapter.first_child(head) if head is not None else None
     while node is not None:
-        tag = adapter.kind(node)
+        tag = adapter.tag(node)
         if tag == "base" and base == page_url and (href := adapter.attrs(node).get("href")):
             base = resolve_url(page_url, href) or page_url
         elif tag == "meta":
@@ -265,71 +270,88 @@ def _head_info(adapter: Any, head: Any, page_url: str) -> tuple[str, str | None,
 def extract(html: str, page_url: str, parser: Parser = "selectolax") -> Extracted:
     """Text blocks and images of ``html`` in reading order (see the module doc).
 
-    One walk for both parsers, through the adapters; with selectolax the node
-    accessors are bound directly (the walk is where the time goes: benchmarks/README.md).
-    A variant that did the boilerplate removal, image and block markers and the text
-    in Lexbor's C code (css queries, ``insert_before``/``after``, one ``text()`` call)
-    was measured 15% slower than this walk and removed."""
+    One walk for both parsers, through the adapters. The walk is where the time goes
+    (benchmarks/README.md, Interleaved documents), so it is written for that: a node's
+    kind is one dict lookup on its tag (Lexbor's tag id with selectolax), it goes
+    from a node to its next sibling and keeps on a stack only where to go on after a
+    subtree, and it reads attributes only of elements it might keep. A variant that did
+    the boilerplate removal, image and block markers and the text in Lexbor's C code
+    (css queries, ``insert_before``/``after``, one ``text()`` call) was measured 15%
+    slower than the walk and removed: a css query costs as much as walking the page."""
     adapter = _ADAPTERS[parser]
     tree = adapter.parse(html)
     head, body = adapter.head_body(tree)
     base, robots, title = _head_info(adapter, head, page_url)
     out = Extracted(robots=robots, title=title, base_url=base)
-    if body is None:
-        return out
-    text_kind, comment_kind = adapter.TEXT, adapter.COMMENT
-    first_child, nxt, kind, attrs_of, text_of = (adapter.first_child, adapter.next, adapter.kind, adapter.attrs,
-                                                 adapter.text)
-    if parser == "selectolax":  # the same accessors without a Python call each
-        first_child, nxt, kind, attrs_of, text_of = (attrgetter("child"), attrgetter("next"), attrgetter("tag"),
-                                                     attrgetter("attributes"), _lexbor_text)
+    if body is not None:  # the body is a block whose attributes do not count
+        _walk(adapter, adapter.first_child(body), base, out.nodes)
+    return out
+
+
+_END = object()  # on the walk's stack: a block element's subtree ends here
+
+
+def _walk(adapter: Any, node: Any, base: str, nodes: list[TextBlock | ImageRef]) -> None:
+    """Append the blocks and images of ``node``, its next siblings and their subtrees.
+    Iterative (broken markup nests deeply): the stack holds where to go on after a
+    subtree, and ``_END`` where a block's subtree ends."""
+    first_child, nxt, attrs_of, text_of, key = adapter.first_child, adapter.next, adapter.attrs, adapter.text, \
+        adapter.key
+    kind_of = adapter.kinds().get
     parts: list[str] = []
-    nodes = out.nodes
+    add_text = parts.append
+    stack: list[Any] = []
+    push, pop = stack.append, stack.pop
 
     def flush() -> None:
-        if parts:
-            text = " ".join("".join(parts).split())
-            parts.clear()
-            if text:
-                nodes.append(TextBlock(text))
+        text = " ".join("".join(parts).split())
+        parts.clear()
+        if text:
+            nodes.append(TextBlock(text))
 
-    # A stack of nodes to visit; None marks the end of a block element's subtree.
-    stack: list[Any] = [body]
-    while stack:
-        node = stack.pop()
+    while True:
         if node is None:
-            flush()
+            if not stack:
+                break
+            node = pop()
+            if node is _END:
+                if parts:
+                    flush()
+                node = pop()
             continue
-        tag = kind(node)
-        if tag == text_kind:
-            parts.append(text_of(node))
+        kind = kind_of(key(node), OTHER)
+        if kind == TEXT:
+            add_text(text_of(node))
+            node = nxt(node)
             continue
-        if tag == comment_kind or tag in SKIP_TAGS:
+        if kind == SKIP:
+            node = nxt(node)
             continue
         attrs = attrs_of(node)
-        if attrs and node is not body and not _BOILERPLATE_KEYS.isdisjoint(attrs) and _is_boilerplate(attrs):
+        if attrs and not _BOILERPLATE_KEYS.isdisjoint(attrs) and _is_boilerplate(attrs):
+            node = nxt(node)
             continue
-        if tag == "img":
-            src = image_source(attrs)
-            if src is None:
-                continue
-            flush()
-            alt = attrs.get("alt")
-            nodes.append(ImageRef(resolve_url(base, src), src, _SPACE.sub(" ", alt).strip() if alt else None,
-                                  _int(attrs.get("width")), _int(attrs.get("height"))))
+        if kind == IMAGE:
+            if (src := image_source(attrs)) is not None:
+                if parts:
+                    flush()
+                alt = attrs.get("alt")
+                nodes.append(ImageRef(resolve_url(base, src), src, _SPACE.sub(" ", alt).strip() if alt else None,
+                                      _int(attrs.get("width")), _int(attrs.get("height"))))
+            node = nxt(node)
             continue
-        block = tag in BLOCK_TAGS
-        if block:
-            flush()
-            stack.append(None)
-        children = []
         child = first_child(node)
-        while child is not None:
-            children.append(child)
-            child = nxt(child)
-        stack.extend(reversed(children))
-    flush()
-    return out
+        if kind == BLOCK and parts:
+            flush()
+        if child is None:
+            node = nxt(node)
+            continue
+        push(nxt(node))
+        if kind == BLOCK:
+            push(_END)
+        node = child
+    if parts:
+        flush()
 
 
 def bare_text(html: str, parser: Parser = "selectolax") -> str:
