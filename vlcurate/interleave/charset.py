@@ -64,14 +64,15 @@ def declared_charsets(content_type: str | None, body: bytes) -> list[tuple[str, 
     return found
 
 
-def _is_utf8_non_ascii(body: bytes) -> bool:
+def _utf8_non_ascii(body: bytes) -> str | None:
+    """The text of ``body`` when it is valid UTF-8 with non-ASCII characters, else None
+    (kept, so that a page is decoded once)."""
     if body.isascii():
-        return False
+        return None
     try:
-        body.decode("utf-8")
+        return body.decode("utf-8")
     except UnicodeDecodeError:
-        return False
-    return True
+        return None
 
 
 def _mess(text: str) -> float:
@@ -87,7 +88,8 @@ def decode_page(body: bytes, content_type: str | None = None) -> DecodedPage:
     for bom, codec in _BOMS:
         if body.startswith(bom):
             return DecodedPage(body[len(bom):].decode(codec, "replace"), codec, "bom", labels)
-    utf8 = _is_utf8_non_ascii(body)
+    utf8_text = _utf8_non_ascii(body)
+    utf8 = utf8_text is not None
     fits: list[tuple[str, str, str]] = []  # (source, codec, text)
     for source, label in declared:
         codec = _codec(label)
@@ -95,6 +97,9 @@ def decode_page(body: bytes, content_type: str | None = None) -> DecodedPage:
             continue
         if utf8 and codec in _SINGLE_BYTE_LATIN:
             continue  # a Latin label on valid UTF-8 bytes: the label is wrong
+        if utf8 and codec == "utf-8":
+            fits.append((source, codec, utf8_text))  # type: ignore[arg-type]
+            continue
         try:
             fits.append((source, codec, body.decode(codec)))
         except (UnicodeDecodeError, LookupError):
@@ -106,7 +111,7 @@ def decode_page(body: bytes, content_type: str | None = None) -> DecodedPage:
         source, codec, text = min(fits, key=lambda f: _mess(f[2]))  # ties: the earlier (header) wins
         return DecodedPage(text, codec, source, labels)
     if utf8 or body.isascii():
-        return DecodedPage(body.decode("utf-8"), "utf-8", "utf-8", labels)
+        return DecodedPage(utf8_text if utf8 else body.decode("utf-8"), "utf-8", "utf-8", labels)  # type: ignore[arg-type]
     from charset_normalizer import from_bytes
 
     matches = list(from_bytes(body[:200000], cp_isolation=list(DETECTED)))

@@ -16,13 +16,19 @@ from dataclasses import dataclass, field
 from vlcurate.interleave.extract import ImageRef, TextBlock
 from vlcurate.typed import bounded, check_bounds
 
-# Path words of tracking pixels and of icons, logos and other page furniture.
-_TRACKING = re.compile(r"(?:^|[/_.-])(?:pixel|tracking|tracker|beacon|1x1|spacer|blank|transparent|clear)"
-                       r"(?:[/_.-]|$)", re.I)
-_ICON = re.compile(r"(?:^|[/_.-])(?:favicon|icons?|logos?|sprites?|emoji|emoticons?|avatars?|badges?|buttons?"
-                   r"|arrows?|bullets?|spinner|loader|loading|placeholder)(?:[/_.-]|\d|$)", re.I)
+# Path words of tracking pixels and of icons, logos and other page furniture. A path
+# starts with "/", so a word at its start follows a separator too; starting the patterns
+# with a character class lets the regex engine scan for it, and ``_FURNITURE`` (either
+# kind of word) spares most images the second search.
+_TRACKING_WORDS = "pixel|tracking|tracker|beacon|1x1|spacer|blank|transparent|clear"
+_ICON_WORDS = ("favicon|icons?|logos?|sprites?|emoji|emoticons?|avatars?|badges?|buttons?|arrows?|bullets?|spinner"
+               "|loader|loading|placeholder")
+_TRACKING = re.compile(rf"[/_.-](?:{_TRACKING_WORDS})(?:[/_.-]|$)", re.I)
+_ICON = re.compile(rf"[/_.-](?:{_ICON_WORDS})(?:[/_.-]|\d|$)", re.I)
+_FURNITURE = re.compile(rf"[/_.-](?:{_TRACKING_WORDS}|{_ICON_WORDS})", re.I)
 _UNSUPPORTED = (".svg", ".ico", ".cur")
 PAGE_TEXT_SEPARATOR = "\n\n"
+_to_json = json.JSONEncoder(ensure_ascii=False, sort_keys=True).encode  # made once: json.dumps makes one a call
 
 
 @dataclass(frozen=True)
@@ -92,9 +98,10 @@ def image_problem(image: ImageRef, rules: DocumentRules) -> tuple[str, str] | No
     if name.endswith(_UNSUPPORTED):
         return "unsupported_format", name
     w, h = image.width, image.height
-    if (w is not None and w <= 2) or (h is not None and h <= 2) or _TRACKING.search(path):
+    furniture = _FURNITURE.search(path) is not None
+    if (w is not None and w <= 2) or (h is not None and h <= 2) or (furniture and _TRACKING.search(path)):
         return "tracking_image", f"{w}x{h} {path[-100:]}"
-    if _ICON.search(path):
+    if furniture and _ICON.search(path):
         return "icon_image", path[-100:]
     if w is not None and h is not None:
         if min(w, h) < rules.min_image_size:
@@ -184,8 +191,8 @@ def obelics_row(key: str, doc: Document, general: dict, image_keys: list[str]) -
             meta.append({"document_url": general.get("url"), "unformatted_src": node.src, "src": node.url,
                          "alt_text": node.alt, "declared_width": node.width, "declared_height": node.height,
                          "image_key": next(keys)})
-    return {"key": key, "images": images, "metadata": json.dumps(meta, ensure_ascii=False, sort_keys=True),
-            "general_metadata": json.dumps(general, ensure_ascii=False, sort_keys=True), "texts": texts}
+    return {"key": key, "images": images, "metadata": _to_json(meta), "general_metadata": _to_json(general),
+            "texts": texts}
 
 
 def document_from_row(row: dict) -> tuple[Document, list[dict]]:

@@ -45,8 +45,7 @@ _BOILERPLATE_NAME = re.compile(
     r"|related|advert|advertisement|ads?|sponsored|promo|popup|modal|newsletter|subscribe|skip-link)(?:[\s_-]|$)",
     re.I)
 _HIDDEN_STYLE = re.compile(r"display\s*:\s*none|visibility\s*:\s*hidden", re.I)
-_SPACE = re.compile(r"\s+")
-_LAZY_ATTRS = ("data-src", "data-lazy-src", "data-original", "data-lazy")
+_SOURCE_ATTRS = ("data-src", "data-lazy-src", "data-original", "data-lazy", "src")  # lazy-loading ones first
 
 
 @dataclass(frozen=True)
@@ -99,13 +98,11 @@ class _Selectolax:
     def head_body(tree: Any) -> tuple[Any, Any]:
         return tree.head, tree.body
 
+    text = attrgetter("text_content")  # None for an empty text node
+
     @staticmethod
     def tag(node: Any) -> str | None:
         return node.tag
-
-    @staticmethod
-    def text(node: Any) -> str:
-        return node.text_content or ""
 
     @classmethod
     def kinds(cls) -> dict[int, int]:
@@ -123,7 +120,7 @@ class _Selectolax:
 
 
 class _Resiliparse:
-    first_child, next = attrgetter("first_child"), attrgetter("next")
+    first_child, next, text = attrgetter("first_child"), attrgetter("next"), attrgetter("text")
     key = tag = attrgetter("tag")  # '#text', '#comment' or the element name
 
     @staticmethod
@@ -139,10 +136,6 @@ class _Resiliparse:
     @staticmethod
     def attrs(node: Any) -> dict:
         return {name: node.getattr(name) for name in node.attrs}
-
-    @staticmethod
-    def text(node: Any) -> str:
-        return node.text or ""
 
     @staticmethod
     def kinds() -> dict[str, int]:
@@ -176,19 +169,18 @@ def _is_boilerplate(attrs: dict) -> bool:
     return bool(names.strip()) and bool(_BOILERPLATE_NAME.search(names))
 
 
+_SRCSET_URL = re.compile(r"[\s,]*(\S*)")  # separators, then a URL: it runs to whitespace
+_DESCRIPTOR_SIZE = re.compile(r"([\d.]+)[wx]$")
+
+
 def srcset_candidates(srcset: str) -> list[tuple[str, float]]:
     """``(url, size)`` of each candidate, parsed as the HTML standard says: a URL runs to
     whitespace (commas inside it stay; trailing ones end it), then descriptors to the
     next comma; size is the ``w`` or ``x`` value, 1 when there is none."""
     out, i, n = [], 0, len(srcset)
     while i < n:
-        while i < n and (srcset[i].isspace() or srcset[i] == ","):
-            i += 1
-        j = i
-        while j < n and not srcset[j].isspace():
-            j += 1
-        url = srcset[i:j]
-        i = j
+        m = _SRCSET_URL.match(srcset, i)
+        url, i = m.group(1), m.end()  # type: ignore[union-attr]  # it matches everywhere
         descriptor = ""
         if url.endswith(","):
             url = url.rstrip(",")
@@ -198,8 +190,8 @@ def srcset_candidates(srcset: str) -> list[tuple[str, float]]:
             descriptor, i = srcset[i:k].strip(), k + 1
         if not url:
             continue
-        m = re.match(r"([\d.]+)[wx]$", descriptor.split()[0]) if descriptor else None
-        out.append((url, float(m.group(1)) if m else 1.0))
+        size = _DESCRIPTOR_SIZE.match(descriptor.split()[0]) if descriptor else None
+        out.append((url, float(size.group(1)) if size else 1.0))
     return out
 
 
@@ -219,7 +211,7 @@ def image_source(attrs: dict) -> str | None:
     for name in ("srcset", "data-srcset"):
         if (value := attrs.get(name)) and (url := best_srcset(value)) and not url.startswith("data:"):
             return url
-    for name in (*_LAZY_ATTRS, "src"):
+    for name in _SOURCE_ATTRS:
         value = (attrs.get(name) or "").strip()
         if value and not value.startswith("data:"):
             return value
@@ -262,7 +254,7 @@ def _head_info(adapter: Any, head: Any, page_url: str) -> tuple[str, str | None,
                 robots = ", ".join(filter(None, [robots, attrs.get("content") or ""]))
         elif tag == "title" and title is None:
             child = adapter.first_child(node)
-            title = _SPACE.sub(" ", adapter.text(child)).strip() if child is not None else None
+            title = " ".join((adapter.text(child) or "").split()) if child is not None else None
         node = adapter.next(node)
     return base, robots, title
 
@@ -321,7 +313,7 @@ def _walk(adapter: Any, node: Any, base: str, nodes: list[TextBlock | ImageRef])
             continue
         kind = kind_of(key(node), OTHER)
         if kind == TEXT:
-            add_text(text_of(node))
+            add_text(text_of(node) or "")
             node = nxt(node)
             continue
         if kind == SKIP:
@@ -336,7 +328,7 @@ def _walk(adapter: Any, node: Any, base: str, nodes: list[TextBlock | ImageRef])
                 if parts:
                     flush()
                 alt = attrs.get("alt")
-                nodes.append(ImageRef(resolve_url(base, src), src, _SPACE.sub(" ", alt).strip() if alt else None,
+                nodes.append(ImageRef(resolve_url(base, src), src, " ".join(alt.split()) if alt else None,
                                       _int(attrs.get("width")), _int(attrs.get("height"))))
             node = nxt(node)
             continue
