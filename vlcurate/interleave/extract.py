@@ -264,9 +264,9 @@ def extract(html: str, page_url: str, parser: Parser = "selectolax") -> Extracte
 
     One walk for both parsers, through the adapters. The walk is where the time goes
     (benchmarks/README.md, Interleaved documents), so it is written for that: a node's
-    kind is one dict lookup on its tag (Lexbor's tag id with selectolax), it goes
-    from a node to its next sibling and keeps on a stack only where to go on after a
-    subtree, and it reads attributes only of elements it might keep. A variant that did
+    kind is one dict lookup on its tag (Lexbor's tag id with selectolax: no name string
+    per node), it goes from a node to its next sibling and keeps on a stack only where
+    to go on after a subtree, and what it skips by tag it skips unread. A variant that did
     the boilerplate removal, image and block markers and the text in Lexbor's C code
     (css queries, ``insert_before``/``after``, one ``text()`` call) was measured 15%
     slower than the walk and removed: a css query costs as much as walking the page."""
