@@ -55,7 +55,7 @@ class DocumentRules:
         check_bounds(self)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen, as the types of extract.py: one is made per image of every page
 class ImageOutcome:
     """What became of one image of a page (``index``: its place among the page's images)."""
 
@@ -125,19 +125,20 @@ def select_nodes(nodes: list[TextBlock | ImageRef], rules: DocumentRules, images
                  counts: dict[str, int]) -> tuple[Document, list[ImageOutcome]]:
     """The document's kept nodes, and an outcome for every image of the page.
     ``images_opted_out``: the directive that opts the page's images out, if any."""
-    doc = Document(word_count=0)
+    kept: list[TextBlock | ImageRef] = []
     outcomes: list[ImageOutcome] = []
     seen: set[str] = set()
+    min_words, max_words, words_kept = rules.min_node_words, rules.max_node_words, 0
     for node in nodes:
         if isinstance(node, TextBlock):
             words = node.text.count(" ") + 1  # blocks are whitespace-collapsed: words = spaces + 1
-            if words < rules.min_node_words:
+            if words < min_words:
                 counts["text_nodes.too_short"] = counts.get("text_nodes.too_short", 0) + 1
-            elif words > rules.max_node_words:
+            elif words > max_words:
                 counts["text_nodes.too_long"] = counts.get("text_nodes.too_long", 0) + 1
             else:
-                doc.nodes.append(node)
-                doc.word_count += words  # type: ignore[operator]
+                kept.append(node)
+                words_kept += words
             continue
         index = len(outcomes)
         problem = ("opted_out", images_opted_out) if images_opted_out else image_problem(node, rules)
@@ -148,8 +149,8 @@ def select_nodes(nodes: list[TextBlock | ImageRef], rules: DocumentRules, images
             continue
         seen.add(node.url)  # type: ignore[arg-type]
         outcomes.append(ImageOutcome(index, node.url, node.src, node.alt, True))
-        doc.nodes.append(node)
-    return doc, outcomes
+        kept.append(node)
+    return Document(kept, words_kept), outcomes
 
 
 def document_problem(doc: Document, rules: DocumentRules) -> tuple[str, str] | None:

@@ -48,12 +48,15 @@ _HIDDEN_STYLE = re.compile(r"display\s*:\s*none|visibility\s*:\s*hidden", re.I)
 _SOURCE_ATTRS = ("data-src", "data-lazy-src", "data-original", "data-lazy", "src")  # lazy-loading ones first
 
 
-@dataclass(frozen=True)
+# The extraction's value types are made for every block and image of every page: not
+# frozen, since a frozen dataclass's __init__ costs several times a plain one with slots
+# (benchmarks/README.md, Interleaved documents). Nothing changes them after they are made.
+@dataclass(slots=True)
 class TextBlock:
     text: str
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class ImageRef:
     url: str | None  # absolute http(s) URL, None when none could be made
     src: str  # the attribute value it came from, as written
