@@ -46,12 +46,18 @@ class DecodedPage:
     declared: tuple[str, ...]  # the declared labels, as written (header first)
 
 
+# Python codecs a label may name that are no page encoding (none is in the WHATWG
+# Encoding Standard): they "decode" any bytes to nonsense, or fail with errors of their own.
+_NOT_PAGE_CODECS = frozenset({"undefined", "punycode", "idna", "unicode-escape", "raw-unicode-escape", "utf-7"})
+
+
 def _codec(label: str) -> str | None:
     label = label.strip().lower()
     try:
-        return codecs.lookup(_ALIASES.get(label, label)).name
+        name = codecs.lookup(_ALIASES.get(label, label)).name
     except LookupError:
         return None
+    return None if name in _NOT_PAGE_CODECS else name
 
 
 def declared_charsets(content_type: str | None, body: bytes) -> list[tuple[str, str]]:
@@ -102,7 +108,7 @@ def decode_page(body: bytes, content_type: str | None = None) -> DecodedPage:
             continue
         try:
             fits.append((source, codec, body.decode(codec)))
-        except (UnicodeDecodeError, LookupError):
+        except (UnicodeError, LookupError):  # UnicodeError: "undefined", "punycode" and the like
             continue
     if len(fits) == 1 or (fits and body.isascii()):
         source, codec, text = fits[0]

@@ -149,13 +149,25 @@ _KINDS_BY_NAME = _kinds_by_name("#text", "#comment")
 _ADAPTERS = {"selectolax": _Selectolax, "resiliparse": _Resiliparse}
 
 
+_LEADING_DIGITS = re.compile(r"[\t\n\f\r ]*([0-9]+)")
+_MAX_SIZE_DIGITS = 18  # more is no image's size (and int() refuses past 4300 digits)
+
+
 def _int(value: str | None) -> int | None:
+    """A declared ``width``/``height``: the ASCII digits after leading whitespace (as
+    HTML's dimension values are read: ``300px`` is 300), or None, the same as a missing
+    attribute, when there are none or too many of them. Other digits ``str.isdigit``
+    takes (superscripts, other scripts' digits) are none: a page's bad size is an unknown
+    size, never an error."""
     if not value:
         return None
-    if value.isdigit():
-        return int(value)
-    m = re.match(r"\s*(\d+)", value)
-    return int(m.group(1)) if m else None
+    if value.isascii() and value.isdigit():
+        digits = value
+    elif m := _LEADING_DIGITS.match(value):
+        digits = m.group(1)
+    else:
+        return None
+    return int(digits) if len(digits) <= _MAX_SIZE_DIGITS else None
 
 
 _BOILERPLATE_KEYS = frozenset({"hidden", "aria-hidden", "style", "role", "class", "id"})
@@ -172,14 +184,58 @@ def _is_boilerplate(attrs: dict) -> bool:
     return bool(names.strip()) and bool(_BOILERPLATE_NAME.search(names))
 
 
+_INF = float("inf")
 _SRCSET_URL = re.compile(r"[\s,]*(\S*)")  # separators, then a URL: it runs to whitespace
-_DESCRIPTOR_SIZE = re.compile(r"([\d.]+)[wx]$")
+# one descriptor: a width (a positive integer), a density (a non-negative floating-point
+# number, as HTML writes them: no "+", no "1.", no "nan") or a height (with a width only)
+_DESCRIPTOR = re.compile(r"([0-9]+)w|(-?(?:[0-9]+(?:\.[0-9]+)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?)x|([0-9]+)h")
+
+
+def _candidate_size(descriptor: str) -> float | None:
+    """The size a candidate's descriptors give (1 when there are none), or None when they
+    are not valid ones: the HTML standard drops such a candidate, so the walk does too."""
+    if m := _DESCRIPTOR.fullmatch(descriptor):  # the common case: one descriptor
+        if m.lastindex == 1:
+            width = float(m.group(1))
+            return width if 0 < width < _INF else None
+        if m.lastindex == 2:
+            density = float(m.group(2))
+            return density if 0 <= density < _INF else None
+        return None  # a height alone
+    width = density = height = None
+    for token in descriptor.split():
+        m = _DESCRIPTOR.fullmatch(token)
+        if m is None:
+            return None
+        w, x, h = m.groups()
+        if w is not None:
+            if width is not None or density is not None:
+                return None
+            width = float(w)
+            if width == 0:
+                return None
+        elif x is not None:
+            if width is not None or density is not None or height is not None:
+                return None
+            density = float(x)
+            if density < 0:
+                return None
+        else:
+            if height is not None or density is not None or float(h) == 0:
+                return None
+            height = h
+    if height is not None and width is None:
+        return None
+    size = width if width is not None else density if density is not None else 1.0
+    return size if size < _INF else None  # a number past a float's range is no size
 
 
 def srcset_candidates(srcset: str) -> list[tuple[str, float]]:
     """``(url, size)`` of each candidate, parsed as the HTML standard says: a URL runs to
     whitespace (commas inside it stay; trailing ones end it), then descriptors to the
-    next comma; size is the ``w`` or ``x`` value, 1 when there is none."""
+    next comma; size is the ``w`` or ``x`` value, 1 when there is none. A candidate
+    whose descriptors are not valid ones (``.w``, ``1.2.3x``, ``abcw``, ``nanx``, ``-1x``,
+    a number past a float's range) is left out, the others stand."""
     out, i, n = [], 0, len(srcset)
     while i < n:
         m = _SRCSET_URL.match(srcset, i)
@@ -193,8 +249,9 @@ def srcset_candidates(srcset: str) -> list[tuple[str, float]]:
             descriptor, i = srcset[i:k].strip(), k + 1
         if not url:
             continue
-        size = _DESCRIPTOR_SIZE.match(descriptor.split()[0]) if descriptor else None
-        out.append((url, float(size.group(1)) if size else 1.0))
+        size = _candidate_size(descriptor) if descriptor else 1.0
+        if size is not None:
+            out.append((url, size))
     return out
 
 
