@@ -113,3 +113,17 @@ def test_a_charset_label_naming_no_page_encoding_is_passed_over(label):
         body = html.encode(codec)
         for got in (decode_page(body, None), decode_page(body, f"text/html; charset={label}")):
             assert text in got.text and got.charset == codec, (codec, got.charset)
+
+
+def test_a_page_declaring_the_undefined_codec_is_a_document():
+    """``decode_page`` runs outside the stage's per-page guard: its error lost the shard."""
+    from vlcurate.interleave.pages import PageRecord
+    from vlcurate.interleave.stage import InterleaveConfig, InterleaveStage
+    from vlcurate.pipelines.stage import Layout
+
+    html = _page('<img src="/mill.jpg" width="640" height="480">').replace(
+        "<html>", '<html><head><meta charset="undefined"></head>')
+    stage = InterleaveStage(InterleaveConfig(), Layout("/nowhere"))
+    record = PageRecord(7, "response", BASE, "x.warc.gz", 200, "text/html; charset=punycode", body=html.encode())
+    out = stage.process_page(0, record, None, {})
+    assert (out.page["status"], out.page["charset"], out.page["images"]) == ("document", "utf-8", 1)
