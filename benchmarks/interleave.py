@@ -12,7 +12,11 @@ rounds (CPU time of this process, so the figure is per core):
   parse and node access);
 - ``stage``: the ``interleave`` stage's ``run_shard`` on the WARC (reading the
   records, everything above with the default parser, and writing the three Parquet
-  files), per page.
+  files), per page;
+- with ``--breakdown``, ``upto-<step>``: extract-selectolax stopped after the charset
+  decision, the parse, the walk, the rules, the row (results dropped at once, so
+  ``upto-row`` is extract-selectolax without keeping 2000 rows), so differences between
+  rows are what each step costs in place.
 
     python benchmarks/interleave.py --pages 2000 --rounds 5
 """
@@ -29,6 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from selectolax.lexbor import LexborHTMLParser
+
 from vlcurate.demo.pages import CrawlRecord, varied_page, write_warc
 from vlcurate.interleave.charset import decode_page
 from vlcurate.interleave.documents import DocumentRules, document_problem, obelics_row, select_nodes
@@ -43,6 +49,26 @@ def extract_page(body: bytes, content_type: str, url: str, parser: str, rules: D
         return None
     keys = [f"k_{o.index:03d}" for o in outcomes if o.keep]
     return obelics_row("k", doc, {"url": url, "title": extracted.title}, keys)
+
+
+def page_steps(body: bytes, content_type: str, url: str, rules: DocumentRules, upto: str) -> None:
+    """``extract_page`` with selectolax, stopped after the step ``upto`` (``--breakdown``).
+    Nothing is returned, so that no step's figure includes keeping its results."""
+    text = decode_page(body, content_type).text
+    if upto == "decode":
+        return
+    if upto == "parse":
+        tree = LexborHTMLParser(text)
+        _ = tree.head, tree.body
+        return
+    extracted = extract(text, url, "selectolax")
+    if upto == "walk":
+        return
+    doc, outcomes = select_nodes(extracted.nodes, rules, None, {})
+    if document_problem(doc, rules) or upto == "rules":
+        return
+    obelics_row("k", doc, {"url": url, "title": extracted.title},
+                [f"k_{o.index:03d}" for o in outcomes if o.keep])
 
 
 def run_stage(warc: Path, work: Path) -> float:
@@ -70,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pages", type=int, default=2000)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--json", type=Path, help="also write the figures here")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="also time extract-selectolax stopped after each step (decode, parse, walk, rules, row)")
     args = ap.parse_args(argv)
     rng = random.Random(14)
     pages = [varied_page(i, rng) for i in range(args.pages)]
@@ -90,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
             "extract-resiliparse": lambda: [extract_page(b, ct, u, "resiliparse", rules)
                                             for (b, ct), u in zip(pages, urls)],
         }
+        for step in ("decode", "parse", "walk", "rules", "row") if args.breakdown else ():
+            variants[f"  upto-{step}"] = lambda step=step: [page_steps(b, ct, u, rules, step)
+                                                          for (b, ct), u in zip(pages, urls)]
         times: dict[str, list[float]] = {name: [] for name in [*variants, "stage"]}
         load = os.getloadavg()
         for r in range(args.rounds):
@@ -104,10 +135,10 @@ def main(argv: list[str] | None = None) -> int:
     floor = rate["floor-selectolax"]
     print(f"{args.pages} pages, mean {size / 1024:.1f} KB; documents kept: {kept}; "
           f"load average {load[0]:.1f} before, {load_after[0]:.1f} after; {args.rounds} alternating rounds")
-    print(f"{'variant':<22}{'pages/s/core':>14}{'vs floor-selectolax':>22}{'spread':>10}")
+    print(f"{'variant':<22}{'pages/s/core':>14}{'us/page':>10}{'vs floor-selectolax':>22}{'spread':>10}")
     for name, ts in times.items():
         spread = (max(ts) - min(ts)) / statistics.median(ts)
-        print(f"{name:<22}{rate[name]:>14,.0f}{rate[name] / floor:>22.2f}{spread:>10.0%}")
+        print(f"{name:<22}{rate[name]:>14,.0f}{1e6 / rate[name]:>10.0f}{rate[name] / floor:>22.2f}{spread:>10.0%}")
     if args.json:
         args.json.write_text(json.dumps({"pages": args.pages, "mean_bytes": size, "rate": rate, "times": times,
                                          "load": [load, load_after], "kept": kept}, indent=1))

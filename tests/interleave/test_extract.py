@@ -122,3 +122,22 @@ def test_a_page_the_parser_fails_on_is_a_row_not_a_lost_shard(monkeypatch):
     out = stage.process_page(0, record, None, {})
     assert (out.page["status"], out.page["reason"]) == ("dropped", "extraction_error")
     assert "RecursionError" in out.page["detail"] and out.document is None
+
+
+def test_lexbor_tag_ids_classify_nodes_as_their_names_do():
+    """The selectolax walk looks a node's kind up by Lexbor's tag id; on a page holding
+    every tag the walk names (and custom elements, whose ids are made per document),
+    each node's kind by id is its kind by name."""
+    from selectolax.lexbor import LexborHTMLParser
+
+    from vlcurate.interleave.extract import BLOCK_TAGS, OTHER, SKIP_TAGS, _kinds_by_name, _Selectolax
+
+    by_name, by_id = _kinds_by_name("-text", "-comment"), _Selectolax.kinds()
+    names = sorted(SKIP_TAGS | BLOCK_TAGS | {"img", "span", "a", "x-widget", "my-card"})
+    seen = set()
+    for html in ("".join(f"<{n}>text<!-- c --></{n}>" for n in names),
+                 "".join(f"<div><{n} class='x'>t</{n}></div>" for n in names)):
+        for node in LexborHTMLParser(html).root.traverse(include_text=True):
+            seen.add(node.tag)
+            assert by_id.get(node.tag_id, OTHER) == by_name.get(node.tag, OTHER), node.tag
+    assert {"img", "p", "nav", "-text", "-comment", "x-widget"} <= seen

@@ -46,12 +46,18 @@ class DecodedPage:
     declared: tuple[str, ...]  # the declared labels, as written (header first)
 
 
+# Python codecs a label may name that are no page encoding (none is in the WHATWG
+# Encoding Standard): they "decode" any bytes to nonsense, or fail with errors of their own.
+_NOT_PAGE_CODECS = frozenset({"undefined", "punycode", "idna", "unicode-escape", "raw-unicode-escape", "utf-7"})
+
+
 def _codec(label: str) -> str | None:
     label = label.strip().lower()
     try:
-        return codecs.lookup(_ALIASES.get(label, label)).name
+        name = codecs.lookup(_ALIASES.get(label, label)).name
     except LookupError:
         return None
+    return None if name in _NOT_PAGE_CODECS else name
 
 
 def declared_charsets(content_type: str | None, body: bytes) -> list[tuple[str, str]]:
@@ -64,14 +70,15 @@ def declared_charsets(content_type: str | None, body: bytes) -> list[tuple[str, 
     return found
 
 
-def _is_utf8_non_ascii(body: bytes) -> bool:
+def _utf8_non_ascii(body: bytes) -> str | None:
+    """The text of ``body`` when it is valid UTF-8 with non-ASCII characters, else None
+    (kept, so that a page is decoded once)."""
     if body.isascii():
-        return False
+        return None
     try:
-        body.decode("utf-8")
+        return body.decode("utf-8")
     except UnicodeDecodeError:
-        return False
-    return True
+        return None
 
 
 def _mess(text: str) -> float:
@@ -87,7 +94,8 @@ def decode_page(body: bytes, content_type: str | None = None) -> DecodedPage:
     for bom, codec in _BOMS:
         if body.startswith(bom):
             return DecodedPage(body[len(bom):].decode(codec, "replace"), codec, "bom", labels)
-    utf8 = _is_utf8_non_ascii(body)
+    utf8_text = _utf8_non_ascii(body)
+    utf8 = utf8_text is not None
     fits: list[tuple[str, str, str]] = []  # (source, codec, text)
     for source, label in declared:
         codec = _codec(label)
@@ -95,9 +103,12 @@ def decode_page(body: bytes, content_type: str | None = None) -> DecodedPage:
             continue
         if utf8 and codec in _SINGLE_BYTE_LATIN:
             continue  # a Latin label on valid UTF-8 bytes: the label is wrong
+        if utf8 and codec == "utf-8":
+            fits.append((source, codec, utf8_text))  # type: ignore[arg-type]
+            continue
         try:
             fits.append((source, codec, body.decode(codec)))
-        except (UnicodeDecodeError, LookupError):
+        except (UnicodeError, LookupError):  # UnicodeError: "undefined", "punycode" and the like
             continue
     if len(fits) == 1 or (fits and body.isascii()):
         source, codec, text = fits[0]
@@ -106,7 +117,7 @@ def decode_page(body: bytes, content_type: str | None = None) -> DecodedPage:
         source, codec, text = min(fits, key=lambda f: _mess(f[2]))  # ties: the earlier (header) wins
         return DecodedPage(text, codec, source, labels)
     if utf8 or body.isascii():
-        return DecodedPage(body.decode("utf-8"), "utf-8", "utf-8", labels)
+        return DecodedPage(utf8_text if utf8 else body.decode("utf-8"), "utf-8", "utf-8", labels)  # type: ignore[arg-type]
     from charset_normalizer import from_bytes
 
     matches = list(from_bytes(body[:200000], cp_isolation=list(DETECTED)))

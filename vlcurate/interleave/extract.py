@@ -45,16 +45,18 @@ _BOILERPLATE_NAME = re.compile(
     r"|related|advert|advertisement|ads?|sponsored|promo|popup|modal|newsletter|subscribe|skip-link)(?:[\s_-]|$)",
     re.I)
 _HIDDEN_STYLE = re.compile(r"display\s*:\s*none|visibility\s*:\s*hidden", re.I)
-_SPACE = re.compile(r"\s+")
-_LAZY_ATTRS = ("data-src", "data-lazy-src", "data-original", "data-lazy")
+_SOURCE_ATTRS = ("data-src", "data-lazy-src", "data-original", "data-lazy", "src")  # lazy-loading ones first
 
 
-@dataclass(frozen=True)
+# The extraction's value types are made for every block and image of every page: not
+# frozen, since a frozen dataclass's __init__ costs several times a plain one with slots
+# (benchmarks/README.md, Interleaved documents). Nothing changes them after they are made.
+@dataclass(slots=True)
 class TextBlock:
     text: str
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class ImageRef:
     url: str | None  # absolute http(s) URL, None when none could be made
     src: str  # the attribute value it came from, as written
@@ -71,9 +73,24 @@ class Extracted:
     base_url: str | None = None  # what relative URLs were resolved against
 
 
-# --- parser adapters: first_child / next / kind / attr / text ---------------------
+# --- parser adapters ---------------------------------------------------------------
+# Each gives the walk the parse, the node accessors (C-level property getters where the
+# binding has them, so reading a node costs no Python call of ours) and ``kinds``: what
+# the walk does with a node, looked up by ``key(node)``.
+
+OTHER, TEXT, SKIP, IMAGE, BLOCK = range(5)
+
+
+def _kinds_by_name(text: str, comment: str) -> dict[str, int]:
+    return {**dict.fromkeys(SKIP_TAGS, SKIP), **dict.fromkeys(BLOCK_TAGS, BLOCK), "img": IMAGE, text: TEXT,
+            comment: SKIP}
+
 
 class _Selectolax:
+    first_child, next, attrs = attrgetter("first_child"), attrgetter("next"), attrgetter("attributes")
+    key = attrgetter("tag_id")  # Lexbor's number of the tag: no name string is made per node
+    _kinds: dict[int, int] | None = None
+
     @staticmethod
     def parse(html: str) -> Any:
         from selectolax.lexbor import LexborHTMLParser
@@ -84,30 +101,31 @@ class _Selectolax:
     def head_body(tree: Any) -> tuple[Any, Any]:
         return tree.head, tree.body
 
-    @staticmethod
-    def first_child(node: Any) -> Any:
-        return node.child
+    text = attrgetter("text_content")  # None for an empty text node
 
     @staticmethod
-    def next(node: Any) -> Any:
-        return node.next
+    def tag(node: Any) -> str | None:
+        return node.tag
 
-    @staticmethod
-    def kind(node: Any) -> str:
-        return node.tag  # '-text', '-comment' or the element name
+    @classmethod
+    def kinds(cls) -> dict[int, int]:
+        """By tag id. Lexbor's ids of the standard tags are fixed; other elements get
+        ids of their own per document, which are none of these (so ``OTHER``)."""
+        if cls._kinds is None:
+            from selectolax.lexbor import LexborHTMLParser
 
-    TEXT, COMMENT = "-text", "-comment"
-
-    @staticmethod
-    def attrs(node: Any) -> dict:
-        return node.attributes
-
-    @staticmethod
-    def text(node: Any) -> str:
-        return node.text_content or ""
+            tree = LexborHTMLParser("<p>text<!-- comment --></p>")
+            text = tree.css_first("p").first_child
+            ids = {"-text": text.tag_id, "-comment": text.next.tag_id}
+            cls._kinds = {ids[name] if name in ids else tree.create_node(name).tag_id: kind
+                          for name, kind in _kinds_by_name("-text", "-comment").items()}
+        return cls._kinds
 
 
 class _Resiliparse:
+    first_child, next, text = attrgetter("first_child"), attrgetter("next"), attrgetter("text")
+    key = tag = attrgetter("tag")  # '#text', '#comment' or the element name
+
     @staticmethod
     def parse(html: str) -> Any:
         from resiliparse.parse.html import HTMLTree
@@ -119,45 +137,40 @@ class _Resiliparse:
         return tree.head, tree.body
 
     @staticmethod
-    def first_child(node: Any) -> Any:
-        return node.first_child
-
-    @staticmethod
-    def next(node: Any) -> Any:
-        return node.next
-
-    @staticmethod
-    def kind(node: Any) -> str:
-        return node.tag  # '#text', '#comment' or the element name
-
-    TEXT, COMMENT = "#text", "#comment"
-
-    @staticmethod
     def attrs(node: Any) -> dict:
         return {name: node.getattr(name) for name in node.attrs}
 
     @staticmethod
-    def text(node: Any) -> str:
-        return node.text or ""
+    def kinds() -> dict[str, int]:
+        return _KINDS_BY_NAME
 
 
+_KINDS_BY_NAME = _kinds_by_name("#text", "#comment")
 _ADAPTERS = {"selectolax": _Selectolax, "resiliparse": _Resiliparse}
 
 
+_LEADING_DIGITS = re.compile(r"[\t\n\f\r ]*([0-9]+)")
+_MAX_SIZE_DIGITS = 18  # more is no image's size (and int() refuses past 4300 digits)
+
+
 def _int(value: str | None) -> int | None:
+    """A declared ``width``/``height``: the ASCII digits after leading whitespace (as
+    HTML's dimension values are read: ``300px`` is 300), or None, the same as a missing
+    attribute, when there are none or too many of them. Other digits ``str.isdigit``
+    takes (superscripts, other scripts' digits) are none: a page's bad size is an unknown
+    size, never an error."""
     if not value:
         return None
-    if value.isdigit():
-        return int(value)
-    m = re.match(r"\s*(\d+)", value)
-    return int(m.group(1)) if m else None
+    if value.isascii() and value.isdigit():
+        digits = value
+    elif m := _LEADING_DIGITS.match(value):
+        digits = m.group(1)
+    else:
+        return None
+    return int(digits) if len(digits) <= _MAX_SIZE_DIGITS else None
 
 
 _BOILERPLATE_KEYS = frozenset({"hidden", "aria-hidden", "style", "role", "class", "id"})
-
-
-def _lexbor_text(node: Any) -> str:
-    return node.text_content or ""
 
 
 def _is_boilerplate(attrs: dict) -> bool:
@@ -171,19 +184,62 @@ def _is_boilerplate(attrs: dict) -> bool:
     return bool(names.strip()) and bool(_BOILERPLATE_NAME.search(names))
 
 
+_INF = float("inf")
+_SRCSET_URL = re.compile(r"[\s,]*(\S*)")  # separators, then a URL: it runs to whitespace
+# one descriptor: a width (a positive integer), a density (a non-negative floating-point
+# number, as HTML writes them: no "+", no "1.", no "nan") or a height (with a width only)
+_DESCRIPTOR = re.compile(r"([0-9]+)w|(-?(?:[0-9]+(?:\.[0-9]+)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?)x|([0-9]+)h")
+
+
+def _candidate_size(descriptor: str) -> float | None:
+    """The size a candidate's descriptors give (1 when there are none), or None when they
+    are not valid ones: the HTML standard drops such a candidate, so the walk does too."""
+    if m := _DESCRIPTOR.fullmatch(descriptor):  # the common case: one descriptor
+        if m.lastindex == 1:
+            width = float(m.group(1))
+            return width if 0 < width < _INF else None
+        if m.lastindex == 2:
+            density = float(m.group(2))
+            return density if 0 <= density < _INF else None
+        return None  # a height alone
+    width = density = height = None
+    for token in descriptor.split():
+        m = _DESCRIPTOR.fullmatch(token)
+        if m is None:
+            return None
+        w, x, h = m.groups()
+        if w is not None:
+            if width is not None or density is not None:
+                return None
+            width = float(w)
+            if width == 0:
+                return None
+        elif x is not None:
+            if width is not None or density is not None or height is not None:
+                return None
+            density = float(x)
+            if density < 0:
+                return None
+        else:
+            if height is not None or density is not None or float(h) == 0:
+                return None
+            height = h
+    if height is not None and width is None:
+        return None
+    size = width if width is not None else density if density is not None else 1.0
+    return size if size < _INF else None  # a number past a float's range is no size
+
+
 def srcset_candidates(srcset: str) -> list[tuple[str, float]]:
     """``(url, size)`` of each candidate, parsed as the HTML standard says: a URL runs to
     whitespace (commas inside it stay; trailing ones end it), then descriptors to the
-    next comma; size is the ``w`` or ``x`` value, 1 when there is none."""
+    next comma; size is the ``w`` or ``x`` value, 1 when there is none. A candidate
+    whose descriptors are not valid ones (``.w``, ``1.2.3x``, ``abcw``, ``nanx``, ``-1x``,
+    a number past a float's range) is left out, the others stand."""
     out, i, n = [], 0, len(srcset)
     while i < n:
-        while i < n and (srcset[i].isspace() or srcset[i] == ","):
-            i += 1
-        j = i
-        while j < n and not srcset[j].isspace():
-            j += 1
-        url = srcset[i:j]
-        i = j
+        m = _SRCSET_URL.match(srcset, i)
+        url, i = m.group(1), m.end()  # type: ignore[union-attr]  # it matches everywhere
         descriptor = ""
         if url.endswith(","):
             url = url.rstrip(",")
@@ -193,8 +249,9 @@ def srcset_candidates(srcset: str) -> list[tuple[str, float]]:
             descriptor, i = srcset[i:k].strip(), k + 1
         if not url:
             continue
-        m = re.match(r"([\d.]+)[wx]$", descriptor.split()[0]) if descriptor else None
-        out.append((url, float(m.group(1)) if m else 1.0))
+        size = _candidate_size(descriptor) if descriptor else 1.0
+        if size is not None:
+            out.append((url, size))
     return out
 
 
@@ -214,7 +271,7 @@ def image_source(attrs: dict) -> str | None:
     for name in ("srcset", "data-srcset"):
         if (value := attrs.get(name)) and (url := best_srcset(value)) and not url.startswith("data:"):
             return url
-    for name in (*_LAZY_ATTRS, "src"):
+    for name in _SOURCE_ATTRS:
         value = (attrs.get(name) or "").strip()
         if value and not value.startswith("data:"):
             return value
@@ -248,7 +305,7 @@ def _head_info(adapter: Any, head: Any, page_url: str) -> tuple[str, str | None,
     base, robots, title = page_url, None, None
     node = adapter.first_child(head) if head is not None else None
     while node is not None:
-        tag = adapter.kind(node)
+        tag = adapter.tag(node)
         if tag == "base" and base == page_url and (href := adapter.attrs(node).get("href")):
             base = resolve_url(page_url, href) or page_url
         elif tag == "meta":
@@ -257,7 +314,7 @@ def _head_info(adapter: Any, head: Any, page_url: str) -> tuple[str, str | None,
                 robots = ", ".join(filter(None, [robots, attrs.get("content") or ""]))
         elif tag == "title" and title is None:
             child = adapter.first_child(node)
-            title = _SPACE.sub(" ", adapter.text(child)).strip() if child is not None else None
+            title = " ".join((adapter.text(child) or "").split()) if child is not None else None
         node = adapter.next(node)
     return base, robots, title
 
@@ -265,71 +322,89 @@ def _head_info(adapter: Any, head: Any, page_url: str) -> tuple[str, str | None,
 def extract(html: str, page_url: str, parser: Parser = "selectolax") -> Extracted:
     """Text blocks and images of ``html`` in reading order (see the module doc).
 
-    One walk for both parsers, through the adapters; with selectolax the node
-    accessors are bound directly (the walk is where the time goes: benchmarks/README.md).
-    A variant that did the boilerplate removal, image and block markers and the text
-    in Lexbor's C code (css queries, ``insert_before``/``after``, one ``text()`` call)
-    was measured 15% slower than this walk and removed."""
+    One walk for both parsers, through the adapters. The walk is where the time goes
+    (benchmarks/README.md, Interleaved documents), so it is written for that: a node's
+    kind is one dict lookup on its tag (Lexbor's tag id with selectolax: no name string
+    per node), it goes from a node to its next sibling and keeps on a stack only where
+    to go on after a subtree, and what it skips by tag it skips unread. A variant that did
+    the boilerplate removal, image and block markers and the text in Lexbor's C code
+    (css queries, ``insert_before``/``after``, one ``text()`` call) was measured 15%
+    slower than the walk and removed: each css query costs 15-20 us a page, and each
+    marker is still one Python call."""
     adapter = _ADAPTERS[parser]
     tree = adapter.parse(html)
     head, body = adapter.head_body(tree)
     base, robots, title = _head_info(adapter, head, page_url)
     out = Extracted(robots=robots, title=title, base_url=base)
-    if body is None:
-        return out
-    text_kind, comment_kind = adapter.TEXT, adapter.COMMENT
-    first_child, nxt, kind, attrs_of, text_of = (adapter.first_child, adapter.next, adapter.kind, adapter.attrs,
-                                                 adapter.text)
-    if parser == "selectolax":  # the same accessors without a Python call each
-        first_child, nxt, kind, attrs_of, text_of = (attrgetter("child"), attrgetter("next"), attrgetter("tag"),
-                                                     attrgetter("attributes"), _lexbor_text)
+    if body is not None:  # the body is a block whose attributes do not count
+        _walk(adapter, adapter.first_child(body), base, out.nodes)
+    return out
+
+
+_END = object()  # on the walk's stack: a block element's subtree ends here
+
+
+def _walk(adapter: Any, node: Any, base: str, nodes: list[TextBlock | ImageRef]) -> None:
+    """Append the blocks and images of ``node``, its next siblings and their subtrees.
+    Iterative (broken markup nests deeply): the stack holds where to go on after a
+    subtree, and ``_END`` where a block's subtree ends."""
+    first_child, nxt, attrs_of, text_of, key = adapter.first_child, adapter.next, adapter.attrs, adapter.text, \
+        adapter.key
+    kind_of = adapter.kinds().get
     parts: list[str] = []
-    nodes = out.nodes
+    add_text = parts.append
+    stack: list[Any] = []
+    push, pop = stack.append, stack.pop
 
     def flush() -> None:
-        if parts:
-            text = " ".join("".join(parts).split())
-            parts.clear()
-            if text:
-                nodes.append(TextBlock(text))
+        text = " ".join("".join(parts).split())
+        parts.clear()
+        if text:
+            nodes.append(TextBlock(text))
 
-    # A stack of nodes to visit; None marks the end of a block element's subtree.
-    stack: list[Any] = [body]
-    while stack:
-        node = stack.pop()
+    while True:
         if node is None:
-            flush()
+            if not stack:
+                break
+            node = pop()
+            if node is _END:
+                if parts:
+                    flush()
+                node = pop()
             continue
-        tag = kind(node)
-        if tag == text_kind:
-            parts.append(text_of(node))
+        kind = kind_of(key(node), OTHER)
+        if kind == TEXT:
+            add_text(text_of(node) or "")
+            node = nxt(node)
             continue
-        if tag == comment_kind or tag in SKIP_TAGS:
+        if kind == SKIP:
+            node = nxt(node)
             continue
         attrs = attrs_of(node)
-        if attrs and node is not body and not _BOILERPLATE_KEYS.isdisjoint(attrs) and _is_boilerplate(attrs):
+        if attrs and not _BOILERPLATE_KEYS.isdisjoint(attrs) and _is_boilerplate(attrs):
+            node = nxt(node)
             continue
-        if tag == "img":
-            src = image_source(attrs)
-            if src is None:
-                continue
-            flush()
-            alt = attrs.get("alt")
-            nodes.append(ImageRef(resolve_url(base, src), src, _SPACE.sub(" ", alt).strip() if alt else None,
-                                  _int(attrs.get("width")), _int(attrs.get("height"))))
+        if kind == IMAGE:
+            if (src := image_source(attrs)) is not None:
+                if parts:
+                    flush()
+                alt = attrs.get("alt")
+                nodes.append(ImageRef(resolve_url(base, src), src, " ".join(alt.split()) if alt else None,
+                                      _int(attrs.get("width")), _int(attrs.get("height"))))
+            node = nxt(node)
             continue
-        block = tag in BLOCK_TAGS
-        if block:
-            flush()
-            stack.append(None)
-        children = []
         child = first_child(node)
-        while child is not None:
-            children.append(child)
-            child = nxt(child)
-        stack.extend(reversed(children))
-    flush()
-    return out
+        if kind == BLOCK and parts:
+            flush()
+        if child is None:
+            node = nxt(node)
+            continue
+        push(nxt(node))
+        if kind == BLOCK:
+            push(_END)
+        node = child
+    if parts:
+        flush()
 
 
 def bare_text(html: str, parser: Parser = "selectolax") -> str:
