@@ -95,7 +95,8 @@ def run(mode: str, cfg: SyntheticConfig, workers: int, memory_limit: str | None 
         layout = Layout(root)
         options = PipelineOptions(["--runner=apache_beam.runners.dask.dask_runner.DaskRunner",
                                    f"--dask_client_address={cluster.scheduler_address}",
-                                   *runner_defaults("DaskRunner", ())])
+                                   *runner_defaults("DaskRunner", (f"--dask_client_address={cluster.scheduler_address}",),
+                                                    shards)])
         started = time.monotonic()
         p = beam.Pipeline(options=options)
         ids = p | beam.Create(list(range(shards))) | beam.Reshuffle()

@@ -92,7 +92,8 @@ def run_keyed_on_dask(run, cls, shards: int, workers: int, memory_limit: str | N
         layout = Layout(tempfile.mkdtemp(prefix=f"{run.name}-"))
         options = PipelineOptions(["--runner=apache_beam.runners.dask.dask_runner.DaskRunner",
                                    f"--dask_client_address={cluster.scheduler_address}",
-                                   *runner_defaults("DaskRunner", ())])
+                                   *runner_defaults("DaskRunner", (f"--dask_client_address={cluster.scheduler_address}",),
+                                                    shards)])
         started = time.monotonic()
         p = beam.Pipeline(options=options)
         stage_step(p | beam.Create(list(range(shards))) | beam.Reshuffle(), run, layout, shards, cls)

@@ -88,3 +88,30 @@ def test_captions_are_the_same_on_every_runner_worker_count_and_shard_size(tmp_p
     assert len({tuple(c) for c in one.values()}) > len(one) // 2  # captions differ between samples
     assert two == one
     assert dask == one
+
+
+def test_dask_partitions_follow_the_cluster_not_the_corpus(monkeypatch):
+    """A build (only shard ids between its transforms) is spread over a few partitions
+    per thread of the cluster, at most one per shard; a graph whose elements carry data
+    keeps one shard per partition; the user's own partition option wins; a scheduler
+    that does not answer is a one-line error naming the option."""
+    import socket
+
+    import vlcurate.pipelines.beam as beam_module
+    from vlcurate.errors import UserError
+    from vlcurate.pipelines.beam import runner_defaults
+
+    assert runner_defaults("local", (), 500) == []
+    with local_dask_cluster() as (cluster, client):
+        address = (f"--dask_client_address={cluster.scheduler_address}",)
+        assert runner_defaults("DaskRunner", address, 500) == ["--dask_npartitions=8"]  # 2 workers x 1 thread x 4
+        assert runner_defaults("DaskRunner", address, 3) == ["--dask_npartitions=3"]
+    assert runner_defaults("DaskRunner", address, None) == ["--dask_partition_size=1"]
+    assert runner_defaults("DaskRunner", (*address, "--dask_npartitions=2"), 500) == []
+    with socket.socket() as s:  # a loopback port that nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setattr(beam_module, "SCHEDULER_TIMEOUT_S", 1)
+    with pytest.raises(UserError, match=rf"^pipeline option --dask_client_address=127\.0\.0\.1:{port}: "
+                                        "no Dask scheduler answers"):
+        runner_defaults("DaskRunner", (f"--dask_client_address=127.0.0.1:{port}",), 500)

@@ -20,6 +20,7 @@ workers need no shared disk beyond what the version's root location gives them.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -234,21 +235,52 @@ def check_pipeline_options(options: tuple[str, ...]) -> None:
     raise UserError(f"pipeline option {name}: unknown ({hint})")
 
 
-def runner_defaults(runner: str, options: tuple[str, ...]) -> list[str]:
-    """Options a runner needs so that a shard is its unit of work, unless the user set
-    them. Beam's DaskRunner puts 128 elements in a partition by default, so a build of
-    fewer than 128 shards ran in one task on one worker, and that task held every
-    shard's keyed records at once: one shard per partition keeps a worker's memory to
-    one shard (measured: benchmarks/README.md, Corpus-wide steps)."""
-    if _RUNNER_ALIASES.get(runner.lower(), runner).endswith("DaskRunner") and not any(
+PARTITIONS_PER_THREAD = 4
+SCHEDULER_TIMEOUT_S = 30
+
+
+def dask_threads(options: tuple[str, ...]) -> int:
+    """The threads of the Dask cluster the options name (``--dask_client_address``), or
+    of this machine, where Beam's DaskRunner starts a local cluster when none is named."""
+    address = next((o.split("=", 1)[1] for o in options if o.startswith("--dask_client_address=")), None)
+    if address is None:
+        return os.cpu_count() or 1
+    from distributed import Client
+
+    try:
+        with Client(address, timeout=SCHEDULER_TIMEOUT_S, set_as_default=False) as client:
+            return max(1, sum(w["nthreads"] for w in client.scheduler_info()["workers"].values()))
+    except (OSError, TimeoutError) as e:
+        raise UserError(f"pipeline option --dask_client_address={address}: no Dask scheduler answers "
+                        f"({type(e).__name__})") from None
+
+
+def runner_defaults(runner: str, options: tuple[str, ...], id_shards: int | None = None) -> list[str]:
+    """Options a runner needs to spread the shards well, unless the user set them.
+
+    Beam's DaskRunner makes each partition of elements one task, 128 elements to a
+    partition by default, so a build of fewer than 128 shards ran as one task on one
+    worker. A graph whose elements carry data (the export's samples) gets one shard per
+    partition, so that a task holds one shard's. A graph that passes only shard ids
+    between its transforms (a build: ``id_shards`` is its shard count) spreads them over
+    ``PARTITIONS_PER_THREAD`` partitions per thread of the cluster instead: a worker
+    pays the runner's cost per task, ~0.6 MB of memory for every task it runs, which
+    with a task per shard grew with the corpus (benchmarks/README.md, Corpus-wide
+    steps); a few partitions per thread keep every thread busy while slower ones finish,
+    and a partition runs its shards one after another, one shard in memory at a time."""
+    if not _RUNNER_ALIASES.get(runner.lower(), runner).endswith("DaskRunner") or any(
             o.startswith(("--dask_npartitions", "--dask_partition_size")) for o in options):
+        return []
+    if id_shards is None:
         return ["--dask_partition_size=1"]
-    return []
+    return [f"--dask_npartitions={max(1, min(id_shards, PARTITIONS_PER_THREAD * dask_threads(options)))}"]
 
 
-def make_pipeline(runner: str, workers: int, options: tuple[str, ...]) -> beam.Pipeline:
+def make_pipeline(runner: str, workers: int, options: tuple[str, ...], id_shards: int | None = None) -> beam.Pipeline:
     """A pipeline on the named runner. ``local`` pins the FnApiRunner (never Prism, which
-    downloads a binary at run time); everything else is Beam's own runner lookup."""
+    downloads a binary at run time); everything else is Beam's own runner lookup.
+    ``id_shards``: the shard count of a graph that passes only shard ids between its
+    transforms (:func:`runner_defaults`)."""
     if runner == LOCAL:
         from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
@@ -256,7 +288,7 @@ def make_pipeline(runner: str, workers: int, options: tuple[str, ...]) -> beam.P
         if workers > 1:
             flags += [f"--direct_num_workers={workers}", "--direct_running_mode=multi_processing"]
         return beam.Pipeline(runner=FnApiRunner(), options=PipelineOptions(flags))
-    flags = [f"--runner={resolve_runner(runner)}", *runner_defaults(runner, options), *options]
+    flags = [f"--runner={resolve_runner(runner)}", *runner_defaults(runner, options, id_shards), *options]
     return beam.Pipeline(options=PipelineOptions(flags))
 
 

@@ -204,7 +204,7 @@ def build(recipe: Recipe, log: Callable[[str], None] = _log_to_stderr) -> BuildR
     names = [s.name for s in stages]
     layout = Layout.for_stages(building_dir(recipe), [(s.name, s.kind) for s in stages], track_progress=True)
     # The graph is made before anything is written: a graph error leaves nothing behind.
-    pipeline = make_pipeline(recipe.runner.name, recipe.runner.workers, recipe.runner.options)
+    pipeline = make_pipeline(recipe.runner.name, recipe.runner.workers, recipe.runner.options, len(shards))
     build_graph(pipeline, stages, layout, len(shards))
     claim = _claim_building_dir(recipe)
     root = claim.root
