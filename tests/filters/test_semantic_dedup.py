@@ -86,11 +86,13 @@ def brute_force(layout: Layout, shards: list[int], threshold: float, within_clus
 
 
 def test_semantic_dedup_within_clusters_equals_brute_force(tmp_path):
-    layout = Layout.for_stages(tmp_path, STAGES)
+    shards = [0, 1, 2]
+    layout = Layout.for_stages(tmp_path, STAGES, num_shards=len(shards))
     for shard, vectors in enumerate(planted()):
         write_shard(layout, shard, vectors)
-    shards = [0, 1, 2]
-    clusters = EmbeddingClusters(EmbeddingClustersConfig(clusters=8, sample_per_shard=40), layout)
+    clusters = EmbeddingClusters(EmbeddingClustersConfig(clusters=8, sample=120), layout)
+    # the training sample is bounded in all: an even share of it from each shard
+    assert [len(v[1]) for s in shards for _, v in clusters.signatures(s)] == [40, 40, 40]
     found = findings_by_shard(clusters, shards)
     stats = [clusters.run_shard(s, found[s]) for s in shards]
     assert sum(s.counts["clustered"] for s in stats) + sum(s.counts.get("no_embedding", 0) for s in stats) == 180
@@ -146,7 +148,7 @@ def test_a_build_clusters_and_drops_the_demo_copies_and_validates(tmp_path, demo
 
     stages = [{"download": {"image_size": 64, "allow_networks": ["127.0.0.0/8"]}},
               {"vit_features": {"model": "vlc-tiny-vit", "device": "cpu", "batch_size": 32}},
-              {"embedding_clusters": {"clusters": 4, "sample_per_shard": 30}},
+              {"embedding_clusters": {"clusters": 4, "sample": 100}},
               {"semantic_dedup": {"threshold": 0.999}}]
     recipe = make_recipe(tmp_path, demo_urls, samples_per_shard=60, stages=stages, runner={"name": "local", "workers": 2})
     result = build(load_recipe(recipe), log=lambda s: None)

@@ -7,9 +7,11 @@ two keyed stages:
 
 1. ``embedding_clusters`` trains spherical k-means centroids on a sample of the
    embeddings and writes every sample's nearest centroid. Its keyed group
-   ``"sample"`` receives, from every shard, the ``sample_per_shard`` embeddings whose
-   keys hash lowest (a sample chosen by content, the same on every run), trains the
-   centroids in float64 numpy from a seeded start, and sends them to every shard.
+   ``"sample"`` receives, from every shard, its share of a ``sample`` of bounded size
+   (``sample`` / the build's shard count, rounded up): the embeddings whose keys hash
+   lowest (chosen by content, the same on every run). It trains the centroids in
+   float64 numpy from a seeded start and sends them to every shard. The group's size
+   is the sample's, whatever the corpus's.
 2. ``semantic_dedup`` groups the samples by cluster and searches each cluster on its
    own with a FAISS inner-product range search; candidates are re-checked in float64,
    so the decision does not depend on FAISS's summation order. A pair split across two
@@ -90,7 +92,7 @@ def spherical_kmeans(x: np.ndarray, k: int, iterations: int, seed: int) -> np.nd
 class EmbeddingClustersConfig:
     embeddings_from: str = "vit_features"  # an earlier stage that wrote embeddings
     clusters: int = bounded(100, ge=1)
-    sample_per_shard: int = bounded(256, ge=1)  # embeddings each shard gives to the training
+    sample: int = bounded(25_600, ge=1)  # embeddings the training takes in all, an even share from each shard
     iterations: int = bounded(20, ge=1)
     seed: int = 0
 
@@ -116,7 +118,8 @@ class EmbeddingClusters(KeyedStage):
     def signatures(self, shard: int) -> Iterator[tuple[str, tuple[int, list[str], bytes, int]]]:
         keys, emb = self._embeddings(shard)
         rank = sorted(range(len(keys)), key=lambda i: hashlib.sha256(keys[i].encode()).digest())
-        chosen = sorted(rank[:self.config.sample_per_shard])
+        share = -(-self.config.sample // self.layout.num_shards) if self.layout.num_shards else self.config.sample
+        chosen = sorted(rank[:share])
         picked = emb[chosen] if chosen else np.zeros((0, 0), np.float32)
         # sent even when empty: the group must hear from every shard to answer it
         yield TRAIN, (shard, [keys[i] for i in chosen], picked.astype("<f4").tobytes(), picked.shape[-1])

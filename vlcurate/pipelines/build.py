@@ -202,7 +202,8 @@ def build(recipe: Recipe, log: Callable[[str], None] = _log_to_stderr) -> BuildR
     started = time.monotonic()
     stages = [StageRun(s.kind, s.name, s.config) for s in recipe.stages]
     names = [s.name for s in stages]
-    layout = Layout.for_stages(building_dir(recipe), [(s.name, s.kind) for s in stages], track_progress=True)
+    layout = Layout.for_stages(building_dir(recipe), [(s.name, s.kind) for s in stages], track_progress=True,
+                               num_shards=len(shards))
     # The graph is made before anything is written: a graph error leaves nothing behind.
     pipeline = make_pipeline(recipe.runner.name, recipe.runner.workers, recipe.runner.options, len(shards))
     build_graph(pipeline, stages, layout, len(shards))

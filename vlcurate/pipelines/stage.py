@@ -47,18 +47,19 @@ class Layout:
     root: str
     stages: tuple[StageEntry, ...] = ()
     track_progress: bool = False  # stages write per-shard progress files (a build sets it)
+    num_shards: int = 0  # the build's shard count (0: not known, outside a build)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", os.fspath(self.root))
 
     @classmethod
     def for_stages(cls, root: str | os.PathLike, stages: Iterable[str | tuple[str, str]],
-                   track_progress: bool = False) -> "Layout":
+                   track_progress: bool = False, num_shards: int = 0) -> "Layout":
         """A layout for stages given as ``(name, kind)`` pairs, or as a kind alone
         (the stage's name is then its kind, as in most recipes)."""
         pairs = [(s, s) if isinstance(s, str) else s for s in stages]
         return cls(os.fspath(root), tuple(StageEntry(name, stage_class(kind).record_kind) for name, kind in pairs),
-                   track_progress)
+                   track_progress, num_shards)
 
     def input_shard(self, shard: int) -> str:
         return storage.join(self.root, WORK_DIR, f"input-{shard:05d}.parquet")
