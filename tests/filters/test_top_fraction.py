@@ -141,3 +141,24 @@ def test_same_samples_kept_for_other_shard_sizes_and_worker_counts(tmp_path, dem
     assert math.floor(0.3 * scored) <= counts["kept"] <= math.floor(0.3 * scored) + 2
     assert kept_urls(Path(first.version_dir)) == kept_urls(Path(second.version_dir))
     assert second.manifest["stages"][2]["counts"] == counts
+
+
+def test_histograms_are_added_up_as_they_arrive(tmp_path, monkeypatch):
+    """With more shards than a group holds before it is combined (100 shards of 10), the
+    histograms are folded as they pile up, so the group holds distinct buckets, not
+    every shard's histogram; the same samples are kept."""
+    from vlcurate.pipelines.keyed import COMBINE_AT
+
+    calls = []
+    real = TopFraction.combine
+
+    def counting(self, group, values):
+        calls.append(len(values))
+        return real(self, group, values)
+
+    monkeypatch.setattr(TopFraction, "combine", counting)
+    samples = corpus()
+    kept, _, _ = expected_kept(samples, 0.3)
+    rows = run_sharded(tmp_path, samples, 10, 0.3)
+    assert {u for u, r in rows.items() if r["keep"]} == kept
+    assert calls == [COMBINE_AT]  # 64 histograms folded into 1; the other 36 join it in resolve

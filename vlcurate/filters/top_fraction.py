@@ -109,15 +109,22 @@ class TopFraction(FilterStage, KeyedStage):
         scores = np.array(list(self.scores(shard, keys).values()), dtype=np.float64)
         buckets, counts = np.unique(bucket_of(scores), return_counts=True)
         # sent even when empty: the group must hear from every shard to answer every shard
-        yield HISTOGRAM, (shard, buckets.astype("<i8").tobytes(), counts.astype("<i8").tobytes())
+        yield HISTOGRAM, ((shard,), buckets.astype("<i8").tobytes(), counts.astype("<i8").tobytes())
 
-    def resolve(self, group: str, histograms: Iterable[tuple[int, bytes, bytes]]) -> Iterator[tuple[int, int]]:
+    def combine(self, group: str, histograms: list[tuple[tuple[int, ...], bytes, bytes]]) -> list:
+        """Histograms added up into one, with the shards they came from."""
+        shards = tuple(sorted(s for part, _, _ in histograms for s in part))
+        buckets, counts = merge_histograms([(np.frombuffer(b, "<i8"), np.frombuffer(c, "<i8"))
+                                            for _, b, c in histograms])
+        return [(shards, buckets.astype("<i8").tobytes(), counts.astype("<i8").tobytes())]
+
+    def resolve(self, group: str, histograms: Iterable[tuple[tuple[int, ...], bytes, bytes]]) -> Iterator[tuple[int, int]]:
         shards: list[int] = []
         merged = (np.zeros(0, np.int64), np.zeros(0, np.int64))
         pending: list[tuple[np.ndarray, np.ndarray]] = []
         pending_size = 0
-        for shard, buckets, counts in histograms:  # folded in as they come: memory ~ distinct buckets
-            shards.append(shard)
+        for part, buckets, counts in histograms:  # folded in as they come: memory ~ distinct buckets
+            shards.extend(part)
             pending.append((np.frombuffer(buckets, "<i8"), np.frombuffer(counts, "<i8")))
             pending_size += len(pending[-1][0])
             if pending_size > COMPACT_AT:

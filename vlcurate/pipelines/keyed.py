@@ -60,6 +60,13 @@ class KeyedStage(Stage):
     def resolve(self, group_key: Hashable, values: Iterable[Any]) -> Iterator[tuple[int, Any]]:
         """Decide one group; yield ``(shard, finding)`` for the samples it concerns."""
 
+    def combine(self, group_key: Hashable, values: list) -> list:
+        """``values`` of one group folded into fewer that ``resolve`` decides the same way
+        (histograms added up, say), whatever their order. Called as a group's values pile
+        up while its bucket is read, so a group that hears from every shard holds what
+        ``combine`` keeps, not what every shard sent. By default nothing is folded."""
+        return values
+
 
 def bucket_of(group_key: Hashable, buckets: int) -> int:
     """The bucket of a group key: stable across processes and runs (not ``hash()``,
@@ -78,13 +85,21 @@ def packed_signatures(stage: KeyedStage, shard: int, buckets: int) -> Iterator[t
         yield bucket, pickle.dumps(records, protocol=pickle.HIGHEST_PROTOCOL)
 
 
+COMBINE_AT = 64  # a group's values are first combined when this many have piled up
+
+
 def resolve_bucket(stage: KeyedStage, blobs: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:
-    """Every group of one bucket resolved (groups in key order, values as they came),
-    the findings as one pickled list per shard."""
+    """Every group of one bucket resolved (groups in key order, values as they came,
+    combined as they pile up), the findings as one pickled list per shard."""
     groups: dict[Hashable, list] = {}
+    combine_at: dict[Hashable, int] = {}
     for blob in blobs:
         for key, value in pickle.loads(blob):
-            groups.setdefault(key, []).append(value)
+            values = groups.setdefault(key, [])
+            values.append(value)
+            if len(values) >= combine_at.get(key, COMBINE_AT):
+                values[:] = stage.combine(key, values)
+                combine_at[key] = max(COMBINE_AT, 2 * len(values))  # amortised when little folds
     found: dict[int, list] = {}
     for key in sorted(groups, key=repr):
         for shard, finding in stage.resolve(key, groups.pop(key)):
