@@ -10,7 +10,8 @@ two keyed stages:
    ``"sample"`` receives, from every shard, its share of a ``sample`` of bounded size
    (``sample`` / the build's shard count, rounded up): the embeddings whose keys hash
    lowest (chosen by content, the same on every run). It trains the centroids in
-   float64 numpy from a seeded start and sends them to every shard. The group's size
+   float64 numpy from a seeded start, writes them once to the stage's work directory
+   and tells every shard where they are. The group's size
    is the sample's, whatever the corpus's.
 2. ``semantic_dedup`` groups the samples by cluster and searches each cluster on its
    own with a FAISS inner-product range search; candidates are re-checked in float64,
@@ -34,9 +35,10 @@ import pyarrow.compute as pc
 
 from vlcurate.filters.base import KEEP, Decision, FilterConfig, FilterStage
 from vlcurate.filters.clip_score import embedding_file
+from vlcurate.io import storage
 from vlcurate.io.parquet import read_parquet, write_parquet
 from vlcurate.io.stats import ShardStats
-from vlcurate.pipelines.keyed import KeyedStage, shard_of
+from vlcurate.pipelines.keyed import KeyedStage, keyed_dir, shard_of
 from vlcurate.pipelines.samples import SampleRow, alive_samples
 from vlcurate.pipelines.stage import register_stage
 from vlcurate.schemas import get_schema
@@ -124,7 +126,7 @@ class EmbeddingClusters(KeyedStage):
         # sent even when empty: the group must hear from every shard to answer it
         yield TRAIN, (shard, [keys[i] for i in chosen], picked.astype("<f4").tobytes(), picked.shape[-1])
 
-    def resolve(self, group: str, parts: Iterable[tuple[int, list[str], bytes, int]]) -> Iterator[tuple[int, bytes]]:
+    def resolve(self, group: str, parts: Iterable[tuple[int, list[str], bytes, int]]) -> Iterator[tuple[int, str]]:
         shards, rows = [], []
         for shard, keys, data, dim in parts:
             shards.append(shard)
@@ -136,9 +138,12 @@ class EmbeddingClusters(KeyedStage):
             centroids = spherical_kmeans(x, min(self.config.clusters, len(x)), self.config.iterations, self.config.seed)
         else:
             centroids = np.zeros((0, 0))
-        payload = np.ascontiguousarray(centroids, "<f8").tobytes() + np.int64(centroids.shape[-1]).tobytes()
+        # written once; every shard is told where (a copy per shard would be shards x centroids)
+        location = storage.join(keyed_dir(self.layout, self.name), "centroids.bin")
+        storage.write_bytes(location, np.ascontiguousarray(centroids, "<f8").tobytes()
+                            + np.int64(centroids.shape[-1]).tobytes())
         for shard in sorted(set(shards)):
-            yield shard, payload
+            yield shard, location
 
     def run_shard(self, shard: int, findings: list | None = None) -> ShardStats:
         keys = alive_samples(self.layout, shard, ["key"], before=self.name).column("key").to_pylist()
@@ -146,7 +151,7 @@ class EmbeddingClusters(KeyedStage):
         with_emb, emb = shard_embeddings(self.layout, self.config.embeddings_from, shard, keys)
         cluster: dict[str, tuple[int, float]] = {}
         if findings and with_emb:
-            payload = findings[0]
+            payload = storage.read_bytes(findings[0])
             dim = int(np.frombuffer(payload[-8:], np.int64)[0])
             centroids = np.frombuffer(payload[:-8], "<f8").reshape(-1, dim) if dim else np.zeros((0, 0))
             if len(centroids):

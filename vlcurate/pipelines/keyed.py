@@ -166,13 +166,20 @@ def read_section(loc: str, index: int, count: int) -> bytes:
     return data
 
 
+def keyed_dir(layout: Layout, stage_name: str) -> str:
+    """The work directory of a keyed stage in a version being built: its signatures and
+    findings files, and whatever its ``resolve`` writes for every shard to read (a
+    finding may be that file's location rather than a copy of it per shard)."""
+    return storage.join(layout.root, WORK_DIR, "keyed", stage_name)
+
+
 class KeyedFiles:
     """Where one keyed stage's signatures and findings files live in a version being
     built, and the three phases that read and write them (each skips a file that
     exists, which a resumed build wrote whole)."""
 
     def __init__(self, layout: Layout, stage_name: str, num_shards: int):
-        self.dir = storage.join(layout.root, WORK_DIR, "keyed", stage_name)
+        self.dir = keyed_dir(layout, stage_name)
         self.shards = self.buckets = max(1, num_shards)
 
     def signatures_file(self, shard: int) -> str:
