@@ -94,6 +94,10 @@ class DownloadStage(Stage):
     name = "download"
     Config = DownloadConfig
     reads_input = True
+    # Two shards at once per process (local runner): the next shard's rows start on the
+    # fetch threads that the current shard's last slow URLs leave idle. Both share this
+    # process's pool (``threads``), decode slots and per-host gate.
+    shards_at_once = 2
 
     @staticmethod
     def input_problem(config: DownloadConfig, spec: InputSpec) -> str | None:

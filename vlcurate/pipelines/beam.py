@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -39,6 +40,7 @@ try:
     from apache_beam.metrics import Metrics
     from apache_beam.options.pipeline_options import PipelineOptions
     from apache_beam.utils.shared import Shared
+    from apache_beam.utils.windowed_value import WindowedValue
 finally:
     logging.getLogger().removeFilter(_quiet)
 
@@ -99,13 +101,22 @@ class RunStage(_StageFn):
 
     - resume: a shard whose stats marker exists is skipped;
     - atomic: stages commit each file whole, the stats marker last;
-    - one stage object (and model) per process, shared across DoFn instances.
+    - one stage object (and model) per process, shared across DoFn instances;
+    - overlap (``overlap=True``, for runners that hand a process many shards in one
+      bundle: the local runner): up to the stage's ``shards_at_once`` shards of a bundle
+      run at once, each on a thread of this DoFn, so a shard's slow end does not leave
+      the process idle; a shard is passed on when it is done (in the order they finish;
+      the rest when the bundle ends). The stage's own pool is what bounds the work in
+      flight (the download's fetch threads).
     """
 
-    def __init__(self, run: StageRun, cls: type[Stage], layout: Layout):
+    def __init__(self, run: StageRun, cls: type[Stage], layout: Layout, overlap: bool = False):
         super().__init__(run, cls, layout)
         self._shared = Shared()
         self.stage: Stage | None = None
+        self.at_once = max(1, cls.shards_at_once) if overlap else 1
+        self._shard_threads: ThreadPoolExecutor | None = None
+        self._running: dict[Future, WindowedValue] = {}
 
     def setup(self) -> None:
         def load() -> _Holder:
@@ -115,19 +126,52 @@ class RunStage(_StageFn):
 
         self._holder = self._shared.acquire(load, tag=f"{self.name}:{self.layout.root}")
         self.stage = self._holder.stage
+        if self.at_once > 1:
+            self._shard_threads = ThreadPoolExecutor(self.at_once, thread_name_prefix=f"vlcurate-{self.name}")
 
-    def process(self, element) -> Iterator[int]:
+    def start_bundle(self) -> None:
+        self._running = {}
+
+    def process(self, element, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
         assert self.stage is not None
         shard, findings = element if isinstance(element, tuple) else (element, None)
-        stats = run_stage_on_shard(self.stage, shard, findings)
+        if self._shard_threads is None:
+            self._count(run_stage_on_shard(self.stage, shard, findings))
+            yield shard
+            return
+        future = self._shard_threads.submit(run_stage_on_shard, self.stage, shard, findings)
+        self._running[future] = WindowedValue(shard, timestamp, [window])
+        if len(self._running) >= self.at_once:
+            yield from self._pass_on(FIRST_COMPLETED)
+
+    def finish_bundle(self):
+        if self._running:
+            yield from self._pass_on(ALL_COMPLETED)
+
+    def teardown(self) -> None:
+        if self._shard_threads is not None:
+            self._shard_threads.shutdown(wait=True, cancel_futures=True)
+            self._shard_threads = None
+
+    def _pass_on(self, return_when: str) -> Iterator[WindowedValue]:
+        """The ids of the running shards that are done (waiting as ``return_when`` says);
+        a shard that failed raises here, in the bundle's thread."""
+        done, _ = wait(self._running, return_when=return_when)
+        for future in done:
+            out = self._running.pop(future)
+            self._count(future.result())
+            yield out
+
+    def _count(self, stats: ShardStats | None) -> None:
+        """Beam metrics of a finished shard (on the bundle's thread: Beam's metrics
+        belong to it)."""
         if stats is None:
             Metrics.counter(METRICS_NAMESPACE, f"{self.name}.shards_skipped").inc()
-        else:
-            Metrics.counter(METRICS_NAMESPACE, f"{self.name}.shards_done").inc()
-            Metrics.counter(METRICS_NAMESPACE, f"{self.name}.rows").inc(stats.rows)
-            for key, value in stats.counts.items():
-                Metrics.counter(METRICS_NAMESPACE, f"{self.name}.{key}").inc(value)
-        yield shard
+            return
+        Metrics.counter(METRICS_NAMESPACE, f"{self.name}.shards_done").inc()
+        Metrics.counter(METRICS_NAMESPACE, f"{self.name}.rows").inc(stats.rows)
+        for key, value in stats.counts.items():
+            Metrics.counter(METRICS_NAMESPACE, f"{self.name}.{key}").inc(value)
 
 
 class _Signatures(_StageFn):
@@ -195,7 +239,11 @@ def keyed_step(shards, run: StageRun, cls: type[KeyedStage], layout: Layout, num
     )
 
 
-def build_graph(p: beam.Pipeline, stages: list[StageRun], layout: Layout, num_shards: int):
+def build_graph(p: beam.Pipeline, stages: list[StageRun], layout: Layout, num_shards: int,
+                overlap: bool = False):
+    """The build's graph. ``overlap``: the runner hands a process many shards per bundle
+    and keeps what a DoFn emits when its bundle ends (the local runner; Beam's DaskRunner
+    drops that), so stages with ``shards_at_once`` > 1 overlap their shards (RunStage)."""
     shards = (
         p
         | "Shards" >> beam.Create(list(range(num_shards)))
@@ -204,7 +252,7 @@ def build_graph(p: beam.Pipeline, stages: list[StageRun], layout: Layout, num_sh
     for run in stages:
         cls = stage_class(run.kind)
         work = keyed_step(shards, run, cls, layout, num_shards) if issubclass(cls, KeyedStage) else shards
-        shards = work | f"{run.name}/Run" >> beam.ParDo(RunStage(run, cls, layout))
+        shards = work | f"{run.name}/Run" >> beam.ParDo(RunStage(run, cls, layout, overlap))
     return shards
 
 
