@@ -77,7 +77,8 @@ def runnable_ns(pid: int) -> dict[int, int]:
     return out
 
 
-def run_traced(cmd: list[str], env: dict, samples: list, server: int | None) -> tuple[float, float, int, float]:
+def run_traced(cmd: list[str], env: dict, samples: list, server: int | None,
+               limit: float = 600.0) -> tuple[float, float, int, float]:
     """Run ``cmd``; append (t, {pid: cpu seconds}) every 0.1 s; (start, end, returncode,
     CPU seconds the corpus server used meanwhile)."""
     server_before = cpu_ticks(server) if server else None
@@ -85,6 +86,13 @@ def run_traced(cmd: list[str], env: dict, samples: list, server: int | None) -> 
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     root = psutil.Process(proc.pid)
     while proc.poll() is None:
+        if time.monotonic() - start > limit:
+            for child in root.children(recursive=True):
+                child.kill()
+            proc.kill()
+            proc.wait()
+            print(f"build still running after {limit} s: killed", file=sys.stderr)
+            break
         try:
             pids = [root.pid, *(c.pid for c in root.children(recursive=True))]
         except psutil.NoSuchProcess:
@@ -175,6 +183,14 @@ def analyse(events: list[dict], samples: list, start: float, end: float, rows: i
     phases = [("start-up", start, first_start), ("shards", first_start, last_end), ("wrap-up", last_end, end)]
     launcher = [p for p, evs in by_pid.items() if any(e["ev"] == "build_start" for e in evs)]
     report["launcher"] = {e["ev"]: rel(e["t"]) for e in by_pid[launcher[0]]} if launcher else {}
+    report["cpu_by_process"] = {}
+    last = {}
+    for _, per, _ in samples:
+        last.update(per)
+    for pid, cpu in last.items():
+        role = "launcher" if launcher and pid == launcher[0] else (
+            f"w{workers.index(pid)}" if pid in workers else f"other {pid}")
+        report["cpu_by_process"][role] = cpu
     report["phases"] = [{"phase": name, "s": b - a, "cpu_s": cpu_between(a, b),
                          "cores": cpu_between(a, b) / (b - a) if b > a else 0.0} for name, a, b in phases]
     report["cpu_s"] = cpu_between(start, end)
@@ -219,7 +235,15 @@ def show(report: dict) -> None:
     for p in report["phases"]:
         print(f"  {p['phase']:<9} {p['s']:6.1f} s  CPU {p['cpu_s']:6.1f} s  = {p['cores']:.2f} cores")
     marks = ("proc", "build_start", "run_start", "run_end", "build_end", "exit")
-    print("  launcher: " + ", ".join(f"{m} {report['launcher'][m]:.1f}" for m in marks if m in report["launcher"]))
+    launcher = report["launcher"]
+    print("  launcher: " + ", ".join(f"{m} {launcher[m]:.2f}" for m in marks if m in launcher))
+    if "run_end" in launcher and "exit" in launcher:
+        last = max(w["busy_to"] for w in report["workers"].values())
+        print(f"  wrap-up: last shard end -> pipeline done (workers stopped) {launcher['run_end'] - last:.2f} s, "
+              f"-> manifest {launcher['build_end'] - launcher['run_end']:.2f} s, "
+              f"-> atexit {launcher['exit'] - launcher['build_end']:.2f} s, "
+              f"-> exited {report['wall_s'] - launcher['exit']:.2f} s")
+    print("  CPU s by process: " + ", ".join(f"{k} {v:.1f}" for k, v in report["cpu_by_process"].items()))
     tails = []
     for i, (pid, w) in enumerate(report["workers"].items()):
         print(f"worker w{i} (pid {pid}): interpreter started {w['born']:.1f} s, "

@@ -14,6 +14,8 @@ processes of the machine):
 - ``fetch_end``: a shard's fetch loop returned (all its rows done);
 - ``build_start``/``build_end``, ``run_start``/``run_end`` (launcher): ``build()`` and
   the Beam pipeline's run within it;
+- ``loaded`` (Beam worker): Beam's SDK worker module is imported (most of the imports); ``setup_start``/``setup_end``:
+  the generic DoFn's setup (the stage's own setup inside);
 - ``exit``: the interpreter is exiting.
 
 The patches are applied when the modules are first imported, so nothing is imported
@@ -56,6 +58,14 @@ def _patch_beam(module) -> None:
             _emit("shard_end", stage=stage.name, shard=shard, thread=threading.get_ident())
 
     module.run_stage_on_shard = traced
+    setup = module.RunStage.setup
+
+    def traced_setup(self):
+        _emit("setup_start", stage=self.name)
+        setup(self)
+        _emit("setup_end", stage=self.name)
+
+    module.RunStage.setup = traced_setup
 
 
 def _patch_hosts(module) -> None:
@@ -105,13 +115,20 @@ def _patch_build(module) -> None:
     module.run_to_completion = traced("run", module.run_to_completion)
 
 
-_PATCHES = {"vlcurate.pipelines.build": _patch_build, "vlcurate.pipelines.beam": _patch_beam,
+def _mark_loaded(module) -> None:
+    _emit("loaded", module=module.__name__)
+
+
+_PATCHES = {"apache_beam.runners.worker.sdk_worker": _mark_loaded, "vlcurate.pipelines.build": _patch_build, "vlcurate.pipelines.beam": _patch_beam,
             "vlcurate.download.hosts": _patch_hosts, "vlcurate.download.stage": _patch_stage}
 
 
 class _Loader(importlib.abc.Loader):
     def __init__(self, inner, patch):
         self.inner, self.patch = inner, patch
+
+    def __getattr__(self, name):  # get_code, is_package, ... (runpy asks for them)
+        return getattr(self.inner, name)
 
     def create_module(self, spec):
         return self.inner.create_module(spec)
