@@ -77,13 +77,14 @@ def runnable_ns(pid: int) -> dict[int, int]:
     return out
 
 
-def run_traced(cmd: list[str], env: dict, samples: list, server: int | None,
+def run_traced(cmd: list[str], env: dict, samples: list, server: int | None, cwd: Path,
                limit: float = 600.0) -> tuple[float, float, int, float]:
     """Run ``cmd``; append (t, {pid: cpu seconds}) every 0.1 s; (start, end, returncode,
     CPU seconds the corpus server used meanwhile)."""
     server_before = cpu_ticks(server) if server else None
     start = time.monotonic()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # cwd: not a checkout, or `python -m` would import vlcurate from there, not from --repo
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=cwd)
     root = psutil.Process(proc.pid)
     while proc.poll() is None:
         if time.monotonic() - start > limit:
@@ -321,7 +322,7 @@ def main() -> int:
     try:
         start, end, rc, server_cpu = run_traced(
             [sys.executable, "-m", "vlcurate.cli", "build", str(work / "recipe.yaml")], env, samples,
-            server.pid if server else None)
+            server.pid if server else None, work)
     finally:
         if server is not None:
             server.terminate()
