@@ -151,6 +151,42 @@ def test_host_rate(tmp_path):
     assert len(server.started) == 5 and min(gaps) >= 0.08  # 10/s: 0.1 s apart (timer slack)
 
 
+def test_two_shards_at_once_share_the_threads_and_the_next_fills_the_tail(tmp_path):
+    """As the local runner runs them (shards_at_once = 2): shard 1 starts while shard 0
+    waits on its slow URL, on the threads shard 0 no longer needs, never more than
+    ``threads`` requests in all; each shard's output in its input order."""
+    slow, fast = CountingServer(1.0), CountingServer(0.05)
+    layout = Layout(tmp_path / "v")
+    Path(layout.input_shard(0)).parent.mkdir(parents=True)
+    urls = {0: [slow.url("s.jpg")] + [fast.url(f"a{i}.jpg") for i in range(7)],
+            1: [fast.url(f"b{i}.jpg") for i in range(8)]}
+    for shard, shard_urls in urls.items():
+        pq.write_table(pa.table({"url": shard_urls, "caption": ["c"] * 8}), layout.input_shard(shard))
+    stage = DownloadStage(DownloadConfig(allow_networks=("127.0.0.0/8",), image_size=16, retries=0,
+                                         threads=4, max_connections_per_host=0), layout)
+    stage.setup()
+    try:
+        with serving(slow, fast):
+            first = threading.Thread(target=stage.run_shard, args=(0,))
+            first.start()
+            while not slow.started:  # shard 0 has queued its workers
+                time.sleep(0.01)
+            second = threading.Thread(target=stage.run_shard, args=(1,))
+            second.start()
+            first.join(10)
+            second.join(10)
+    finally:
+        stage.pool.shutdown()
+        stage.fetcher.close()
+    for shard, shard_urls in urls.items():
+        rows = pq.read_table(layout.samples_parquet(shard)).to_pylist()
+        assert [r["url"] for r in rows] == shard_urls and {r["status"] for r in rows} == {"ok"}
+    assert fast.max_in_flight <= 3  # the slow request held the fourth thread throughout
+    # Shard 1 ran entirely within shard 0's slow tail: its 8 rows on the 3 free threads.
+    assert max(fast.finished) < slow.finished[0]
+    assert len(fast.started) == 15
+
+
 def test_scheduler_spreads_hosts_and_respects_the_cap():
     keys = ["http://a:80"] * 4 + ["http://b:80"] * 2 + [None] + ["http://c:80"]
     gate = HostGate(PolitenessConfig(max_connections_per_host=1))

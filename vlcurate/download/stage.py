@@ -94,6 +94,10 @@ class DownloadStage(Stage):
     name = "download"
     Config = DownloadConfig
     reads_input = True
+    # Two shards at once per process (local runner): the next shard's rows start on the
+    # fetch threads that the current shard's last slow URLs leave idle. Both share this
+    # process's pool (``threads``), decode slots and per-host gate.
+    shards_at_once = 2
 
     @staticmethod
     def input_problem(config: DownloadConfig, spec: InputSpec) -> str | None:
@@ -117,6 +121,7 @@ class DownloadStage(Stage):
         self.pool = ThreadPoolExecutor(max(1, fetch_cfg.threads), thread_name_prefix="vlcurate-dl")
         slots = self.config.decode_slots or len(os.sched_getaffinity(0))
         self._decode_slots = threading.BoundedSemaphore(slots)
+        self._submitting = threading.Lock()
 
     def _fetch(self, url: str | None) -> FetchResult | _Outcome:
         if url is None:
@@ -158,7 +163,12 @@ class DownloadStage(Stage):
                 if progress is not None:
                     progress.add()
 
-        workers = [self.pool.submit(work) for _ in range(min(self.config.threads, len(urls)))]
+        # All of a shard's workers queue together: with shards overlapping (shards_at_once),
+        # the next shard's workers start on the threads this one's leave, one by one as it
+        # runs out of rows, instead of splitting the pool with it from the start and ending
+        # at the same time (two tails at once).
+        with self._submitting:
+            workers = [self.pool.submit(work) for _ in range(min(self.config.threads, len(urls)))]
         for worker in workers:
             worker.result()  # a bug in a worker surfaces here
         return outcomes  # type: ignore[return-value]

@@ -28,8 +28,8 @@ from vlcurate.errors import UserError
 from vlcurate.io import storage
 from vlcurate.io.inputs import PAGE_FORMATS, InputError, list_input_files, read_inputs
 from vlcurate.io.parquet import write_work_parquet
-from vlcurate.pipelines.beam import (StageRun, build_graph, check_pipeline_options, make_pipeline, resolve_runner,
-                                     run_to_completion)
+from vlcurate.pipelines.beam import (LOCAL, StageRun, build_graph, check_pipeline_options, make_pipeline,
+                                     resolve_runner, run_to_completion)
 from vlcurate.pipelines.progress import Progress, worker_output_to
 from vlcurate.pipelines.stage import WORK_DIR, Layout, stage_class
 from vlcurate.recipe import Recipe
@@ -206,7 +206,7 @@ def build(recipe: Recipe, log: Callable[[str], None] = _log_to_stderr) -> BuildR
                                num_shards=len(shards))
     # The graph is made before anything is written: a graph error leaves nothing behind.
     pipeline = make_pipeline(recipe.runner.name, recipe.runner.workers, recipe.runner.options, len(shards))
-    build_graph(pipeline, stages, layout, len(shards))
+    build_graph(pipeline, stages, layout, len(shards), overlap=recipe.runner.name == LOCAL)
     claim = _claim_building_dir(recipe)
     root = claim.root
     log_path = _log_path(root)

@@ -110,6 +110,12 @@ class Stage(ABC):
     Config: ClassVar[type]
     record_kind: ClassVar[str | None] = None
     reads_input: ClassVar[bool] = False  # True only for a first stage (it reads the input list)
+    # Shards one process may have in progress at once where the runner hands a process
+    # many shards in one bundle (the local runner). A stage whose shards end waiting on a
+    # few slow items (the download's last slow URLs) sets 2: the next shard then starts on
+    # the threads the current one no longer uses. Such a stage's run_shard must be safe to
+    # call from several threads at once; each shard still commits on its own.
+    shards_at_once: ClassVar[int] = 1
 
     def __init__(self, config: Any, layout: Layout, name: str | None = None):
         self.config = config
