@@ -43,7 +43,7 @@ from vlcurate.download.images import (
     ImageConfig,
     ImageProcessor,
     draft_request,
-    phash,
+    stored_phash,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -87,8 +87,7 @@ class Candidate:
 
     def finish(self, encoded: bytes) -> Outcome:
         hashlib.sha256(encoded).hexdigest()
-        with Image.open(io.BytesIO(encoded)) as stored:
-            phash(stored)
+        stored_phash(encoded)
         return None, encoded
 
     def target(self, w: int, h: int) -> tuple[int, int]:
