@@ -76,8 +76,8 @@ def main() -> int:
         processor = ImageProcessor(image_cfg)
         _, image_cpu, _ = timed(lambda: [processor(b) for b in bodies])
         with tempfile.TemporaryDirectory() as tmp:
-            layout = Layout(Path(tmp))
-            layout.input_shard(0).parent.mkdir(parents=True)
+            layout = Layout(tmp)
+            Path(layout.input_shard(0)).parent.mkdir(parents=True)
             pq.write_table(pa.table({"url": urls, "caption": table.column("caption").to_pylist()}),
                            layout.input_shard(0))
             stage = DownloadStage(config, layout)
