@@ -11,8 +11,8 @@ A :class:`KeyedStage` never sees the corpus at once. It works in three roles:
 
 So a worker holds at most one shard's rows plus one bucket of groups, on 1,000 samples
 or on 1,000,000,000, on any Beam runner. A stage must decide a group from its values'
-content alone, whatever order they come in (for instance
-the smallest key of a group is its representative), never from their arrival order.
+content alone (for instance the smallest key of a group is its representative), never
+from the order they come in.
 
 Nothing of the records crosses the runner's shuffle: they go through the storage layer,
 as a MapReduce shuffle does. Each shard writes one *signatures file*: its records
@@ -150,7 +150,7 @@ def write_sections(loc: str, sections: dict[int, bytes], count: int) -> None:
 
 def read_section(loc: str, index: int, count: int) -> bytes:
     """Section ``index`` of a file :func:`write_sections` wrote with ``count`` sections
-    (b"" when empty): two small reads, whatever the file's size."""
+    (b"" when empty): three small reads, whatever the file's size."""
     with storage.open_read(loc) as f:
         head = f.read(_COUNT.size)
         if len(head) != _COUNT.size or _COUNT.unpack(head)[0] != count:
