@@ -7,7 +7,8 @@ import codecs
 import pytest
 
 from vlcurate.interleave.charset import decode_page
-from vlcurate.interleave.extract import ImageRef, TextBlock, best_srcset, extract
+from vlcurate.interleave.extract import ImageRef, TextBlock, extract
+from vlcurate.interleave.image_attrs import best_srcset
 
 JAPANESE = "\u4eac\u90fd\u306e\u53e4\u3044\u5bfa\u3092\u8a2a\u306d\u307e\u3057\u305f\u3002\u685c\u304c\u7f8e\u3057\u3044\u3002"
 FRENCH = "Le caf\u00e9 \u201cchez Andr\u00e9\u201d sert des cr\u00eapes d\u00e9licieuses."
@@ -99,7 +100,7 @@ def test_deep_nesting_does_not_overflow():
     ("rel.png", "https://b.org/dir/rel.png"), ("http://", None), ("mailto:x@y.org", None), ("  /s.png ", "https://b.org/s.png"),
 ])
 def test_url_resolution(src, want):
-    from vlcurate.interleave.extract import resolve_url
+    from vlcurate.interleave.image_attrs import resolve_url
     from urllib.parse import urljoin
 
     assert resolve_url("https://b.org/dir/page.html", src) == want

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from vlcurate.interleave.extract import ImageRef, TextBlock, best_srcset, extract, srcset_candidates
+from vlcurate.interleave.extract import ImageRef, TextBlock, extract
+from vlcurate.interleave.image_attrs import best_srcset, srcset_candidates
 
 PARSERS = ("selectolax", "resiliparse")
 BASE = "https://example.org/post/"
