@@ -1,6 +1,7 @@
 """The download stage's image path (decode, resize, encode, hash) with each candidate
 decoder, side by side in one run on the same images: CPU ms per image and fidelity
-against today's path (Pillow, `vlcurate.download.images.ImageProcessor`).
+against image path 2 (Pillow with a reducing_gap of 2 in the resize, the path the
+download issue measured) and today's path (`vlcurate.download.images.ImageProcessor`).
 
 usage: python benchmarks/image_path.py [N] [--corpus DIR] [--rounds R] [--size 256] [--mode border]
 
@@ -14,7 +15,7 @@ usage: python benchmarks/image_path.py [N] [--corpus DIR] [--rounds R] [--size 2
   same code for all);
 - CPU: ``time.process_time`` of one thread over all images, best of ``--rounds``
   (alternating candidates each round);
-- fidelity vs today: the mean absolute difference of the stored images' pixels (grey
+- fidelity vs image path 2 (the first row): the mean absolute difference of the stored images' pixels (grey
   levels, 0-255, over all pixels of all images) and the largest per-image mean; and
   whether every image got the same outcome (ok, or the same error kind).
 
@@ -38,6 +39,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from vlcurate.download import images
 from vlcurate.download.images import (
     ALLOWED_FORMATS,
     ImageConfig,
@@ -100,6 +102,20 @@ class Pillow(Candidate):
     def __call__(self, data: bytes) -> Outcome:
         r = self.today(data)
         return r.error_kind, r.data
+
+
+class PillowPath2(Pillow):
+    """Today's code with image path 2's resize (reducing_gap 2, Image.thumbnail's
+    recipe): the path the download issue measured against."""
+
+    name = "pillow, image path 2"
+
+    def __call__(self, data: bytes) -> Outcome:
+        kept, images._DOWN_GAP = images._DOWN_GAP, 2.0
+        try:
+            return super().__call__(data)
+        finally:
+            images._DOWN_GAP = kept
 
 
 class OpenCV(Candidate):
@@ -223,7 +239,7 @@ def main() -> int:
     args = ap.parse_args()
     images = corpus(args.n, args.corpus)
     config = ImageConfig(image_size=args.size, resize_mode=args.mode)
-    candidates: list[Candidate] = [Pillow(config)]
+    candidates: list[Candidate] = [PillowPath2(config), Pillow(config)]
     for cls in (OpenCV, SimpleJPEG, Vips):
         try:
             candidates.append(cls(config))
@@ -250,7 +266,7 @@ def main() -> int:
     count = {f: formats.count(f) for f in ("jpg", "png", "webp")}
     print(f"# {len(images)} images ({count}), target {args.size} {args.mode}, JPEG q{config.encode_quality}, "
           f"best of {args.rounds} rounds, one thread")
-    print("| candidate | CPU ms/image | vs today | JPEG | PNG | WebP | mean abs diff (grey levels) "
+    print("| candidate | CPU ms/image | vs path 2 | JPEG | PNG | WebP | mean abs diff (grey levels) "
           "| worst image | same outcomes |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     t_base = best[candidates[0].name]

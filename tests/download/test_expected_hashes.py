@@ -58,7 +58,7 @@ def test_build_records_hash_mismatches_with_reasons(fault_corpus, tmp_path, caps
     manifest = json.loads((tmp_path / "out/faults/v1/manifest.json").read_text())
     download = next(s for s in manifest["stages"] if s["name"] == "download")
     assert download["counts"]["failed.hash_mismatch"] == 3
-    assert download["libraries"]["image_path"] == 2  # which image path wrote the bytes (and hashed them)
+    assert download["libraries"]["image_path"] == 3  # which image path wrote the bytes (and hashed them)
     assert download["libraries"]["decoder"] == "pillow" and download["libraries"]["pillow"]
 
 
