@@ -82,9 +82,20 @@ class AddressPolicy:
 _RESOLVER = ThreadPoolExecutor(64, thread_name_prefix="vlcurate-dns")
 
 
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 def resolve(host: str, port: int, timeout: float | None) -> list:
     """``socket.getaddrinfo`` for a TCP connection, giving up (``TimeoutError``) after
-    ``timeout`` seconds (None: wait as long as the system resolver does)."""
+    ``timeout`` seconds (None: wait as long as the system resolver does). An IP
+    address needs no lookup and cannot hang: it is converted on the calling thread."""
+    if _is_ip_literal(host):
+        return socket.getaddrinfo(host, port, allowed_gai_family(), socket.SOCK_STREAM, 0, socket.AI_NUMERICHOST)
     if timeout is None:
         return socket.getaddrinfo(host, port, allowed_gai_family(), socket.SOCK_STREAM)
     lookup = _RESOLVER.submit(socket.getaddrinfo, host, port, allowed_gai_family(), socket.SOCK_STREAM)

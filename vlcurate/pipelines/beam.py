@@ -55,6 +55,7 @@ from vlcurate.pipelines.stage import Layout, Stage, stage_class
 
 METRICS_NAMESPACE = "vlcurate"
 LOCAL = "local"
+MALLOC_ARENAS = 2  # glibc malloc arenas per local worker process (MALLOC_ARENA_MAX), see make_pipeline
 
 # A process that imported Beam (the launcher, each local worker) ends holding several
 # hundred thousand objects, and the garbage collections of interpreter shutdown walk
@@ -346,6 +347,12 @@ def make_pipeline(runner: str, workers: int, options: tuple[str, ...], id_shards
         flags = ["--default_sdk_harness_log_level=WARNING", *options]
         if workers > 1:
             flags += [f"--direct_num_workers={workers}", "--direct_running_mode=multi_processing"]
+            # The worker processes inherit this (a user's own value wins). glibc gives each
+            # thread that allocates its own malloc arena (up to 8 per core), and every arena
+            # keeps image buffers it freed: a download worker's 32 fetch threads took it to
+            # 650-950 MB peak RSS on the download benchmark, 390-440 MB with 2 arenas, for
+            # the same CPU (benchmarks/README.md, Download).
+            os.environ.setdefault("MALLOC_ARENA_MAX", str(MALLOC_ARENAS))
         return beam.Pipeline(runner=FnApiRunner(), options=PipelineOptions(flags))
     flags = [f"--runner={resolve_runner(runner)}", *runner_defaults(runner, options, id_shards), *options]
     return beam.Pipeline(options=PipelineOptions(flags))
