@@ -9,7 +9,10 @@ FROM apache/beam_python3.11_sdk:2.77.0
 
 ARG TORCH_VERSION=2.14.1
 ARG TORCHVISION_VERSION=0.29.1
+# MALLOC_ARENA_MAX: 2 glibc malloc arenas per process, as the local runner gives its
+# workers (README, Runners): many fetch threads otherwise keep freed image buffers.
 ENV NO_ALBUMENTATIONS_UPDATE=1 \
+    MALLOC_ARENA_MAX=2 \
     WANDB_MODE=disabled \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1

@@ -97,7 +97,7 @@ class Candidate:
 
 
 class Pillow(Candidate):
-    name = "pillow (today)"
+    name = "today (image path 3)"
 
     def __call__(self, data: bytes) -> Outcome:
         r = self.today(data)
