@@ -1,7 +1,6 @@
-"""Still WebPs are decoded by OpenCV's one-shot libwebp call (images.plain_webp /
-_decode_webp) instead of Pillow's animation decoder: the stored bytes, hashes and
-outcomes must be exactly what the Pillow path gives, and anything unusual must go
-to Pillow."""
+"""Still WebPs are decoded by OpenCV's one-shot libwebp call (vlcurate/download/webp.py)
+instead of Pillow's animation decoder: the stored bytes, hashes and outcomes must be
+exactly what the Pillow path gives, and anything unusual must go to Pillow."""
 
 from __future__ import annotations
 
@@ -13,7 +12,8 @@ import pytest
 from PIL import Image, ImageCms
 
 from vlcurate.download import images
-from vlcurate.download.images import ImageConfig, ImageProcessor, plain_webp
+from vlcurate.download.images import ImageConfig, ImageProcessor
+from vlcurate.download.webp import plain_webp
 
 
 def webp(img: Image.Image, **kwargs) -> bytes:
@@ -55,8 +55,8 @@ def test_plain_webps_take_the_opencv_path_and_store_pillows_very_bytes(monkeypat
     with Image.open(io.BytesIO(data)) as header:
         assert plain_webp(data) == (*header.size, len(header.mode))
     calls = []
-    decode = images._decode_webp
-    monkeypatch.setattr(images, "_decode_webp", lambda *a: calls.append(a) or decode(*a))
+    decode = images.decode_webp
+    monkeypatch.setattr(images, "decode_webp", lambda *a: calls.append(a) or decode(*a))
     config = ImageConfig(image_size=128, resize_mode=mode)
     fast = ImageProcessor(config)(data)
     assert len(calls) == 1  # it did take the OpenCV path
@@ -97,7 +97,7 @@ def _jpeg() -> bytes:
 def test_anything_else_is_left_to_pillow(monkeypatch, name):
     data = NOT_PLAIN[name]()
     assert plain_webp(data) is None
-    monkeypatch.setattr(images, "_decode_webp", lambda *a: pytest.fail("OpenCV called"))
+    monkeypatch.setattr(images, "decode_webp", lambda *a: pytest.fail("OpenCV called"))
     ImageProcessor(ImageConfig(image_size=64))(data)  # whatever Pillow makes of it
 
 
@@ -132,7 +132,7 @@ def _vp8x_header(w: int, h: int) -> bytes:
                                             (_vp8x_header(20000, 20000), (20000, 20000))])
 def test_a_bomb_webp_is_refused_from_its_header_before_any_decoder(monkeypatch, data, size):
     assert plain_webp(data)[:2] == size
-    monkeypatch.setattr(images, "_decode_webp", lambda *a: pytest.fail("decoded"))
+    monkeypatch.setattr(images, "decode_webp", lambda *a: pytest.fail("decoded"))
     result = ImageProcessor(ImageConfig())(data)
     assert result.error_kind == "bomb"
     assert (result.original_width, result.original_height) == size

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageCms, ImageOps
 
+from vlcurate.download.webp import decode_webp, plain_webp
 from vlcurate.typed import FieldError, bounded, check_bounds
 
 RESIZE_MODES = ("no", "keep_ratio", "center_crop", "border")
@@ -209,7 +210,7 @@ class ImageProcessor:
             w, h, channels = plain
             if rejected := self._check_size(w, h):
                 return rejected
-            if (img := _decode_webp(data, channels, (w, h))) is not None:
+            if (img := decode_webp(data, channels, (w, h))) is not None:
                 return self._store(img, w, h)
             # anything OpenCV does not decode goes to Pillow, whose outcome it gets
         try:
@@ -316,58 +317,6 @@ class ImageProcessor:
         else:
             img.save(buf, fmt, quality=self.config.encode_quality)
         return buf.getvalue()
-
-
-_VP8X_NOT_PLAIN = 0x02 | 0x08 | 0x20  # VP8X flags: animation, EXIF, ICC profile
-
-
-def plain_webp(data: bytes) -> tuple[int, int, int] | None:
-    """(width, height, channels) of a still WebP without EXIF or ICC profile, read from
-    its first chunk's header (RIFF, then VP8, VP8L or VP8X), or None for anything else.
-
-    Such a WebP is decoded by OpenCV's call of libwebp's one-shot decoder
-    (:func:`_decode_webp`): the very pixels Pillow gives (tests/download/test_images.py
-    compares them), for about half the CPU, since Pillow opens every WebP with libwebp's
-    animation decoder (an RGBA canvas, converted from there) before a pixel is asked for.
-    """
-    if len(data) < 30 or data[:4] != b"RIFF" or data[8:12] != b"WEBP":
-        return None
-    chunk = data[12:16]
-    if chunk == b"VP8 ":  # lossy, no alpha: a key frame's start code, then 14-bit sizes
-        if data[23:26] != b"\x9d\x01\x2a":
-            return None
-        return (int.from_bytes(data[26:28], "little") & 0x3FFF,
-                int.from_bytes(data[28:30], "little") & 0x3FFF, 3)
-    if chunk == b"VP8L":  # lossless: signature 0x2f, 14-bit width-1, height-1, alpha bit
-        if data[20] != 0x2F:
-            return None
-        bits = int.from_bytes(data[21:25], "little")
-        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1, 4 if bits >> 28 & 1 else 3
-    if chunk == b"VP8X":  # extended: flags, then the canvas's 24-bit width-1, height-1
-        flags = data[20]
-        if flags & _VP8X_NOT_PLAIN:
-            return None
-        return (int.from_bytes(data[24:27], "little") + 1, int.from_bytes(data[27:30], "little") + 1,
-                4 if flags & 0x10 else 3)
-    return None
-
-
-def _decode_webp(data: bytes, channels: int, size: tuple[int, int]) -> Image.Image | None:
-    """The pixels of a :func:`plain_webp` image (Pillow's mode: RGB or RGBA), or None when
-    OpenCV does not decode it to that size and channel count."""
-    import cv2  # imported here: only WebP needs it
-
-    flag = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION if channels == 3 else cv2.IMREAD_UNCHANGED
-    try:
-        arr = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
-    except cv2.error:
-        return None
-    if arr is None or arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != channels \
-            or (arr.shape[1], arr.shape[0]) != size:
-        return None
-    if channels == 4:
-        arr = cv2.cvtColor(arr, cv2.COLOR_BGRA2RGBA)
-    return Image.fromarray(arr, "RGB" if channels == 3 else "RGBA")
 
 
 def _transpose(img: Image.Image) -> Image.Image:
