@@ -356,3 +356,28 @@ def test_phash_is_the_row_major_bit_string_of_the_dct_signs():
     coeffs = dctn(np.asarray(small, dtype=np.float64), type=2, norm="ortho")[1:9, 1:9]
     bits = (coeffs > np.median(coeffs)).flatten()
     assert phash(img) == f"{int(''.join('1' if b else '0' for b in bits), 2):016x}"
+
+
+
+def _detailed(size: tuple[int, int], seed: int) -> Image.Image:
+    """Texture at every position (noise at 1/12 resolution, bilinear), where a coarse
+    resize shortcut shows: a box reduction close to the target aliases it."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    coarse = rng.integers(0, 256, (h // 12, w // 12, 3), dtype=np.uint8)
+    return Image.fromarray(coarse).resize(size, Image.Resampling.BILINEAR)
+
+
+def test_resize_stays_close_to_image_path_2_on_textured_images():
+    # Image path 2 resized with reducing_gap 2 (Image.thumbnail's recipe); ours box-reduces
+    # further (reducing_gap 1.5). Measured: mean 0.29, worst 1.10 grey levels on these;
+    # reducing_gap 1 would give 1.11 and 2.51, a resize without antialiasing (NEAREST) 3.1 and 4.8.
+    sizes = [(1500, 1100), (2400, 900), (700, 530), (1300, 1300), (1024, 1024), (3000, 2000), (900, 600)]
+    diffs = []
+    for size in sizes:
+        img = _detailed(size, seed=size[0])
+        result = run(encode(img, "BMP"), image_size=256, resize_mode="keep_ratio", encode_format="png")
+        target = ImageProcessor(ImageConfig(image_size=256)).target_size(*size)
+        path2 = np.asarray(img.resize(target, Image.Resampling.BICUBIC, reducing_gap=2.0), float)
+        diffs.append(np.abs(np.asarray(ok(result), float) - path2).mean())
+    assert np.mean(diffs) <= 0.5 and max(diffs) <= 1.5, diffs

@@ -55,13 +55,14 @@ _SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG", b"GIF87a", b"GIF89a", b"BM", b"II*\x
 # pixels to anti-alias, so quality matches a full decode at a fraction of the cost.
 DRAFT_REDUCING_GAP = 2.0
 # Resizing is BICUBIC (CLIP's preprocessing filter), antialiased when downscaling,
-# with reducing_gap=1: a fast integer box reduction (Image.reduce) while the image is
-# still >= 2x the target, then BICUBIC over the last 1x-2x. Measured on the download
-# benchmark's first 800 images (benchmarks/image_path.py --gaps): against a plain BICUBIC
-# of the full decode the mean difference is 0.17 grey levels (worst image 0.87), against
-# the reducing_gap=2 of image path 2 (Image.thumbnail's recipe) 0.14 (worst 0.75), and
-# the resize takes 40% less CPU (it was the largest part of a JPEG's cost: 2.2 of 3.2 ms).
-_DOWN_GAP = 1.0
+# with reducing_gap=1.5: a fast integer box reduction (Image.reduce) while the image is
+# still >= 1.5x the target, then BICUBIC over the last 1.5x-3x. On the download
+# benchmark's first 800 images the resize takes ~23% less CPU than with reducing_gap=2
+# (Image.thumbnail's recipe, image path 2); the stored pixels are 0.12 grey levels from a
+# plain BICUBIC of the full decode (worst image 0.78) and 0.14 from path 2 (worst 0.72).
+# On textured images the box reduction shows more: up to 1.1 grey levels from path 2
+# (tests/download/test_images.py); reducing_gap=1, which was tried, reached 2.5 there.
+_DOWN_GAP = 1.5
 _WHITE = (255, 255, 255)
 _ORIENTATION = 0x0112  # EXIF tag: 1 (or absent, or 0 = invalid) means as stored
 _SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
@@ -152,7 +153,7 @@ def stored_phash(data: bytes) -> str:
 # encoder changes stored bytes, sha256 and pHash): bump IMAGE_PATH_VERSION when it does.
 # 1: Pillow decodes (JPEG at reduced scale), BICUBIC resize with reducing_gap 2, encodes.
 # 2: as 1, and the pHash of a stored JPEG is taken from a reduced-scale decode (stored_phash).
-# 3: as 2, the resize's reducing_gap 1 instead of 2 (_DOWN_GAP); a still WebP without EXIF
+# 3: as 2, the resize's reducing_gap 1.5 instead of 2 (_DOWN_GAP); a still WebP without EXIF
 #    or ICC profile is decoded by OpenCV (plain_webp: the same pixels as Pillow's).
 IMAGE_PATH_VERSION = 3
 
