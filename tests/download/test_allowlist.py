@@ -10,6 +10,7 @@ import pytest
 
 from vlcurate.cli import main
 from vlcurate.download.fetch import FetchConfig, Fetcher, address_policy
+from vlcurate.download import guard
 from vlcurate.download.guard import AddressPolicy, parse_networks
 from tests.download.conftest import write_recipe
 from tests.download.fetch_server import JPEG, _Server, running_server
@@ -101,3 +102,15 @@ def test_bad_cidr_in_a_recipe_is_one_line_and_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "allow_networks" in err and "10.0.0.1/8" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_an_ip_address_is_vetted_without_the_resolver_threads(server, monkeypatch):
+    # An address needs no lookup: no hand-off to the resolver pool (the timeout it
+    # exists for cannot arise), and the address is still vetted and connected to.
+    monkeypatch.setattr(guard._RESOLVER, "submit", lambda *a, **k: pytest.fail("sent to the resolver"))
+    with Fetcher(FetchConfig(retries=0, allow_networks=["127.0.0.0/8"])) as f:
+        assert f.fetch(server.url("/ok-literal.jpg")).data == JPEG
+    with Fetcher(FetchConfig(retries=0)) as f:  # loopback not allowed: refused before any connect
+        assert f.fetch(server.url("/ok-literal.jpg")).error_kind == "blocked_address"
+    assert guard.resolve("127.0.0.1", 80, 5.0)[0][4] == ("127.0.0.1", 80)
+    assert not guard._is_ip_literal("localhost") and guard._is_ip_literal("::ffff:10.0.0.1")

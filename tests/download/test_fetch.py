@@ -293,16 +293,6 @@ def test_host_resolved_once_and_vetted_address_used(server, monkeypatch):
     assert server.log[-1][2] == f"rebind.example:{server.server_address[1]}"  # Host header kept
 
 
-def test_an_ip_address_is_not_sent_to_the_resolver_threads(server, fetcher, monkeypatch):
-    # An address needs no lookup: no hand-off to the resolver pool (the timeout it
-    # exists for cannot arise), and the address is still vetted and connected to.
-    monkeypatch.setattr(guard._RESOLVER, "submit", lambda *a, **k: pytest.fail("sent to the resolver"))
-    r = fetcher.fetch(server.url("/ok-literal.jpg"))
-    assert r.data == JPEG
-    assert guard.resolve("127.0.0.1", 80, 5.0)[0][4] == ("127.0.0.1", 80)
-    assert not guard._is_ip_literal("localhost") and guard._is_ip_literal("::ffff:10.0.0.1")
-
-
 # --- fetch_many ---------------------------------------------------------------
 
 def test_fetch_many_yields_every_index(server, fetcher):
