@@ -7,7 +7,7 @@ rejected (see `IMAGE_ERROR_KINDS`).
 Order of work, cheapest rejection first:
 1. `Image.open` reads only the header (lazy), restricted to common web formats. A
    still WebP without EXIF or ICC profile is read from its first chunk's header
-   instead and decoded by OpenCV (`plain_webp`): the same pixels, half the CPU.
+   instead and decoded by OpenCV (`webp.py`): the same pixels, ~30% less CPU.
 2. Pixel count, smallest side and aspect ratio are checked on the header size,
    before any pixel is decoded (decompression bombs never reach the decoder).
 3. JPEGs are decoded at 1/2, 1/4 or 1/8 scale (libjpeg DCT scaling) when the

@@ -350,7 +350,7 @@ def make_pipeline(runner: str, workers: int, options: tuple[str, ...], id_shards
             # The worker processes inherit this (a user's own value wins). glibc gives each
             # thread that allocates its own malloc arena (up to 8 per core), and every arena
             # keeps image buffers it freed: a download worker's 32 fetch threads took it to
-            # 650-950 MB peak RSS on the download benchmark, 390-440 MB with 2 arenas, for
+            # 650-950 MB peak RSS on the download benchmark, 390-480 MB with 2 arenas, for
             # the same CPU (benchmarks/README.md, Download).
             os.environ.setdefault("MALLOC_ARENA_MAX", str(MALLOC_ARENAS))
         return beam.Pipeline(runner=FnApiRunner(), options=PipelineOptions(flags))
