@@ -18,7 +18,9 @@ ENV NO_ALBUMENTATIONS_UPDATE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /opt/vlcurate
-COPY constraints.txt pyproject.toml README.md ./
+# setup.py compiles the interleave stage's walk (vlcurate/interleave/_walk.c) with the
+# image's C compiler; without one it installs the Python walk (same documents, slower).
+COPY constraints.txt pyproject.toml setup.py README.md ./
 COPY vlcurate ./vlcurate
 # The CPU builds of the pinned torch and torchvision (no CUDA libraries on CPU workers)
 # satisfy the constraints, so the install of everything else, apache-beam included,

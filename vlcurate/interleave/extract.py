@@ -14,14 +14,19 @@ URL.
 
 Two parsers are supported behind one small node interface: selectolax's Lexbor
 (the default, chosen by measurement: benchmarks/README.md, Interleaved documents) and
-resiliparse's Lexbor binding.
+resiliparse's Lexbor binding. With selectolax the walk runs compiled (``_walk.c``) where
+that module was built for the installed selectolax release, and in Python otherwise;
+both give the same nodes (tests/interleave/test_compiled_walk.py).
 """
 
 from __future__ import annotations
 
+import functools
 import re
+import warnings
 from dataclasses import dataclass, field
 from operator import attrgetter
+from importlib.metadata import version
 from typing import Any, Literal
 
 from vlcurate.interleave.image_attrs import declared_size, image_source, resolve_url
@@ -122,6 +127,46 @@ class _Selectolax:
         return cls._kinds
 
 
+    _table: bytes | None = None
+
+    @classmethod
+    def kind_table(cls) -> bytes:
+        """``kinds`` for the compiled walk: the kind of tag id ``i`` at ``[i]``."""
+        if cls._table is None:
+            kinds = cls.kinds()
+            table = bytearray(max(kinds) + 1)  # OTHER is 0
+            for tag_id, kind in kinds.items():
+                table[tag_id] = kind
+            cls._table = bytes(table)
+        return cls._table
+
+
+@functools.cache
+def _compiled() -> tuple[Any, str | None]:
+    """The compiled walk, or None and why there is none."""
+    try:
+        from vlcurate.interleave import _walk as module  # type: ignore[attr-defined]
+    except ImportError as e:
+        return None, f"vlcurate.interleave._walk was not built ({e})"
+    installed = version("selectolax")
+    if module.SELECTOLAX_VERSION != installed:
+        warnings.warn(f"vlcurate.interleave._walk was built for selectolax {module.SELECTOLAX_VERSION}, not the "
+                      f"installed {installed}: the interleave extraction runs the slower Python walk; reinstall "
+                      "vlcurate to rebuild it", RuntimeWarning, stacklevel=3)
+        return None, f"built for selectolax {module.SELECTOLAX_VERSION}, {installed} is installed"
+    return module.walk, None
+
+
+def compiled_walk() -> Any:
+    """The compiled walk (``_walk.c``) when it was built for the installed selectolax."""
+    return _compiled()[0]
+
+
+def compiled_walk_problem() -> str | None:
+    """Why there is no compiled walk, or None."""
+    return _compiled()[1]
+
+
 class _Resiliparse:
     first_child, next, text = attrgetter("first_child"), attrgetter("next"), attrgetter("text")
     key = tag = attrgetter("tag")  # '#text', '#comment' or the element name
@@ -181,7 +226,7 @@ def _head_info(adapter: Any, head: Any, page_url: str) -> tuple[str, str | None,
     return base, robots, title
 
 
-def extract(html: str, page_url: str, parser: Parser = "selectolax") -> Extracted:
+def extract(html: str, page_url: str, parser: Parser = "selectolax", compiled: bool | None = None) -> Extracted:
     """Text blocks and images of ``html`` in reading order (see the module doc).
 
     One walk for both parsers, through the adapters. The walk is where the time goes
@@ -192,15 +237,34 @@ def extract(html: str, page_url: str, parser: Parser = "selectolax") -> Extracte
     the boilerplate removal, image and block markers and the text in Lexbor's C code
     (css queries, ``insert_before``/``after``, one ``text()`` call) was measured 15%
     slower than the walk and removed: each css query costs 15-20 us a page, and each
-    marker is still one Python call."""
+    marker is still one Python call.
+
+    ``compiled``: None (the default) runs the compiled walk where there is one, False
+    the Python walk, True the compiled one or an error."""
     adapter = _ADAPTERS[parser]
     tree = adapter.parse(html)
     head, body = adapter.head_body(tree)
     base, robots, title = _head_info(adapter, head, page_url)
     out = Extracted(robots=robots, title=title, base_url=base)
-    if body is not None:  # the body is a block whose attributes do not count
+    if body is None:
+        return out
+    # the body is a block whose attributes do not count: the walk starts at its children
+    if compiled is not False and parser == "selectolax" and (walk := compiled_walk()) is not None:
+        walk(body.mem_id, base, _Selectolax.kind_table(), TextBlock, ImageRef, _image_ref, _is_boilerplate, out.nodes)
+    elif compiled:
+        raise RuntimeError(f"no compiled walk for the {parser} parser here: {compiled_walk_problem()}")
+    else:
         _walk(adapter, adapter.first_child(body), base, out.nodes)
     return out
+
+
+def _image_ref(attrs: dict, base: str) -> ImageRef | None:
+    """The image an ``<img>`` with ``attrs`` names, or None when it names none."""
+    if (src := image_source(attrs)) is None:
+        return None
+    alt = attrs.get("alt")
+    return ImageRef(resolve_url(base, src), src, " ".join(alt.split()) if alt else None,
+                    declared_size(attrs.get("width")), declared_size(attrs.get("height")))
 
 
 _END = object()  # on the walk's stack: a block element's subtree ends here
@@ -247,12 +311,10 @@ def _walk(adapter: Any, node: Any, base: str, nodes: list[TextBlock | ImageRef])
             node = nxt(node)
             continue
         if kind == IMAGE:
-            if (src := image_source(attrs)) is not None:
+            if (image := _image_ref(attrs, base)) is not None:
                 if parts:
                     flush()
-                alt = attrs.get("alt")
-                nodes.append(ImageRef(resolve_url(base, src), src, " ".join(alt.split()) if alt else None,
-                                      declared_size(attrs.get("width")), declared_size(attrs.get("height"))))
+                nodes.append(image)
             node = nxt(node)
             continue
         child = first_child(node)
