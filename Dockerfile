@@ -18,7 +18,7 @@ ENV NO_ALBUMENTATIONS_UPDATE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /opt/vlcurate
-# setup.py compiles the interleave stage's walk (vlcurate/interleave/_walk.c) with the
+# setup.py compiles the interleave stage's walk (vlcurate/interleave/_speedups.c) with the
 # image's C compiler; without one it installs the Python walk (same documents, slower).
 COPY constraints.txt pyproject.toml setup.py README.md ./
 COPY vlcurate ./vlcurate

@@ -7,7 +7,7 @@ export NO_ALBUMENTATIONS_UPDATE = 1
 export WANDB_MODE = disabled
 export HF_HUB_OFFLINE = 1
 
-$(VENV)/.installed: pyproject.toml constraints.txt setup.py vlcurate/interleave/_walk.c
+$(VENV)/.installed: pyproject.toml constraints.txt setup.py vlcurate/interleave/_speedups.c
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q "pip==26.3"
 	$(VENV)/bin/python -m pip install -q -c constraints.txt -e ".[dev]"

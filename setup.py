@@ -1,5 +1,5 @@
 """vlcurate is pure Python but for one C module, the interleave stage's reading-order
-walk (vlcurate/interleave/_walk.c), which reads the tree selectolax's Lexbor parser
+walk (vlcurate/interleave/_speedups.c), which reads the tree selectolax's Lexbor parser
 builds. It is compiled against Lexbor's headers as shipped in the source release of the
 selectolax version pyproject.toml pins: that release is fetched from the package index
 once (``pip download``, the index pip is configured with) into build/, and only its
@@ -62,7 +62,7 @@ def _extensions() -> list[Extension]:
     if headers is None:
         print(f"vlcurate: building without the compiled interleave walk: {why}", file=sys.stderr)
         return []
-    return [Extension("vlcurate.interleave._walk", ["vlcurate/interleave/_walk.c"], include_dirs=[str(headers)],
+    return [Extension("vlcurate.interleave._speedups", ["vlcurate/interleave/_speedups.c"], include_dirs=[str(headers)],
                       define_macros=[("VLC_SELECTOLAX_VERSION", f'"{version}"')], optional=True)]
 
 

@@ -8,8 +8,10 @@ rounds (CPU time of this process, so the figure is per core):
 - ``floor-<parser>``: parse, remove script/style/nav, take the text;
 - ``extract-<parser>``: what the stage does per page: charset decision, extraction
   in reading order, images with their URLs resolved, the image/text/document rules and
-  the OBELICS row (the same walk on both parsers, so the difference is the parsers'
-  parse and node access);
+  the OBELICS row; with selectolax the walk is the compiled one (``_speedups.c``) where it
+  is built, as in the stage, and ``extract-selectolax-pywalk`` is the same with the
+  Python walk, which ``extract-resiliparse`` runs too (so the difference between those
+  two is the parsers' parse and node access);
 - ``stage``: the ``interleave`` stage's ``run_shard`` on the WARC (reading the
   records, everything above with the default parser, and writing the three Parquet
   files), per page;
@@ -38,11 +40,12 @@ from selectolax.lexbor import LexborHTMLParser
 from vlcurate.demo.pages import CrawlRecord, varied_page, write_warc
 from vlcurate.interleave.charset import decode_page
 from vlcurate.interleave.documents import DocumentRules, document_problem, obelics_row, select_nodes
-from vlcurate.interleave.extract import bare_text, extract
+from vlcurate.interleave.extract import bare_text, compiled_walk, compiled_walk_problem, extract
 
-def extract_page(body: bytes, content_type: str, url: str, parser: str, rules: DocumentRules) -> dict | None:
+def extract_page(body: bytes, content_type: str, url: str, parser: str, rules: DocumentRules,
+                 compiled: bool | None = None) -> dict | None:
     decoded = decode_page(body, content_type)
-    extracted = extract(decoded.text, url, parser)  # type: ignore[arg-type]
+    extracted = extract(decoded.text, url, parser, compiled)  # type: ignore[arg-type]
     counts: dict[str, int] = {}
     doc, outcomes = select_nodes(extracted.nodes, rules, None, counts)
     if document_problem(doc, rules):
@@ -115,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
             "floor-resiliparse": lambda: [bare_text(b.decode("utf-8", "replace"), "resiliparse") for b, _ in pages],
             "extract-selectolax": lambda: [extract_page(b, ct, u, "selectolax", rules)
                                            for (b, ct), u in zip(pages, urls)],
+            "extract-selectolax-pywalk": lambda: [extract_page(b, ct, u, "selectolax", rules, compiled=False)
+                                                  for (b, ct), u in zip(pages, urls)],
             "extract-resiliparse": lambda: [extract_page(b, ct, u, "resiliparse", rules)
                                             for (b, ct), u in zip(pages, urls)],
         }
@@ -135,10 +140,12 @@ def main(argv: list[str] | None = None) -> int:
     floor = rate["floor-selectolax"]
     print(f"{args.pages} pages, mean {size / 1024:.1f} KB; documents kept: {kept}; "
           f"load average {load[0]:.1f} before, {load_after[0]:.1f} after; {args.rounds} alternating rounds")
-    print(f"{'variant':<22}{'pages/s/core':>14}{'us/page':>10}{'vs floor-selectolax':>22}{'spread':>10}")
+    print("walk of extract-selectolax and stage: " + ("compiled" if compiled_walk() is not None
+                                                       else f"Python ({compiled_walk_problem()})"))
+    print(f"{'variant':<27}{'pages/s/core':>14}{'us/page':>10}{'vs floor-selectolax':>22}{'spread':>10}")
     for name, ts in times.items():
         spread = (max(ts) - min(ts)) / statistics.median(ts)
-        print(f"{name:<22}{rate[name]:>14,.0f}{1e6 / rate[name]:>10.0f}{rate[name] / floor:>22.2f}{spread:>10.0%}")
+        print(f"{name:<27}{rate[name]:>14,.0f}{1e6 / rate[name]:>10.0f}{rate[name] / floor:>22.2f}{spread:>10.0%}")
     if args.json:
         args.json.write_text(json.dumps({"pages": args.pages, "mean_bytes": size, "rate": rate, "times": times,
                                          "load": [load, load_after], "kept": kept}, indent=1))

@@ -1,4 +1,4 @@
-"""The compiled walk (vlcurate/interleave/_walk.c) gives the nodes the Python walk
+"""The compiled walk (vlcurate/interleave/_speedups.c) gives the nodes the Python walk
 gives, node for node, on benchmark pages, the sample crawl, generated tag soups and the
 image attributes its shortcuts read; where it was not built for the installed
 selectolax, the Python walk runs."""
@@ -58,7 +58,14 @@ _IMG_ATTRS = ['src="/a.jpg"', 'src=" /b c.jpg\x0c"', 'src="https://cdn.example.n
               'data-srcset="/d.jpg 300w"', 'srcset=""', 'srcset="data:x 2x"', 'alt="An  image\n of\x1ca cat"',
               'alt="\u00a0caf\u00e9\u2003au lait "', 'alt', 'alt=" "', 'width="300px"', 'width="\uff13\uff10\uff10"',
               'height=" 200"', 'height="9999999999999999999"', 'width="\t\n42"', 'class="logo"', 'SRC="/upper.jpg"',
-              'src="/first.jpg" src="/second.jpg"', 'src="javascript:void(0)"', 'src="mailto:a@b.org"']
+              'src="/first.jpg" src="/second.jpg"', 'src="javascript:void(0)"', 'src="mailto:a@b.org"',
+              # srcsets the compiled walk reads, and ones it leaves to _image_ref
+              'srcset="/a.jpg 640w, /b.jpg 320w"', 'srcset="/c.jpg 0w, /d.jpg"', 'srcset="/e.jpg 1.5x,/f.jpg 1.50x"',
+              'srcset="/g,.jpg 2x, /h.jpg, "', 'srcset="/i.jpg 640w 480h"', 'srcset="/j.jpg .5x, /k.jpg 1e1x"',
+              'srcset=",,/l.jpg,,"', 'srcset="/m.jpg 1.x"', 'srcset="data:a 9x, /n.jpg 1x"', 'srcset="/o.jpg 00x"', 'srcset="/z.jpg 0w"',
+              'srcset="/q.jpg 123456789012345678w, /r.jpg 99999999999999w"', 'srcset="/\u00e9.jpg 2x"',
+              'srcset="/p.jpg\x1c3x, /p2.jpg 2x"', 'data-srcset="/ds.jpg 2x, /ds1.jpg 1x"', 'srcset="data:x 1x"',
+              'srcset="https://cdn.example.net/w.jpg 800w, rel/w.jpg 801w"', 'srcset="/s.jpg 2x, /t.jpg 2.0x"']
 _TEXT = ["Words of a paragraph here and there", "caf\u00e9 cr\u00e8me", "\u4eac\u90fd\u306e\u5bfa", "a\x1cb\x1dc",
          "&amp; &lt;tag&gt; &nbsp; x", "\u00a0\u2002spaced\u3000out\u00a0", "\t\n  \r", "\x00nul", "\ufeffbom",
          "<!-- a comment -->", "<![CDATA[ data ]]>", "&#x1F600; &#0; &#xD800;"]
@@ -104,6 +111,8 @@ def test_same_nodes_on_tag_soups():
     ('<img src="/x/../y.png" alt=" ">', ImageRef("https://example.org/y.png", "/x/../y.png", "", None, None)),
     ('<img src="/\u00e9t\u00e9.jpg" width="\uff13\uff10\uff10">',
      ImageRef("https://example.org/\u00e9t\u00e9.jpg", "/\u00e9t\u00e9.jpg", None, None, None)),
+    ('<img srcset="/z.jpg 0w" src="/s.jpg">',  # a zero width is no candidate
+     ImageRef("https://example.org/s.jpg", "/s.jpg", None, None, None)),
     ('<img srcset="/s1.jpg 1x, /s2.jpg 2x" src="/s.jpg">',
      ImageRef("https://example.org/s2.jpg", "/s2.jpg", None, None, None)),
     # no host: not the shortcut's; urljoin takes the page's

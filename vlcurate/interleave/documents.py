@@ -25,13 +25,14 @@ _ICON_WORDS = ("favicon|icons?|logos?|sprites?|emoji|emoticons?|avatars?|badges?
 _TRACKING = re.compile(rf"[/_.-](?:{_TRACKING_WORDS})(?:[/_.-]|$)", re.I)
 _ICON = re.compile(rf"[/_.-](?:{_ICON_WORDS})(?:[/_.-]|\d|$)", re.I)
 _FURNITURE_LOWER = re.compile(rf"[/_.-](?:{_TRACKING_WORDS}|{_ICON_WORDS})")
+# the same search in C (vlcurate/interleave/_speedups.c): its words, "s?" dropped (a
+# search without an end boundary finds "icon" wherever it finds "icons")
+_FURNITURE_WORDS = f"{_TRACKING_WORDS}|{_ICON_WORDS}".replace("s?", "").encode("ascii")
+try:
+    from vlcurate.interleave._speedups import plain_image as _plain_image
+except ImportError:  # not built: image_problem judges every image
+    _plain_image = None
 
-
-def _may_be_furniture(path: str) -> bool:
-    """False when ``path`` has no tracking or icon word, so that most images skip the two
-    searches above. On ASCII, lower-casing and a case-sensitive search find what
-    ``re.I`` finds, at a third of its cost; other paths are left to the searches."""
-    return not path.isascii() or _FURNITURE_LOWER.search(path.lower()) is not None
 _UNSUPPORTED = (".svg", ".ico", ".cur")
 PAGE_TEXT_SEPARATOR = "\n\n"
 _to_json = json.JSONEncoder(ensure_ascii=False, sort_keys=True).encode  # made once: json.dumps makes one a call
@@ -73,11 +74,19 @@ class Document:
     """A document as a list of nodes (text blocks and kept images) in reading order."""
 
     nodes: list[TextBlock | ImageRef] = field(default_factory=list)
-    word_count: int | None = None  # counted while the nodes were chosen (removing images keeps it)
+    # counted while the nodes were chosen (removing images, as later stages do, keeps both)
+    word_count: int | None = None
+    text_count: int | None = None
 
     @property
     def images(self) -> list[ImageRef]:
         return [n for n in self.nodes if isinstance(n, ImageRef)]
+
+    @property
+    def image_count(self) -> int:
+        if self.text_count is None:
+            self.text_count = sum(isinstance(n, TextBlock) for n in self.nodes)
+        return len(self.nodes) - self.text_count
 
     @property
     def words(self) -> int:
@@ -87,12 +96,15 @@ class Document:
 
 
 def _path(url: str) -> str:
-    """The path of an absolute URL (what ``urlsplit(url).path`` gives, without its cost)."""
-    rest = url.split("//", 1)[-1]
-    slash = rest.find("/")
-    if slash < 0:
-        return ""
-    return rest[slash:].split("?", 1)[0].split("#", 1)[0]
+    """The path of an absolute URL: what ``urlsplit(url).path`` gives, without its cost."""
+    host = url.find("//")
+    start = host + 2 if host >= 0 else 0
+    end = len(url)
+    for mark in "?#":
+        if 0 <= (k := url.find(mark, start)) < end:
+            end = k
+    slash = url.find("/", start, end)
+    return url[slash:end] if slash >= 0 else ""
 
 
 def image_problem(image: ImageRef, rules: DocumentRules) -> tuple[str, str] | None:
@@ -100,21 +112,24 @@ def image_problem(image: ImageRef, rules: DocumentRules) -> tuple[str, str] | No
     if image.url is None:
         return "bad_url", f"cannot make an http(s) URL of {image.src[:200]!r}"
     path = _path(image.url)
-    name = path.rsplit("/", 1)[-1].lower()
-    if name.endswith(_UNSUPPORTED):
-        return "unsupported_format", name
+    lower = path.lower()
+    if lower.endswith(_UNSUPPORTED):  # no "/" in them: the end of the path is the file name's
+        return "unsupported_format", lower.rsplit("/", 1)[-1]
     w, h = image.width, image.height
-    furniture = _may_be_furniture(path)
+    # On ASCII, the lower-cased path and a case-sensitive search find what ``re.I``
+    # finds, at a third of its cost: most images skip both searches below.
+    furniture = not path.isascii() or _FURNITURE_LOWER.search(lower) is not None
     if (w is not None and w <= 2) or (h is not None and h <= 2) or (furniture and _TRACKING.search(path)):
         return "tracking_image", f"{w}x{h} {path[-100:]}"
     if furniture and _ICON.search(path):
         return "icon_image", path[-100:]
     if w is not None and h is not None:
-        if min(w, h) < rules.min_image_size:
+        small, large = (w, h) if w <= h else (h, w)
+        if small < rules.min_image_size:
             return "too_small", f"{w}x{h} declared"
-        if max(w, h) > rules.max_image_size:
+        if large > rules.max_image_size:
             return "too_large", f"{w}x{h} declared"
-        if max(w, h) / max(1, min(w, h)) > rules.max_aspect_ratio:
+        if large / (small if small > 1 else 1) > rules.max_aspect_ratio:
             return "bad_aspect_ratio", f"{w}x{h} declared"
     elif (w or h or rules.min_image_size) < rules.min_image_size:
         return "too_small", f"{w or h}px declared"
@@ -128,20 +143,30 @@ def select_nodes(nodes: list[TextBlock | ImageRef], rules: DocumentRules, images
     kept: list[TextBlock | ImageRef] = []
     outcomes: list[ImageOutcome] = []
     seen: set[str] = set()
-    min_words, max_words, words_kept = rules.min_node_words, rules.max_node_words, 0
+    min_words, max_words, words_kept, too_short, too_long = rules.min_node_words, rules.max_node_words, 0, 0, 0
+    texts_kept = 0
+    plain = _plain_image if not images_opted_out else None
+    min_size, max_size, ratio = rules.min_image_size, rules.max_image_size, rules.max_aspect_ratio
     for node in nodes:
-        if isinstance(node, TextBlock):
+        if type(node) is TextBlock:
             words = node.text.count(" ") + 1  # blocks are whitespace-collapsed: words = spaces + 1
-            if words < min_words:
-                counts["text_nodes.too_short"] = counts.get("text_nodes.too_short", 0) + 1
-            elif words > max_words:
-                counts["text_nodes.too_long"] = counts.get("text_nodes.too_long", 0) + 1
-            else:
+            if min_words <= words <= max_words:
                 kept.append(node)
                 words_kept += words
+                texts_kept += 1
+            elif words < min_words:
+                too_short += 1
+            else:
+                too_long += 1
             continue
         index = len(outcomes)
-        problem = ("opted_out", images_opted_out) if images_opted_out else image_problem(node, rules)
+        if images_opted_out:
+            problem: tuple[str, str | None] | None = ("opted_out", images_opted_out)
+        elif plain is not None and plain(node.url, node.width, node.height, min_size, max_size, ratio,
+                                         _FURNITURE_WORDS):
+            problem = None  # what image_problem finds too, at a tenth of its cost
+        else:
+            problem = image_problem(node, rules)
         if problem is None and node.url in seen:
             problem = ("duplicate_in_document", None)
         if problem is not None:
@@ -150,11 +175,14 @@ def select_nodes(nodes: list[TextBlock | ImageRef], rules: DocumentRules, images
         seen.add(node.url)  # type: ignore[arg-type]
         outcomes.append(ImageOutcome(index, node.url, node.src, node.alt, True))
         kept.append(node)
-    return Document(kept, words_kept), outcomes
+    for name, n in (("text_nodes.too_short", too_short), ("text_nodes.too_long", too_long)):
+        if n:
+            counts[name] = counts.get(name, 0) + n
+    return Document(kept, words_kept, texts_kept), outcomes
 
 
 def document_problem(doc: Document, rules: DocumentRules) -> tuple[str, str] | None:
-    n, words = len(doc.images), doc.words
+    n, words = doc.image_count, doc.words
     if n < rules.min_images:
         return "too_few_images", f"{n} images"
     if n > rules.max_images:
@@ -171,35 +199,58 @@ def document_page(key: str, doc: Document, general: dict, rules: DocumentRules) 
     ``document``, or ``dropped`` with the rule's reason and detail."""
     page = {"key": key, "url": general.get("url"), "source": general.get("source", ""),
             "offset": int(general.get("warc_record_offset", 0)), "record_type": "document",
-            "status": "document", "images": len(doc.images), "words": doc.words}
+            "status": "document", "images": doc.image_count, "words": doc.words}
     if problem := document_problem(doc, rules):
         page.update(status="dropped", reason=problem[0], detail=problem[1])
     return page
 
 
+_json_str = json.encoder.c_encode_basestring or json.encoder.py_encode_basestring  # what _to_json writes a str as
+
+
+def _json_value(value: str | int | None) -> str:
+    """``value`` as ``_to_json`` writes it (a str, an int or None)."""
+    return "null" if value is None else _json_str(value) if isinstance(value, str) else int.__repr__(value)
+
+
 def obelics_row(key: str, doc: Document, general: dict, image_keys: list[str]) -> dict:
     """The OBELICS row of a document: consecutive text blocks are joined by a blank
-    line, so ``texts`` and ``images`` alternate; ``image_keys``: one per kept image."""
+    line, so ``texts`` and ``images`` alternate; ``image_keys``: one per kept image.
+
+    ``metadata`` is ``_to_json`` of a list with one dict per position (None at text
+    positions), written here directly: the same string, at a third of the encoder's
+    cost for the image dicts (tests/interleave/test_documents.py compares them)."""
     texts: list[str | None] = []
     images: list[str | None] = []
-    meta: list[dict | None] = []
+    meta: list[str] = []
     keys = iter(image_keys)
+    document_url = _json_value(general.get("url"))
+    run: list[str] = []  # the text blocks since the last image
     for node in doc.nodes:
-        if isinstance(node, TextBlock):
-            if texts and texts[-1] is not None:
-                texts[-1] += PAGE_TEXT_SEPARATOR + node.text
-            else:
-                texts.append(node.text)
-                images.append(None)
-                meta.append(None)
+        if type(node) is TextBlock:
+            run.append(node.text)
         else:
+            if run:
+                texts.append(PAGE_TEXT_SEPARATOR.join(run))
+                images.append(None)
+                meta.append("null")
+                run.clear()
             texts.append(None)
             images.append(node.url)
-            meta.append({"document_url": general.get("url"), "unformatted_src": node.src, "src": node.url,
-                         "alt_text": node.alt, "declared_width": node.width, "declared_height": node.height,
-                         "image_key": next(keys)})
-    return {"key": key, "images": images, "metadata": _to_json(meta), "general_metadata": _to_json(general),
-            "texts": texts}
+            # the keys in sorted order, as _to_json (sort_keys) writes them
+            alt, h, w, url = node.alt, node.height, node.width, node.url  # str | None, int | None
+            meta.append(f'{{"alt_text": {"null" if alt is None else _json_str(alt)}, '
+                        f'"declared_height": {"null" if h is None else int.__repr__(h)}, '
+                        f'"declared_width": {"null" if w is None else int.__repr__(w)}, '
+                        f'"document_url": {document_url}, "image_key": {_json_str(next(keys))}, '
+                        f'"src": {"null" if url is None else _json_str(url)}, '
+                        f'"unformatted_src": {_json_str(node.src)}}}')
+    if run:
+        texts.append(PAGE_TEXT_SEPARATOR.join(run))
+        images.append(None)
+        meta.append("null")
+    return {"key": key, "images": images, "metadata": f"[{', '.join(meta)}]",
+            "general_metadata": _to_json(general), "texts": texts}
 
 
 def document_from_row(row: dict) -> tuple[Document, list[dict]]:

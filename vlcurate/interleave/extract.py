@@ -14,7 +14,7 @@ URL.
 
 Two parsers are supported behind one small node interface: selectolax's Lexbor
 (the default, chosen by measurement: benchmarks/README.md, Interleaved documents) and
-resiliparse's Lexbor binding. With selectolax the walk runs compiled (``_walk.c``) where
+resiliparse's Lexbor binding. With selectolax the walk runs compiled (``_speedups.c``) where
 that module was built for the installed selectolax release, and in Python otherwise;
 both give the same nodes (tests/interleave/test_compiled_walk.py).
 """
@@ -145,12 +145,12 @@ class _Selectolax:
 def _compiled() -> tuple[Any, str | None]:
     """The compiled walk, or None and why there is none."""
     try:
-        from vlcurate.interleave import _walk as module  # type: ignore[attr-defined]
+        from vlcurate.interleave import _speedups as module  # type: ignore[attr-defined]
     except ImportError as e:
-        return None, f"vlcurate.interleave._walk was not built ({e})"
+        return None, f"vlcurate.interleave._speedups was not built ({e})"
     installed = version("selectolax")
     if module.SELECTOLAX_VERSION != installed:
-        warnings.warn(f"vlcurate.interleave._walk was built for selectolax {module.SELECTOLAX_VERSION}, not the "
+        warnings.warn(f"vlcurate.interleave._speedups was built for selectolax {module.SELECTOLAX_VERSION}, not the "
                       f"installed {installed}: the interleave extraction runs the slower Python walk; reinstall "
                       "vlcurate to rebuild it", RuntimeWarning, stacklevel=3)
         return None, f"built for selectolax {module.SELECTOLAX_VERSION}, {installed} is installed"
@@ -158,7 +158,7 @@ def _compiled() -> tuple[Any, str | None]:
 
 
 def compiled_walk() -> Any:
-    """The compiled walk (``_walk.c``) when it was built for the installed selectolax."""
+    """The compiled walk (``_speedups.c``) when it was built for the installed selectolax."""
     return _compiled()[0]
 
 

@@ -204,7 +204,7 @@ class InterleaveStage(KeyedStage):
         image_rows = [{"key": image_key(key, o.index), "document_key": key, "index": o.index, "url": o.url,
                        "src": o.src, "alt": o.alt, "keep": o.keep, "reason": o.reason, "detail": o.detail}
                       for o in outcomes]
-        page.update(images=len(doc.images), words=doc.words)
+        page.update(images=doc.image_count, words=doc.words)
         if problem := document_problem(doc, self.config.rules):
             page.update(reason=problem[0], detail=problem[1])
             return _Page(page, None, image_rows)

@@ -1,7 +1,11 @@
-/* The reading-order walk of vlcurate/interleave/extract.py, compiled, over the tree
- * selectolax's Lexbor parser built (read only; nothing here allocates or frees a node).
+/* The interleave extraction's compiled parts, each the twin of Python code that stays
+ * the reference (and runs where this module is not built):
  *
- * It is the Python walk (`_walk` in extract.py) step for step: the same kinds per tag
+ * - walk: the reading-order walk of vlcurate/interleave/extract.py over the tree
+ *   selectolax's Lexbor parser built (read only; nothing here allocates or frees a node);
+ * - plain_image: which images documents.py's image_problem certainly passes.
+ *
+ * The walk is the Python walk (`_walk` in extract.py) step for step: the same kinds per tag
  * id, the same stack of where to go on after a subtree, the same flush of a block's
  * text. What is a page's rule rather than the walk's stays in Python and is passed in:
  * whether an element is boilerplate (`is_boilerplate(attrs)`, called only for elements
@@ -15,6 +19,9 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
+
+#include <ctype.h>
 
 #include <lexbor/dom/interfaces/attr.h>
 #include <lexbor/dom/interfaces/attr_res.h>
@@ -118,6 +125,54 @@ static PyObject *collapse(Buf *text, Buf *ends, Buf *scratch) {
     return joined;
 }
 
+/* --- the value types -------------------------------------------------------------
+ * TextBlock and ImageRef are slotted dataclasses without __post_init__: their __init__
+ * sets each field's slot and nothing else. A Maker sets those slots itself, without a
+ * call into Python per node; for a class that is not such a dataclass (its fields, in
+ * __match_args__ order, not all slots), it calls the class. */
+typedef struct {
+    PyObject *cls;  /* a strong reference: the class these offsets are of */
+    PyTypeObject *direct;  /* the class where its slots are set here, else NULL */
+    Py_ssize_t offsets[8];
+} Maker;
+
+static Maker text_maker, image_maker;
+
+static int maker_for(Maker *m, PyObject *cls, const char *const *fields, Py_ssize_t n) {
+    if (m->cls == cls) return 0;
+    Py_XDECREF(m->cls);
+    m->cls = Py_NewRef(cls);
+    m->direct = NULL;
+    if (!PyType_Check(cls) || PyObject_HasAttrString(cls, "__post_init__") || n > 8) return 0;
+    PyObject *match = PyObject_GetAttrString(cls, "__match_args__");
+    int ok = match != NULL && PyTuple_Check(match) && PyTuple_GET_SIZE(match) == n;
+    for (Py_ssize_t i = 0; ok && i < n; i++) {
+        PyObject *name = PyTuple_GET_ITEM(match, i);
+        ok = PyUnicode_Check(name) && PyUnicode_CompareWithASCIIString(name, fields[i]) == 0;
+        PyObject *d = ok ? PyObject_GetAttr(cls, name) : NULL;
+        ok = d != NULL && Py_IS_TYPE(d, &PyMemberDescr_Type) &&
+             ((PyMemberDescrObject *)d)->d_member->type == T_OBJECT_EX;
+        if (ok) m->offsets[i] = ((PyMemberDescrObject *)d)->d_member->offset;
+        Py_XDECREF(d);
+    }
+    Py_XDECREF(match);
+    PyErr_Clear();
+    if (ok) m->direct = (PyTypeObject *)cls;
+    return 0;
+}
+
+/* cls(*values), as its __init__ would make it. */
+static PyObject *make(const Maker *m, PyObject *const *values, Py_ssize_t n) {
+    if (m->direct == NULL) return PyObject_Vectorcall(m->cls, values, (size_t)n, NULL);
+    PyObject *obj = m->direct->tp_alloc(m->direct, 0);
+    if (obj == NULL) return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) *(PyObject **)((char *)obj + m->offsets[i]) = Py_NewRef(values[i]);
+    return obj;
+}
+
+static const char *const TEXT_FIELDS[] = {"text"};
+static const char *const IMAGE_FIELDS[] = {"url", "src", "alt", "width", "height"};
+
 typedef struct {
     Buf text, ends, scratch;
     PyObject *text_block, *out;
@@ -130,7 +185,7 @@ static int flush(Blocks *b) {
     if (text == NULL) return -1;
     int rc = 0;
     if (PyUnicode_GET_LENGTH(text) > 0) {
-        PyObject *block = PyObject_CallOneArg(b->text_block, text);
+        PyObject *block = make(&text_maker, &text, 1);
         rc = block == NULL ? -1 : PyList_Append(b->out, block);
         Py_XDECREF(block);
     }
@@ -218,9 +273,10 @@ static PyObject *attrs_dict(const lxb_dom_element_t *element) {
 }
 
 /* --- the common <img>, as extract.py's _image_ref reads it --------------------------
- * An image whose source is plain ASCII and named without srcset, resolved by
- * resolve_url's own shortcut (an absolute http(s) URL, or a root-relative one on an
- * ASCII http(s) base), is made here; any other goes to _image_ref. */
+ * An image whose source is plain ASCII (from a srcset only where each candidate's
+ * descriptor is one plain width or density), resolved by resolve_url's own shortcut
+ * (an absolute http(s) URL, or a root-relative one on an ASCII http(s) base), is made
+ * here; any other goes to _image_ref. */
 
 static const char *const SOURCE_ATTRS[] = {"data-src", "data-lazy-src", "data-original", "data-lazy", "src"};
 
@@ -259,15 +315,92 @@ static int contains(const lxb_char_t *s, size_t n, const char *needle) {
     return 0;
 }
 
+/* A candidate's size when its descriptor is one plain width ("640w", up to 15 digits)
+ * or density ("2x", "1.5x"), as _candidate_size gives it; -1 for any other descriptor,
+ * valid or not, which is _candidate_size's to judge; -2 for one it drops (0w). */
+static double plain_descriptor(const lxb_char_t *s, size_t n) {
+    if (n < 2 || n > 24) return -1;
+    size_t digits = 0, i = 0, dot = 0;
+    char number[32];
+    for (; i < n - 1; i++) {
+        if (s[i] >= '0' && s[i] <= '9') {
+            digits++;
+        } else if (s[i] == '.' && s[n - 1] == 'x' && !dot && digits > 0 && i + 1 < n - 1) {
+            dot = i;
+        } else {
+            return -1;
+        }
+    }
+    if (digits == 0 || digits > 15 || (dot && !(s[dot + 1] >= '0' && s[dot + 1] <= '9'))) return -1;
+    memcpy(number, s, n - 1);
+    number[n - 1] = '\0';
+    double size = strtod(number, NULL);  /* correctly rounded, as Python's float() */
+    if (s[n - 1] == 'w') return dot ? -1 : size > 0 ? size : -2;
+    return s[n - 1] == 'x' ? size : -1;
+}
+
+/* best_srcset of an ASCII srcset, parsed as srcset_candidates parses it: 1 with its URL
+ * in *url, 0 when it names none, -1 when a candidate is not plain (_image_ref's then). */
+static int plain_srcset(const lxb_char_t *s, size_t n, const lxb_char_t **url, size_t *url_len) {
+    double best_size = -1.0;
+    size_t i = 0;
+    *url = NULL;
+    while (i < n) {
+        while (i < n && (ascii_space(s[i]) || s[i] == ',')) i++;
+        size_t start = i;
+        while (i < n && !ascii_space(s[i])) i++;
+        size_t len = i - start;
+        const lxb_char_t *d = NULL;
+        size_t d_len = 0;
+        if (len > 0 && s[start + len - 1] == ',') {
+            while (len > 0 && s[start + len - 1] == ',') len--;
+        } else {
+            const lxb_char_t *comma = memchr(s + i, ',', n - i);
+            size_t k = comma ? (size_t)(comma - s) : n;
+            d = s + i;
+            d_len = k - i;
+            while (d_len > 0 && ascii_space(*d)) d++, d_len--;
+            while (d_len > 0 && ascii_space(d[d_len - 1])) d_len--;
+            i = k + 1;
+        }
+        if (len == 0) continue;
+        double size = 1.0;
+        if (d_len > 0) {
+            size = plain_descriptor(d, d_len);
+            if (size == -1) return -1;
+            if (size == -2) continue;
+        }
+        if (size >= best_size) {
+            *url = s + start;
+            *url_len = len;
+            best_size = size;
+        }
+    }
+    return *url != NULL;
+}
+
+static int ascii_only(const lexbor_str_t *v) {
+    for (size_t i = 0; i < v->length; i++) {
+        if (v->data[i] >= 0x80) return 0;
+    }
+    return 1;
+}
+
 /* The image of `element` made here, Py_None when it names none, or NULL with no
  * exception set when it is not the common case. */
 static PyObject *common_image(Images *im, const lxb_dom_element_t *element) {
     int found;
     const lexbor_str_t *v;
-    if ((v = attr_value(element, "srcset", &found)) != NULL && v->length > 0) return NULL;
-    if ((v = attr_value(element, "data-srcset", &found)) != NULL && v->length > 0) return NULL;
     const lxb_char_t *src = NULL;
     size_t n = 0;
+    static const char *const SRCSET_ATTRS[] = {"srcset", "data-srcset"};
+    for (size_t i = 0; i < 2 && src == NULL; i++) {
+        if ((v = attr_value(element, SRCSET_ATTRS[i], &found)) == NULL || v->length == 0) continue;
+        if (!ascii_only(v)) return NULL;
+        int got = plain_srcset(v->data, v->length, &src, &n);
+        if (got < 0) return NULL;
+        if (got == 0 || starts(src, n, "data:")) src = NULL;
+    }
     for (size_t i = 0; i < sizeof SOURCE_ATTRS / sizeof *SOURCE_ATTRS && src == NULL; i++) {
         if ((v = attr_value(element, SOURCE_ATTRS[i], &found)) == NULL) continue;
         const lxb_char_t *s = v->data, *e = v->data + v->length;
@@ -313,7 +446,8 @@ static PyObject *common_image(Images *im, const lxb_dom_element_t *element) {
     PyObject *height = declared_size(attr_value(element, "height", &found));
     PyObject *image = NULL;
     if (py_url && py_src && width && height) {
-        image = PyObject_CallFunctionObjArgs(im->image_type, py_url, py_src, alt, width, height, NULL);
+        PyObject *values[] = {py_url, py_src, alt, width, height};
+        image = make(&image_maker, values, 5);
     }
     Py_DECREF(alt);
     Py_XDECREF(py_url);
@@ -368,6 +502,8 @@ static PyObject *walk(PyObject *Py_UNUSED(self), PyObject *args) {
     Blocks blocks = {{0}, {0}, {0}, text_block, out};
     Images images = {image_type, image_ref, base, NULL, 0, {0}, {0}, {0}, {0}};
     images.origin = origin_of(base, &images.origin_len);
+    maker_for(&text_maker, text_block, TEXT_FIELDS, 1);
+    maker_for(&image_maker, image_type, IMAGE_FIELDS, 5);
     Buf stack = {0};
     int failed = 0;
     lxb_dom_node_t *node = ((lxb_dom_node_t *)(uintptr_t)address)->first_child;
@@ -451,7 +587,113 @@ static PyObject *walk(PyObject *Py_UNUSED(self), PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* --- plain_image ------------------------------------------------------------------ */
+
+static int small_int(PyObject *v, long long *out) {
+    if (!PyLong_CheckExact(v)) return 0;
+    int overflow;
+    *out = PyLong_AsLongLongAndOverflow(v, &overflow);
+    if (overflow || (*out == -1 && PyErr_Occurred())) {
+        PyErr_Clear();
+        return 0;
+    }
+    return *out >= -(1LL << 53) && *out <= (1LL << 53);  /* exact as a double */
+}
+
+/* Whether the lower-cased ASCII `path` has a separator ([/_.-]) followed by one of the
+ * '|'-separated `words`: documents.py's _FURNITURE_LOWER search. */
+static int furniture(const char *path, Py_ssize_t n, const char *words, Py_ssize_t words_len) {
+    for (Py_ssize_t i = 0; i < n; i++) {
+        char c = path[i];
+        if (c != '/' && c != '_' && c != '.' && c != '-') continue;
+        for (Py_ssize_t w = 0; w < words_len;) {
+            const char *bar = memchr(words + w, '|', (size_t)(words_len - w));
+            Py_ssize_t len = (bar ? bar - words : words_len) - w;
+            if (len > 0 && i + 1 + len <= n) {
+                Py_ssize_t k = 0;
+                while (k < len && (char)tolower((unsigned char)path[i + 1 + k]) == words[w + k]) k++;
+                if (k == len) return 1;
+            }
+            w += len + 1;
+        }
+    }
+    return 0;
+}
+
+static int ends_lower(const char *s, Py_ssize_t n, const char *suffix) {
+    Py_ssize_t k = (Py_ssize_t)strlen(suffix);
+    if (n < k) return 0;
+    for (Py_ssize_t i = 0; i < k; i++) {
+        if ((char)tolower((unsigned char)s[n - k + i]) != suffix[i]) return 0;
+    }
+    return 1;
+}
+
+/* plain_image(url, width, height, min_size, max_size, max_aspect_ratio, words) */
+static PyObject *plain_image(PyObject *Py_UNUSED(self), PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 7 || !PyBytes_Check(args[6])) {
+        PyErr_SetString(PyExc_TypeError, "plain_image(url, width, height, min_size, max_size, max_aspect_ratio, "
+                                         "words: bytes)");
+        return NULL;
+    }
+    PyObject *url = args[0];
+    long long w = 0, h = 0, min_size, max_size, ratio_int;
+    int has_w = args[1] != Py_None, has_h = args[2] != Py_None;
+    if (!PyUnicode_Check(url) || !PyUnicode_IS_ASCII(url)) Py_RETURN_FALSE;
+    if ((has_w && !small_int(args[1], &w)) || (has_h && !small_int(args[2], &h))) Py_RETURN_FALSE;
+    if (!small_int(args[3], &min_size) || !small_int(args[4], &max_size)) Py_RETURN_FALSE;
+    double ratio;
+    if (PyFloat_CheckExact(args[5])) {
+        ratio = PyFloat_AS_DOUBLE(args[5]);
+    } else if (small_int(args[5], &ratio_int)) {
+        ratio = (double)ratio_int;
+    } else {
+        Py_RETURN_FALSE;
+    }
+    /* the declared sizes, as image_problem judges them */
+    if ((has_w && w <= 2) || (has_h && h <= 2)) Py_RETURN_FALSE;
+    if (has_w && has_h) {
+        long long small = w <= h ? w : h, large = w <= h ? h : w;
+        if (small < min_size || large > max_size) Py_RETURN_FALSE;
+        if ((double)large / (double)(small > 1 ? small : 1) > ratio) Py_RETURN_FALSE;
+    } else if ((has_w ? w : has_h ? h : min_size) < min_size) {
+        Py_RETURN_FALSE;
+    }
+    /* the path, as documents.py's _path takes it */
+    const char *s = (const char *)PyUnicode_DATA(url);
+    Py_ssize_t n = PyUnicode_GET_LENGTH(url), start = 0, end = n, slash = -1;
+    for (Py_ssize_t i = 0; i + 1 < n; i++) {
+        if (s[i] == '/' && s[i + 1] == '/') {
+            start = i + 2;
+            break;
+        }
+    }
+    for (Py_ssize_t i = start; i < n; i++) {
+        if (s[i] == '?' || s[i] == '#') {
+            end = i;
+            break;
+        }
+    }
+    for (Py_ssize_t i = start; i < end; i++) {
+        if (s[i] == '/') {
+            slash = i;
+            break;
+        }
+    }
+    const char *path = slash >= 0 ? s + slash : s;
+    Py_ssize_t path_len = slash >= 0 ? end - slash : 0;
+    if (ends_lower(path, path_len, ".svg") || ends_lower(path, path_len, ".ico") || ends_lower(path, path_len, ".cur")) {
+        Py_RETURN_FALSE;
+    }
+    if (furniture(path, path_len, PyBytes_AS_STRING(args[6]), PyBytes_GET_SIZE(args[6]))) Py_RETURN_FALSE;
+    Py_RETURN_TRUE;
+}
+
 static PyMethodDef methods[] = {
+    {"plain_image", (PyCFunction)(void (*)(void))plain_image, METH_FASTCALL,
+     "plain_image(url, width, height, min_size, max_size, max_aspect_ratio, words): True only where documents.py's "
+     "image_problem finds no problem for certain (an ASCII URL whose path has none of the furniture words, '|'-"
+     "separated in words, and sizes the rules take); False leaves it to image_problem."},
     {"walk", walk, METH_VARARGS,
      "walk(body_address, base, kinds, text_block, image_type, image_ref, is_boilerplate, out): append the blocks and images "
      "under the <body> at body_address (selectolax's Node.mem_id) to out, as extract.py's _walk does."},
@@ -459,10 +701,10 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_walk", "The compiled reading-order walk (see extract.py).", -1, methods, NULL, NULL, NULL, NULL,
+    PyModuleDef_HEAD_INIT, "_speedups", "The interleave extraction's compiled parts (see the file's comment).", -1, methods, NULL, NULL, NULL, NULL,
 };
 
-PyMODINIT_FUNC PyInit__walk(void) {
+PyMODINIT_FUNC PyInit__speedups(void) {
     PyObject *m = PyModule_Create(&module);
     if (m != NULL && PyModule_AddStringConstant(m, "SELECTOLAX_VERSION", VLC_SELECTOLAX_VERSION) < 0) {
         Py_DECREF(m);
