@@ -52,7 +52,8 @@ _ATTRS = ['class="nav"', 'class="main-content"', 'id="footer"', 'class="Share_ba
           'class="menu\u00a0x"', 'class="\u017fhare"', 'data-x="1"', 'title="t"']
 _IMG_ATTRS = ['src="/a.jpg"', 'src=" /b c.jpg\x0c"', 'src="https://cdn.example.net/x.png#f"', 'src="rel/x.png"',
               'src="../up.png"', 'src="/a/./b.png"', 'src="/back\\slash.png"', 'src="//proto.example.net/p.png"',
-              'src="https:///nohost.png"', 'src="http://"', 'src="data:image/gif;base64,R0"', 'src="/\u00e9t\u00e9.jpg"',
+              'src="https:///nohost.png"', 'src="http://"', 'src="data:image/gif;base64,R0"',
+              'src="/\u00e9t\u00e9.jpg"',
               'src="\u3000/wide.jpg"', 'src', 'src=""', 'data-src="/lazy.jpg"', 'data-lazy-src="/lazy2.jpg"',
               'data-original="/orig.jpg"', 'data-lazy="/l3.jpg"', 'srcset="/s1.jpg 1x, /s2.jpg 2x"',
               'data-srcset="/d.jpg 300w"', 'srcset=""', 'srcset="data:x 2x"', 'alt="An  image\n of\x1ca cat"',
@@ -62,7 +63,8 @@ _IMG_ATTRS = ['src="/a.jpg"', 'src=" /b c.jpg\x0c"', 'src="https://cdn.example.n
               # srcsets the compiled walk reads, and ones it leaves to _image_ref
               'srcset="/a.jpg 640w, /b.jpg 320w"', 'srcset="/c.jpg 0w, /d.jpg"', 'srcset="/e.jpg 1.5x,/f.jpg 1.50x"',
               'srcset="/g,.jpg 2x, /h.jpg, "', 'srcset="/i.jpg 640w 480h"', 'srcset="/j.jpg .5x, /k.jpg 1e1x"',
-              'srcset=",,/l.jpg,,"', 'srcset="/m.jpg 1.x"', 'srcset="data:a 9x, /n.jpg 1x"', 'srcset="/o.jpg 00x"', 'srcset="/z.jpg 0w"',
+              'srcset=",,/l.jpg,,"', 'srcset="/m.jpg 1.x"', 'srcset="data:a 9x, /n.jpg 1x"', 'srcset="/o.jpg 00x"',
+              'srcset="/z.jpg 0w"',
               'srcset="/q.jpg 123456789012345678w, /r.jpg 99999999999999w"', 'srcset="/\u00e9.jpg 2x"',
               'srcset="/p.jpg\x1c3x, /p2.jpg 2x"', 'data-srcset="/ds.jpg 2x, /ds1.jpg 1x"', 'srcset="data:x 1x"',
               'srcset="https://cdn.example.net/w.jpg 800w, rel/w.jpg 801w"', 'srcset="/s.jpg 2x, /t.jpg 2.0x"']

@@ -74,7 +74,8 @@ def test_plain_image_passes_only_what_image_problem_passes():
 
     assert _plain_image is not None, "make test builds vlcurate.interleave._speedups"
     rng = random.Random(4)
-    words = ["photo", "ICON", "icons", "Logo", "pixel", "1x1", "trackinG", "track", "clearance", "cleared", "\u00e9t\u00e9",
+    words = ["photo", "ICON", "icons", "Logo", "pixel", "1x1", "trackinG", "track", "clearance", "cleared",
+             "\u00e9t\u00e9",
              "sprite3", "x", "emoji_", "placeholders", "a.b", "Button", "SPACER", "", "bullets"]
     seps = ["/", "_", "-", ".", "", "%2F", "?", "#", "?x=/", "//"]
     ends = ["", ".jpg", ".SVG", ".ico", ".Cur", ".png?v=1", ".svg#x", "/", ".webp"]

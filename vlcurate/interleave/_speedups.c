@@ -555,8 +555,8 @@ static PyObject *walk(PyObject *Py_UNUSED(self), PyObject *args) {
             }
         }
         if (kind == K_IMAGE) {
-            PyObject *image = element != NULL ? image_of(&images, element, attrs)
-                                              : PyObject_CallFunctionObjArgs(image_ref, attrs, base, NULL);
+            /* a node that is no element has no attributes, so names no image */
+            PyObject *image = element != NULL ? image_of(&images, element, attrs) : Py_NewRef(Py_None);
             Py_XDECREF(attrs);
             if (image == NULL) break;
             if (image != Py_None) {
@@ -682,7 +682,8 @@ static PyObject *plain_image(PyObject *Py_UNUSED(self), PyObject *const *args, P
     }
     const char *path = slash >= 0 ? s + slash : s;
     Py_ssize_t path_len = slash >= 0 ? end - slash : 0;
-    if (ends_lower(path, path_len, ".svg") || ends_lower(path, path_len, ".ico") || ends_lower(path, path_len, ".cur")) {
+    if (ends_lower(path, path_len, ".svg") || ends_lower(path, path_len, ".ico") ||
+        ends_lower(path, path_len, ".cur")) {
         Py_RETURN_FALSE;
     }
     if (furniture(path, path_len, PyBytes_AS_STRING(args[6]), PyBytes_GET_SIZE(args[6]))) Py_RETURN_FALSE;
@@ -695,13 +696,15 @@ static PyMethodDef methods[] = {
      "image_problem finds no problem for certain (an ASCII URL whose path has none of the furniture words, '|'-"
      "separated in words, and sizes the rules take); False leaves it to image_problem."},
     {"walk", walk, METH_VARARGS,
-     "walk(body_address, base, kinds, text_block, image_type, image_ref, is_boilerplate, out): append the blocks and images "
+     "walk(body_address, base, kinds, text_block, image_type, image_ref, is_boilerplate, out): append the blocks "
+     "and images "
      "under the <body> at body_address (selectolax's Node.mem_id) to out, as extract.py's _walk does."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_speedups", "The interleave extraction's compiled parts (see the file's comment).", -1, methods, NULL, NULL, NULL, NULL,
+    PyModuleDef_HEAD_INIT, "_speedups", "The interleave extraction's compiled parts (see the file's comment).", -1,
+    methods, NULL, NULL, NULL, NULL,
 };
 
 PyMODINIT_FUNC PyInit__speedups(void) {

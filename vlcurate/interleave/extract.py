@@ -14,9 +14,9 @@ URL.
 
 Two parsers are supported behind one small node interface: selectolax's Lexbor
 (the default, chosen by measurement: benchmarks/README.md, Interleaved documents) and
-resiliparse's Lexbor binding. With selectolax the walk runs compiled (``_speedups.c``) where
-that module was built for the installed selectolax release, and in Python otherwise;
-both give the same nodes (tests/interleave/test_compiled_walk.py).
+resiliparse's Lexbor binding. With selectolax the walk runs compiled (``_speedups.c``)
+where that module was built for the installed selectolax release, and in Python
+otherwise; both give the same nodes (tests/interleave/test_compiled_walk.py).
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ import functools
 import re
 import warnings
 from dataclasses import dataclass, field
-from operator import attrgetter
 from importlib.metadata import version
+from operator import attrgetter
 from typing import Any, Literal
 
 from vlcurate.interleave.image_attrs import declared_size, image_source, resolve_url
@@ -125,7 +125,6 @@ class _Selectolax:
             cls._kinds = {ids[name] if name in ids else tree.create_node(name).tag_id: kind
                           for name, kind in _kinds_by_name("-text", "-comment").items()}
         return cls._kinds
-
 
     _table: bytes | None = None
 
@@ -229,8 +228,10 @@ def _head_info(adapter: Any, head: Any, page_url: str) -> tuple[str, str | None,
 def extract(html: str, page_url: str, parser: Parser = "selectolax", compiled: bool | None = None) -> Extracted:
     """Text blocks and images of ``html`` in reading order (see the module doc).
 
-    One walk for both parsers, through the adapters. The walk is where the time goes
-    (benchmarks/README.md, Interleaved documents), so it is written for that: a node's
+    One walk for both parsers, through the adapters (``_walk``), and its compiled twin
+    for selectolax (``_speedups.c``), which follows it step for step. The walk is where
+    the time went (benchmarks/README.md, Interleaved documents), so it is written for
+    that: a node's
     kind is one dict lookup on its tag (Lexbor's tag id with selectolax: no name string
     per node), it goes from a node to its next sibling and keeps on a stack only where
     to go on after a subtree, and what it skips by tag it skips unread. A variant that did
