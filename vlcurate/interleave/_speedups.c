@@ -21,8 +21,6 @@
 #include <Python.h>
 #include <structmember.h>
 
-#include <ctype.h>
-
 #include <lexbor/dom/interfaces/attr.h>
 #include <lexbor/dom/interfaces/attr_res.h>
 #include <lexbor/dom/interfaces/character_data.h>
@@ -229,16 +227,13 @@ static int has_boilerplate_key(const lxb_dom_element_t *element) {
     return 0;
 }
 
-/* The value of the attribute `name` (the first of that name), NULL when the element
- * has none or it has no value; *found: whether the element has it. */
-static const lexbor_str_t *attr_value(const lxb_dom_element_t *element, const char *name, int *found) {
+/* The value of the attribute `name`, NULL when the element has none or it has no value. */
+static const lexbor_str_t *attr_value(const lxb_dom_element_t *element, const char *name) {
     size_t want = strlen(name);
-    *found = 0;
     for (const lxb_dom_attr_t *attr = element->first_attr; attr != NULL; attr = attr->next) {
         size_t len;
         const lxb_char_t *have = attr_name(attr, &len);
         if (len == want && memcmp(have, name, len) == 0) {
-            *found = 1;
             return attr->value != NULL && attr->value->data != NULL ? attr->value : NULL;
         }
     }
@@ -296,7 +291,7 @@ static PyObject *declared_size(const lexbor_str_t *value) {
 }
 
 typedef struct {
-    PyObject *image_type, *image_ref, *base;
+    PyObject *image_ref, *base;
     const char *origin;  /* "/".join(base.split("/", 3)[:3]) of an ASCII http(s) base, else NULL */
     Py_ssize_t origin_len;
     Buf scratch, url, text, ends;
@@ -389,20 +384,19 @@ static int ascii_only(const lexbor_str_t *v) {
 /* The image of `element` made here, Py_None when it names none, or NULL with no
  * exception set when it is not the common case. */
 static PyObject *common_image(Images *im, const lxb_dom_element_t *element) {
-    int found;
     const lexbor_str_t *v;
     const lxb_char_t *src = NULL;
     size_t n = 0;
     static const char *const SRCSET_ATTRS[] = {"srcset", "data-srcset"};
     for (size_t i = 0; i < 2 && src == NULL; i++) {
-        if ((v = attr_value(element, SRCSET_ATTRS[i], &found)) == NULL || v->length == 0) continue;
+        if ((v = attr_value(element, SRCSET_ATTRS[i])) == NULL || v->length == 0) continue;
         if (!ascii_only(v)) return NULL;
         int got = plain_srcset(v->data, v->length, &src, &n);
         if (got < 0) return NULL;
         if (got == 0 || starts(src, n, "data:")) src = NULL;
     }
     for (size_t i = 0; i < sizeof SOURCE_ATTRS / sizeof *SOURCE_ATTRS && src == NULL; i++) {
-        if ((v = attr_value(element, SOURCE_ATTRS[i], &found)) == NULL) continue;
+        if ((v = attr_value(element, SOURCE_ATTRS[i])) == NULL) continue;
         const lxb_char_t *s = v->data, *e = v->data + v->length;
         for (const lxb_char_t *c = s; c < e; c++) {
             if (*c >= 0x80) return NULL;  /* str.strip's whitespace beyond ASCII: _image_ref's */
@@ -419,7 +413,7 @@ static PyObject *common_image(Images *im, const lxb_dom_element_t *element) {
     Buf *url = &im->url;
     url->len = 0;
     if (starts(src, n, "https://") || starts(src, n, "http://")) {
-        const lxb_char_t *host = memchr(src, '/', n) + 2;  /* after "//" */
+        const lxb_char_t *host = (const lxb_char_t *)memchr(src, '/', n) + 2;  /* after "//" */
         if (host >= src + n || *host == '/') return NULL;  /* no host: urljoin's case */
         if (buf_add(url, src, (Py_ssize_t)n) < 0) return NULL;
     } else if (src[0] == '/' && !(n > 1 && src[1] == '/') && im->origin != NULL) {
@@ -431,7 +425,7 @@ static PyObject *common_image(Images *im, const lxb_dom_element_t *element) {
     Py_ssize_t url_len = hash ? hash - url->data : url->len;
 
     PyObject *alt = NULL;
-    v = attr_value(element, "alt", &found);
+    v = attr_value(element, "alt");
     if (v == NULL || v->length == 0) {
         alt = Py_NewRef(Py_None);
     } else {
@@ -442,8 +436,8 @@ static PyObject *common_image(Images *im, const lxb_dom_element_t *element) {
     }
     PyObject *py_url = PyUnicode_DecodeASCII(url->data, url_len, NULL);
     PyObject *py_src = PyUnicode_DecodeASCII((const char *)src, (Py_ssize_t)n, NULL);
-    PyObject *width = declared_size(attr_value(element, "width", &found));
-    PyObject *height = declared_size(attr_value(element, "height", &found));
+    PyObject *width = declared_size(attr_value(element, "width"));
+    PyObject *height = declared_size(attr_value(element, "height"));
     PyObject *image = NULL;
     if (py_url && py_src && width && height) {
         PyObject *values[] = {py_url, py_src, alt, width, height};
@@ -500,7 +494,7 @@ static PyObject *walk(PyObject *Py_UNUSED(self), PyObject *args) {
     const unsigned char *kind_of = (const unsigned char *)PyBytes_AS_STRING(kinds);
     const uintptr_t n_kinds = (uintptr_t)PyBytes_GET_SIZE(kinds);
     Blocks blocks = {{0}, {0}, {0}, text_block, out};
-    Images images = {image_type, image_ref, base, NULL, 0, {0}, {0}, {0}, {0}};
+    Images images = {image_ref, base, NULL, 0, {0}, {0}, {0}, {0}};
     images.origin = origin_of(base, &images.origin_len);
     maker_for(&text_maker, text_block, TEXT_FIELDS, 1);
     maker_for(&image_maker, image_type, IMAGE_FIELDS, 5);
@@ -600,6 +594,9 @@ static int small_int(PyObject *v, long long *out) {
     return *out >= -(1LL << 53) && *out <= (1LL << 53);  /* exact as a double */
 }
 
+/* str.lower() of an ASCII character (no C locale has a say). */
+static inline char ascii_lower(char c) { return c >= 'A' && c <= 'Z' ? (char)(c + 32) : c; }
+
 /* Whether the lower-cased ASCII `path` has a separator ([/_.-]) followed by one of the
  * '|'-separated `words`: documents.py's _FURNITURE_LOWER search. */
 static int furniture(const char *path, Py_ssize_t n, const char *words, Py_ssize_t words_len) {
@@ -611,7 +608,7 @@ static int furniture(const char *path, Py_ssize_t n, const char *words, Py_ssize
             Py_ssize_t len = (bar ? bar - words : words_len) - w;
             if (len > 0 && i + 1 + len <= n) {
                 Py_ssize_t k = 0;
-                while (k < len && (char)tolower((unsigned char)path[i + 1 + k]) == words[w + k]) k++;
+                while (k < len && ascii_lower(path[i + 1 + k]) == words[w + k]) k++;
                 if (k == len) return 1;
             }
             w += len + 1;
@@ -624,7 +621,7 @@ static int ends_lower(const char *s, Py_ssize_t n, const char *suffix) {
     Py_ssize_t k = (Py_ssize_t)strlen(suffix);
     if (n < k) return 0;
     for (Py_ssize_t i = 0; i < k; i++) {
-        if ((char)tolower((unsigned char)s[n - k + i]) != suffix[i]) return 0;
+        if (ascii_lower(s[n - k + i]) != suffix[i]) return 0;
     }
     return 1;
 }

@@ -208,11 +208,6 @@ def document_page(key: str, doc: Document, general: dict, rules: DocumentRules) 
 _json_str = json.encoder.c_encode_basestring or json.encoder.py_encode_basestring  # what _to_json writes a str as
 
 
-def _json_value(value: str | int | None) -> str:
-    """``value`` as ``_to_json`` writes it (a str, an int or None)."""
-    return "null" if value is None else _json_str(value) if isinstance(value, str) else int.__repr__(value)
-
-
 def obelics_row(key: str, doc: Document, general: dict, image_keys: list[str]) -> dict:
     """The OBELICS row of a document: consecutive text blocks are joined by a blank
     line, so ``texts`` and ``images`` alternate; ``image_keys``: one per kept image.
@@ -224,7 +219,7 @@ def obelics_row(key: str, doc: Document, general: dict, image_keys: list[str]) -
     images: list[str | None] = []
     meta: list[str] = []
     keys = iter(image_keys)
-    document_url = _json_value(general.get("url"))
+    document_url = "null" if (page_url := general.get("url")) is None else _json_str(page_url)
     run: list[str] = []  # the text blocks since the last image
     for node in doc.nodes:
         if type(node) is TextBlock:
