@@ -62,8 +62,9 @@ def _extensions() -> list[Extension]:
     if headers is None:
         print(f"vlcurate: building without the compiled interleave walk: {why}", file=sys.stderr)
         return []
-    return [Extension("vlcurate.interleave._speedups", ["vlcurate/interleave/_speedups.c"], include_dirs=[str(headers)],
-                      define_macros=[("VLC_SELECTOLAX_VERSION", f'"{version}"')], optional=True)]
+    macros = [("VLC_SELECTOLAX_VERSION", f'"{version}"'), ("LEXBOR_STATIC", None)]  # the latter as selectolax has it
+    return [Extension("vlcurate.interleave._speedups", ["vlcurate/interleave/_speedups.c"],
+                      include_dirs=[str(headers)], define_macros=macros, optional=True)]
 
 
 setup(ext_modules=_extensions())

@@ -150,3 +150,21 @@ def test_built_for_another_selectolax_the_python_walk_runs(monkeypatch):
             extract(html, BASE, compiled=True)
     finally:
         extract_module._compiled.cache_clear()
+
+
+def test_a_compiled_walk_that_differs_on_the_probe_page_is_not_used(monkeypatch):
+    # as a module built against another Lexbor layout would: the Python walk runs instead
+    python_walk = extract_module._walk
+
+    def other_walk(adapter, node, base, nodes):
+        python_walk(adapter, node, base, nodes)
+        nodes.pop()
+
+    monkeypatch.setattr(extract_module, "_walk", other_walk)
+    extract_module._compiled.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="probe page differently"):
+            assert compiled_walk() is None
+        assert "differs from the Python walk" in compiled_walk_problem()
+    finally:
+        extract_module._compiled.cache_clear()

@@ -153,7 +153,29 @@ def _compiled() -> tuple[Any, str | None]:
                       f"installed {installed}: the interleave extraction runs the slower Python walk; reinstall "
                       "vlcurate to rebuild it", RuntimeWarning, stacklevel=3)
         return None, f"built for selectolax {module.SELECTOLAX_VERSION}, {installed} is installed"
+    tree = _Selectolax.parse(_PROBE)
+    got: list[TextBlock | ImageRef] = []
+    want: list[TextBlock | ImageRef] = []
+    module.walk(tree.body.mem_id, _PROBE_URL, _Selectolax.kind_table(), TextBlock, ImageRef, _image_ref,
+                _is_boilerplate, got)
+    _walk(_Selectolax, tree.body.first_child, _PROBE_URL, want)
+    if got != want:
+        warnings.warn("vlcurate.interleave._speedups walks a probe page differently from the Python walk: the "
+                      "interleave extraction runs the Python walk", RuntimeWarning, stacklevel=3)
+        return None, "its walk differs from the Python walk on a probe page"
     return module.walk, None
+
+
+# A page that takes the walk's paths, run by both walks before the compiled one is used:
+# blocks and inline text, skipped and boilerplate subtrees, images from src, lazy
+# attributes and srcset, absolute, root-relative and relative URLs, non-ASCII text.
+_PROBE_URL = "https://probe.example.org/x/page.html"
+_PROBE = ("<html><head><title>t</title></head><body><nav><p>menu here</p></nav><article><h1>A title</h1>"
+          "<p>First <b>bold</b> paragraph\u00a0text.</p><img src='/a.jpg' alt=' An  image ' width='300' height='20x'>"
+          "<div class='share-bar'><p>share it</p></div><p>Second\tparagraph</p><!-- c -->"
+          "<img data-src='rel/b.jpg' srcset='/c.jpg 1x, /d.jpg 2x'><script>x()</script><ul><li>one</li><li>two</li>"
+          "</ul><img src='https://cdn.example.net/e.png#f' alt='caf\u00e9'><img data-srcset='f.jpg 2x, g.jpg .5x'>"
+          "</article></body></html>")
 
 
 def compiled_walk() -> Any:
