@@ -1,7 +1,7 @@
 /* The interleave extraction's compiled parts, each the twin of Python code that stays
  * the reference (and runs where this module is not built):
  *
- * - walk: the reading-order walk of vlcurate/interleave/extract.py over the tree
+ * - walk_tree: the reading-order walk of vlcurate/interleave/extract.py over the tree
  *   selectolax's Lexbor parser built (read only; nothing here allocates or frees a node);
  * - plain_image: which images documents.py's image_problem certainly passes.
  *
@@ -483,7 +483,7 @@ static const char *origin_of(PyObject *base, Py_ssize_t *len) {
     return i > 8 ? s : NULL;
 }
 
-/* walk(body, base, kinds, text_block, image_type, image_ref, is_boilerplate, out) */
+/* walk_tree(body, base, kinds, text_block, image_type, image_ref, is_boilerplate, out) */
 static PyObject *walk(PyObject *Py_UNUSED(self), PyObject *args) {
     unsigned long long address;
     PyObject *base, *kinds, *text_block, *image_type, *image_ref, *is_boilerplate, *out;
@@ -692,10 +692,10 @@ static PyMethodDef methods[] = {
      "plain_image(url, width, height, min_size, max_size, max_aspect_ratio, words): True only where documents.py's "
      "image_problem finds no problem for certain (an ASCII URL whose path has none of the furniture words, '|'-"
      "separated in words, and sizes the rules take); False leaves it to image_problem."},
-    {"walk", walk, METH_VARARGS,
-     "walk(body_address, base, kinds, text_block, image_type, image_ref, is_boilerplate, out): append the blocks "
-     "and images "
-     "under the <body> at body_address (selectolax's Node.mem_id) to out, as extract.py's _walk does."},
+    {"walk_tree", walk, METH_VARARGS,
+     "walk_tree(body_address, base, kinds, text_block, image_type, image_ref, is_boilerplate, out): append the "
+     "blocks and images under the <body> at body_address (selectolax's Node.mem_id) to out, as extract.py's _walk "
+     "does."},
     {NULL, NULL, 0, NULL},
 };
 

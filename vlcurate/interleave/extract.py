@@ -156,14 +156,14 @@ def _compiled() -> tuple[Any, str | None]:
     tree = _Selectolax.parse(_PROBE)
     got: list[TextBlock | ImageRef] = []
     want: list[TextBlock | ImageRef] = []
-    module.walk(tree.body.mem_id, _PROBE_URL, _Selectolax.kind_table(), TextBlock, ImageRef, _image_ref,
+    module.walk_tree(tree.body.mem_id, _PROBE_URL, _Selectolax.kind_table(), TextBlock, ImageRef, _image_ref,
                 _is_boilerplate, got)
     _walk(_Selectolax, tree.body.first_child, _PROBE_URL, want)
     if got != want:
         warnings.warn("vlcurate.interleave._speedups walks a probe page differently from the Python walk: the "
                       "interleave extraction runs the Python walk", RuntimeWarning, stacklevel=3)
         return None, "its walk differs from the Python walk on a probe page"
-    return module.walk, None
+    return module.walk_tree, None
 
 
 # A page that takes the walk's paths, run by both walks before the compiled one is used:
