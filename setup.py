@@ -1,6 +1,6 @@
-"""vlcurate is pure Python but for one C module, the interleave stage's reading-order
-walk (vlcurate/interleave/_speedups.c), which reads the tree selectolax's Lexbor parser
-builds. It is compiled against Lexbor's headers as shipped in the source release of the
+"""vlcurate is pure Python but for one C module, vlcurate/interleave/_speedups.c: the
+interleave stage's reading-order walk over the tree selectolax's Lexbor parser builds,
+and its filter of plain images. It is compiled against Lexbor's headers as shipped in the source release of the
 selectolax version pyproject.toml pins: that release is fetched from the package index
 once (``pip download``, the index pip is configured with) into build/, and only its
 headers are used. Where it cannot be fetched or compiled, vlcurate installs without it

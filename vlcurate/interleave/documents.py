@@ -145,7 +145,6 @@ def select_nodes(nodes: list[TextBlock | ImageRef], rules: DocumentRules, images
     seen: set[str] = set()
     min_words, max_words, words_kept, too_short, too_long = rules.min_node_words, rules.max_node_words, 0, 0, 0
     texts_kept = 0
-    plain = _plain_image if not images_opted_out else None
     min_size, max_size, ratio = rules.min_image_size, rules.max_image_size, rules.max_aspect_ratio
     for node in nodes:
         if type(node) is TextBlock:
@@ -162,8 +161,8 @@ def select_nodes(nodes: list[TextBlock | ImageRef], rules: DocumentRules, images
         index = len(outcomes)
         if images_opted_out:
             problem: tuple[str, str | None] | None = ("opted_out", images_opted_out)
-        elif plain is not None and plain(node.url, node.width, node.height, min_size, max_size, ratio,
-                                         _FURNITURE_WORDS):
+        elif _plain_image is not None and _plain_image(node.url, node.width, node.height, min_size, max_size,
+                                                       ratio, _FURNITURE_WORDS):
             problem = None  # what image_problem finds too, at a tenth of its cost
         else:
             problem = image_problem(node, rules)
